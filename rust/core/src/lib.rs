@@ -1,0 +1,12 @@
+//! simpo-q-core: llama.cpp-compatible quantization in pure Rust.
+//!
+//! Every quantizer here is a one-to-one port of the function of the same name in ggml's
+//! `ggml-quants.c`, so the two can be read side by side; the bytes are identical to ggml's
+//! for the same input and importance vector (checked against `ggml_quantize_chunk`).
+
+pub mod error;
+pub mod fp16;
+pub mod quants;
+
+pub use error::{Error, Result};
+pub use quants::{dequantize, quantize, row_size, QuantType};

@@ -1,0 +1,270 @@
+//! The 32-value block types llama.cpp's file-type policy falls back to:
+//! Q4_0 (d, qs[16]), Q4_1 (d, m, qs[16]), Q5_0 (d, qh u32, qs[16]), Q5_1 (d, m, qh u32, qs[16]).
+#![allow(non_snake_case)]
+
+use super::common::{make_qkx3_quants, make_qx_quants};
+use crate::fp16::{ggml_compute_fp16_to_fp32 as fp16_to_fp32, ggml_compute_fp32_to_fp16 as fp32_to_fp16};
+
+pub const QK: usize = 32;
+pub const Q4_0_BYTES: usize = 18;
+pub const Q4_1_BYTES: usize = 20;
+pub const Q5_0_BYTES: usize = 22;
+pub const Q5_1_BYTES: usize = 24;
+
+#[inline]
+fn put_f16(y: &mut [u8], at: usize, v: f32) {
+    y[at..at + 2].copy_from_slice(&fp32_to_fp16(v).to_le_bytes());
+}
+
+#[inline]
+fn get_f16(y: &[u8], at: usize) -> f32 {
+    fp16_to_fp32(u16::from_le_bytes([y[at], y[at + 1]]))
+}
+
+/// The signed value of largest magnitude (the first one on ties), as the _0 types use.
+#[inline]
+fn signed_absmax(x: &[f32]) -> f32 {
+    let mut amax = 0.0f32;
+    let mut max = 0.0f32;
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    max
+}
+
+#[inline]
+fn min_max(x: &[f32]) -> (f32, f32) {
+    let mut min = f32::MAX;
+    let mut max = -f32::MAX;
+    for &v in x {
+        if v < min {
+            min = v;
+        }
+        if v > max {
+            max = v;
+        }
+    }
+    (min, max)
+}
+
+/// Mean square of the whole row: the legacy importance paths weigh by it (no factor 2).
+#[inline]
+fn row_sigma2(x: &[f32], n_per_row: usize) -> f32 {
+    let mut sum_x2 = 0.0f32;
+    for &v in &x[..n_per_row] {
+        sum_x2 += v * v;
+    }
+    sum_x2 / n_per_row as f32
+}
+
+#[inline]
+fn importance_weights(xb: &[f32], qw: &[f32], sigma2: f32, weight: &mut [f32; QK]) {
+    for j in 0..QK {
+        weight[j] = qw[j] * (sigma2 + xb[j] * xb[j]).sqrt();
+    }
+}
+
+#[inline]
+fn pack_qh(qh: &mut u32, j: usize, xi0: u8, xi1: u8) {
+    *qh |= (((xi0 & 0x10) >> 4) as u32) << j;
+    *qh |= (((xi1 & 0x10) >> 4) as u32) << (j + QK / 2);
+}
+
+pub fn quantize_row_q4_0_ref(x: &[f32], y: &mut [u8], k: usize) {
+    for (xb, yb) in x[..k].chunks_exact(QK).zip(y.chunks_exact_mut(Q4_0_BYTES)) {
+        let max = signed_absmax(xb);
+        let d = max / -8.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        put_f16(yb, 0, d);
+        for j in 0..QK / 2 {
+            let x0 = xb[j] * id;
+            let x1 = xb[QK / 2 + j] * id;
+            let xi0 = 15.min((x0 + 8.5) as i8) as u8;
+            let xi1 = 15.min((x1 + 8.5) as i8) as u8;
+            yb[2 + j] = xi0 | (xi1 << 4);
+        }
+    }
+}
+
+pub fn quantize_row_q4_1_ref(x: &[f32], y: &mut [u8], k: usize) {
+    for (xb, yb) in x[..k].chunks_exact(QK).zip(y.chunks_exact_mut(Q4_1_BYTES)) {
+        let (min, max) = min_max(xb);
+        let d = (max - min) / 15.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        put_f16(yb, 0, d);
+        put_f16(yb, 2, min);
+        for j in 0..QK / 2 {
+            let x0 = (xb[j] - min) * id;
+            let x1 = (xb[QK / 2 + j] - min) * id;
+            let xi0 = 15.min((x0 + 0.5) as i8) as u8;
+            let xi1 = 15.min((x1 + 0.5) as i8) as u8;
+            yb[4 + j] = xi0 | (xi1 << 4);
+        }
+    }
+}
+
+pub fn quantize_row_q5_0_ref(x: &[f32], y: &mut [u8], k: usize) {
+    for (xb, yb) in x[..k].chunks_exact(QK).zip(y.chunks_exact_mut(Q5_0_BYTES)) {
+        let max = signed_absmax(xb);
+        let d = max / -16.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        put_f16(yb, 0, d);
+        let mut qh = 0u32;
+        for j in 0..QK / 2 {
+            let x0 = xb[j] * id;
+            let x1 = xb[QK / 2 + j] * id;
+            let xi0 = 31.min((x0 + 16.5) as i8) as u8;
+            let xi1 = 31.min((x1 + 16.5) as i8) as u8;
+            yb[6 + j] = (xi0 & 0x0F) | ((xi1 & 0x0F) << 4);
+            pack_qh(&mut qh, j, xi0, xi1);
+        }
+        yb[2..6].copy_from_slice(&qh.to_le_bytes());
+    }
+}
+
+pub fn quantize_row_q5_1_ref(x: &[f32], y: &mut [u8], k: usize) {
+    for (xb, yb) in x[..k].chunks_exact(QK).zip(y.chunks_exact_mut(Q5_1_BYTES)) {
+        let (min, max) = min_max(xb);
+        let d = (max - min) / 31.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        put_f16(yb, 0, d);
+        put_f16(yb, 2, min);
+        let mut qh = 0u32;
+        for j in 0..QK / 2 {
+            let x0 = (xb[j] - min) * id;
+            let x1 = (xb[QK / 2 + j] - min) * id;
+            let xi0 = (x0 + 0.5) as u8;
+            let xi1 = (x1 + 0.5) as u8;
+            yb[8 + j] = (xi0 & 0x0F) | ((xi1 & 0x0F) << 4);
+            pack_qh(&mut qh, j, xi0, xi1);
+        }
+        yb[4..8].copy_from_slice(&qh.to_le_bytes());
+    }
+}
+
+pub fn quantize_row_q4_0_impl(x: &[f32], y: &mut [u8], n_per_row: usize, quant_weights: &[f32]) {
+    let sigma2 = row_sigma2(x, n_per_row);
+    let mut weight = [0f32; QK];
+    let mut L = [0i8; QK];
+    for (ib, (xb, yb)) in x[..n_per_row].chunks_exact(QK).zip(y.chunks_exact_mut(Q4_0_BYTES)).enumerate() {
+        importance_weights(xb, &quant_weights[QK * ib..], sigma2, &mut weight);
+        let d = make_qx_quants(QK, 8, xb, &mut L, 1, Some(&weight));
+        put_f16(yb, 0, d);
+        for j in 0..QK / 2 {
+            yb[2 + j] = L[j] as u8 | ((L[j + QK / 2] as u8) << 4);
+        }
+    }
+}
+
+pub fn quantize_row_q5_0_impl(x: &[f32], y: &mut [u8], n_per_row: usize, quant_weights: &[f32]) {
+    let sigma2 = row_sigma2(x, n_per_row);
+    let mut weight = [0f32; QK];
+    let mut L = [0i8; QK];
+    for (ib, (xb, yb)) in x[..n_per_row].chunks_exact(QK).zip(y.chunks_exact_mut(Q5_0_BYTES)).enumerate() {
+        importance_weights(xb, &quant_weights[QK * ib..], sigma2, &mut weight);
+        let d = make_qx_quants(QK, 16, xb, &mut L, 1, Some(&weight));
+        put_f16(yb, 0, d);
+        let mut qh = 0u32;
+        for j in 0..QK / 2 {
+            let xi0 = L[j] as u8;
+            let xi1 = L[j + QK / 2] as u8;
+            yb[6 + j] = (xi0 & 0x0F) | ((xi1 & 0x0F) << 4);
+            pack_qh(&mut qh, j, xi0, xi1);
+        }
+        yb[2..6].copy_from_slice(&qh.to_le_bytes());
+    }
+}
+
+pub fn quantize_row_q4_1_impl(x: &[f32], y: &mut [u8], n_per_row: usize, quant_weights: &[f32]) {
+    let sigma2 = row_sigma2(x, n_per_row);
+    let mut weight = [0f32; QK];
+    let mut L = [0u8; QK];
+    let mut laux = [0u8; QK];
+    for (ib, (xb, yb)) in x[..n_per_row].chunks_exact(QK).zip(y.chunks_exact_mut(Q4_1_BYTES)).enumerate() {
+        importance_weights(xb, &quant_weights[QK * ib..], sigma2, &mut weight);
+        let mut min = 0.0f32;
+        let d = make_qkx3_quants(QK, 15, xb, Some(&weight), &mut L, &mut min, &mut laux, -0.9, 0.05, 36, false);
+        put_f16(yb, 0, d);
+        put_f16(yb, 2, -min);
+        for j in 0..QK / 2 {
+            yb[4 + j] = L[j] | (L[j + QK / 2] << 4);
+        }
+    }
+}
+
+pub fn quantize_row_q5_1_impl(x: &[f32], y: &mut [u8], n_per_row: usize, quant_weights: &[f32]) {
+    let sigma2 = row_sigma2(x, n_per_row);
+    let mut weight = [0f32; QK];
+    let mut L = [0u8; QK];
+    let mut laux = [0u8; QK];
+    for (ib, (xb, yb)) in x[..n_per_row].chunks_exact(QK).zip(y.chunks_exact_mut(Q5_1_BYTES)).enumerate() {
+        importance_weights(xb, &quant_weights[QK * ib..], sigma2, &mut weight);
+        let mut min = 0.0f32;
+        let d = make_qkx3_quants(QK, 31, xb, Some(&weight), &mut L, &mut min, &mut laux, -0.9, 0.05, 36, false);
+        put_f16(yb, 0, d);
+        put_f16(yb, 2, -min);
+        let mut qh = 0u32;
+        for j in 0..QK / 2 {
+            let xi0 = L[j];
+            let xi1 = L[j + QK / 2];
+            yb[8 + j] = (xi0 & 0x0F) | ((xi1 & 0x0F) << 4);
+            pack_qh(&mut qh, j, xi0, xi1);
+        }
+        yb[4..8].copy_from_slice(&qh.to_le_bytes());
+    }
+}
+
+pub fn dequantize_row_q4_0(x: &[u8], y: &mut [f32], k: usize) {
+    for (b, out) in x.chunks_exact(Q4_0_BYTES).zip(y[..k].chunks_exact_mut(QK)) {
+        let d = get_f16(b, 0);
+        for j in 0..QK / 2 {
+            out[j] = ((b[2 + j] & 0xF) as i32 - 8) as f32 * d;
+            out[j + QK / 2] = ((b[2 + j] >> 4) as i32 - 8) as f32 * d;
+        }
+    }
+}
+
+pub fn dequantize_row_q4_1(x: &[u8], y: &mut [f32], k: usize) {
+    for (b, out) in x.chunks_exact(Q4_1_BYTES).zip(y[..k].chunks_exact_mut(QK)) {
+        let d = get_f16(b, 0);
+        let m = get_f16(b, 2);
+        for j in 0..QK / 2 {
+            out[j] = (b[4 + j] & 0xF) as f32 * d + m;
+            out[j + QK / 2] = (b[4 + j] >> 4) as f32 * d + m;
+        }
+    }
+}
+
+pub fn dequantize_row_q5_0(x: &[u8], y: &mut [f32], k: usize) {
+    for (b, out) in x.chunks_exact(Q5_0_BYTES).zip(y[..k].chunks_exact_mut(QK)) {
+        let d = get_f16(b, 0);
+        let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+        for j in 0..QK / 2 {
+            let xh_0 = ((qh >> j) << 4) & 0x10;
+            let xh_1 = (qh >> (j + 12)) & 0x10;
+            let x0 = ((b[6 + j] & 0x0F) as u32 | xh_0) as i32 - 16;
+            let x1 = ((b[6 + j] >> 4) as u32 | xh_1) as i32 - 16;
+            out[j] = x0 as f32 * d;
+            out[j + QK / 2] = x1 as f32 * d;
+        }
+    }
+}
+
+pub fn dequantize_row_q5_1(x: &[u8], y: &mut [f32], k: usize) {
+    for (b, out) in x.chunks_exact(Q5_1_BYTES).zip(y[..k].chunks_exact_mut(QK)) {
+        let d = get_f16(b, 0);
+        let m = get_f16(b, 2);
+        let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+        for j in 0..QK / 2 {
+            let xh_0 = ((qh >> j) << 4) & 0x10;
+            let xh_1 = (qh >> (j + 12)) & 0x10;
+            let x0 = (b[8 + j] & 0x0F) as u32 | xh_0;
+            let x1 = (b[8 + j] >> 4) as u32 | xh_1;
+            out[j] = x0 as f32 * d + m;
+            out[j + QK / 2] = x1 as f32 * d + m;
+        }
+    }
+}

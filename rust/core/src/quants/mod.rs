@@ -1,0 +1,328 @@
+//! ggml's type table and the row-parallel entry points (`quantize`, `dequantize`).
+//!
+//! Rows are independent in every ggml quantizer (the reference paths even per block), so
+//! spreading rows over rayon threads cannot change a byte, whatever the thread count.
+
+mod common;
+pub mod iq4_nl;
+pub mod legacy;
+pub mod q3_k;
+pub mod q45_k;
+pub mod q6_k;
+pub mod q8_0;
+
+pub use common::{
+    best_index_int8, make_q3_quants, make_qkx2_quants, make_qkx3_quants, make_qp_quants, make_qx_quants,
+    nearest_int, GROUP_MAX_EPS,
+};
+
+use crate::error::{Error, Result};
+use crate::fp16::{
+    ggml_compute_bf16_to_fp32, ggml_compute_fp16_to_fp32, ggml_compute_fp32_to_bf16, ggml_compute_fp32_to_fp16,
+};
+use rayon::prelude::*;
+
+pub const QK_K: usize = 256;
+
+/// The ggml types simpo-q reads and writes, with ggml's ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+#[allow(non_camel_case_types)] // ggml's names, so the two tables read alike
+pub enum QuantType {
+    F32 = 0,
+    F16 = 1,
+    Q4_0 = 2,
+    Q4_1 = 3,
+    Q5_0 = 6,
+    Q5_1 = 7,
+    Q8_0 = 8,
+    Q3_K = 11,
+    Q4_K = 12,
+    Q5_K = 13,
+    Q6_K = 14,
+    IQ4_NL = 20,
+    BF16 = 30,
+}
+
+impl QuantType {
+    pub const ALL: [QuantType; 13] = [
+        QuantType::F32,
+        QuantType::F16,
+        QuantType::BF16,
+        QuantType::Q4_0,
+        QuantType::Q4_1,
+        QuantType::Q5_0,
+        QuantType::Q5_1,
+        QuantType::Q8_0,
+        QuantType::Q3_K,
+        QuantType::Q4_K,
+        QuantType::Q5_K,
+        QuantType::Q6_K,
+        QuantType::IQ4_NL,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantType::F32 => "F32",
+            QuantType::F16 => "F16",
+            QuantType::BF16 => "BF16",
+            QuantType::Q4_0 => "Q4_0",
+            QuantType::Q4_1 => "Q4_1",
+            QuantType::Q5_0 => "Q5_0",
+            QuantType::Q5_1 => "Q5_1",
+            QuantType::Q8_0 => "Q8_0",
+            QuantType::Q3_K => "Q3_K",
+            QuantType::Q4_K => "Q4_K",
+            QuantType::Q5_K => "Q5_K",
+            QuantType::Q6_K => "Q6_K",
+            QuantType::IQ4_NL => "IQ4_NL",
+        }
+    }
+
+    pub fn ggml_id(self) -> u32 {
+        self as u32
+    }
+
+    pub fn from_ggml_id(id: u32) -> Option<QuantType> {
+        Self::ALL.into_iter().find(|t| t.ggml_id() == id)
+    }
+
+    pub fn from_name(name: &str) -> Result<QuantType> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(name))
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|t| t.name()).collect();
+                Error::UnknownType(name.to_string(), names.join(", "))
+            })
+    }
+
+    /// Values per block (ggml's `blck_size`).
+    pub fn block_size(self) -> usize {
+        match self {
+            QuantType::F32 | QuantType::F16 | QuantType::BF16 => 1,
+            QuantType::Q3_K | QuantType::Q4_K | QuantType::Q5_K | QuantType::Q6_K => QK_K,
+            _ => 32,
+        }
+    }
+
+    /// Bytes per block (ggml's `type_size`).
+    pub fn type_size(self) -> usize {
+        match self {
+            QuantType::F32 => 4,
+            QuantType::F16 | QuantType::BF16 => 2,
+            QuantType::Q4_0 => legacy::Q4_0_BYTES,
+            QuantType::Q4_1 => legacy::Q4_1_BYTES,
+            QuantType::Q5_0 => legacy::Q5_0_BYTES,
+            QuantType::Q5_1 => legacy::Q5_1_BYTES,
+            QuantType::Q8_0 => q8_0::BLOCK_BYTES,
+            QuantType::Q3_K => q3_k::BLOCK_BYTES,
+            QuantType::Q4_K => q45_k::Q4_K_BLOCK_BYTES,
+            QuantType::Q5_K => q45_k::Q5_K_BLOCK_BYTES,
+            QuantType::Q6_K => q6_k::BLOCK_BYTES,
+            QuantType::IQ4_NL => iq4_nl::BLOCK_BYTES,
+        }
+    }
+
+    pub fn is_quantized(self) -> bool {
+        !matches!(self, QuantType::F32 | QuantType::F16 | QuantType::BF16)
+    }
+
+    /// Whether ggml's chunk quantizer reads the importance vector for this type.
+    pub fn uses_imatrix(self) -> bool {
+        self.is_quantized() && self != QuantType::Q8_0
+    }
+}
+
+/// ggml's `ggml_row_size`, with the block-size check ggml asserts.
+pub fn row_size(qtype: QuantType, n_per_row: usize) -> Result<usize> {
+    let block = qtype.block_size();
+    if n_per_row == 0 || n_per_row % block != 0 {
+        return Err(Error::BadRowLength {
+            arg: "n_per_row",
+            qtype: qtype.name(),
+            n_per_row,
+            block,
+        });
+    }
+    Ok(n_per_row / block * qtype.type_size())
+}
+
+/// One row through ggml's chunk dispatch (`quantize_<type>` for nrow = 1): the reference
+/// path without an importance vector, the `_impl` path with one.
+pub fn quantize_row(qtype: QuantType, x: &[f32], y: &mut [u8], imatrix: Option<&[f32]>) {
+    let n = x.len();
+    match (qtype, imatrix) {
+        (QuantType::F32, _) => {
+            for (o, v) in y.chunks_exact_mut(4).zip(x) {
+                o.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        (QuantType::F16, _) => {
+            for (o, &v) in y.chunks_exact_mut(2).zip(x) {
+                o.copy_from_slice(&ggml_compute_fp32_to_fp16(v).to_le_bytes());
+            }
+        }
+        (QuantType::BF16, _) => {
+            for (o, &v) in y.chunks_exact_mut(2).zip(x) {
+                o.copy_from_slice(&ggml_compute_fp32_to_bf16(v).to_le_bytes());
+            }
+        }
+        (QuantType::Q8_0, _) => q8_0::quantize_row_q8_0_ref(x, y, n),
+        (QuantType::Q4_0, None) => legacy::quantize_row_q4_0_ref(x, y, n),
+        (QuantType::Q4_0, Some(w)) => legacy::quantize_row_q4_0_impl(x, y, n, w),
+        (QuantType::Q4_1, None) => legacy::quantize_row_q4_1_ref(x, y, n),
+        (QuantType::Q4_1, Some(w)) => legacy::quantize_row_q4_1_impl(x, y, n, w),
+        (QuantType::Q5_0, None) => legacy::quantize_row_q5_0_ref(x, y, n),
+        (QuantType::Q5_0, Some(w)) => legacy::quantize_row_q5_0_impl(x, y, n, w),
+        (QuantType::Q5_1, None) => legacy::quantize_row_q5_1_ref(x, y, n),
+        (QuantType::Q5_1, Some(w)) => legacy::quantize_row_q5_1_impl(x, y, n, w),
+        (QuantType::Q3_K, None) => q3_k::quantize_row_q3_K_ref(x, y, n),
+        (QuantType::Q3_K, Some(w)) => q3_k::quantize_row_q3_K_impl(x, y, n, w),
+        (QuantType::Q4_K, None) => q45_k::quantize_row_q4_K_ref(x, y, n),
+        (QuantType::Q4_K, Some(w)) => q45_k::quantize_row_q4_K_impl(x, y, n, w),
+        (QuantType::Q5_K, None) => q45_k::quantize_row_q5_K_ref(x, y, n),
+        (QuantType::Q5_K, Some(w)) => q45_k::quantize_row_q5_K_impl(x, y, n, w),
+        (QuantType::Q6_K, None) => q6_k::quantize_row_q6_K_ref(x, y, n),
+        (QuantType::Q6_K, Some(w)) => q6_k::quantize_row_q6_K_impl(x, y, n, w),
+        (QuantType::IQ4_NL, w) => iq4_nl::quantize_iq4_nl(x, y, n, w),
+    }
+}
+
+pub fn dequantize_row(qtype: QuantType, x: &[u8], y: &mut [f32]) {
+    let k = y.len();
+    match qtype {
+        QuantType::F32 => {
+            for (o, b) in y.iter_mut().zip(x.chunks_exact(4)) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        QuantType::F16 => {
+            for (o, b) in y.iter_mut().zip(x.chunks_exact(2)) {
+                *o = ggml_compute_fp16_to_fp32(u16::from_le_bytes([b[0], b[1]]));
+            }
+        }
+        QuantType::BF16 => {
+            for (o, b) in y.iter_mut().zip(x.chunks_exact(2)) {
+                *o = ggml_compute_bf16_to_fp32(u16::from_le_bytes([b[0], b[1]]));
+            }
+        }
+        QuantType::Q4_0 => legacy::dequantize_row_q4_0(x, y, k),
+        QuantType::Q4_1 => legacy::dequantize_row_q4_1(x, y, k),
+        QuantType::Q5_0 => legacy::dequantize_row_q5_0(x, y, k),
+        QuantType::Q5_1 => legacy::dequantize_row_q5_1(x, y, k),
+        QuantType::Q8_0 => q8_0::dequantize_row_q8_0(x, y, k),
+        QuantType::Q3_K => q3_k::dequantize_row_q3_K(x, y, k),
+        QuantType::Q4_K => q45_k::dequantize_row_q4_K(x, y, k),
+        QuantType::Q5_K => q45_k::dequantize_row_q5_K(x, y, k),
+        QuantType::Q6_K => q6_k::dequantize_row_q6_K(x, y, k),
+        QuantType::IQ4_NL => iq4_nl::dequantize_row_iq4_nl(x, y, k),
+    }
+}
+
+/// Rejects what ggml would abort on or silently garble: non-finite data (ggml aborts on a
+/// non-finite scale; we say where the bad value is) and unusable importance vectors.
+pub fn validate(x: &[f32], n_per_row: usize, imatrix: Option<&[f32]>) -> Result<()> {
+    if let Some(w) = imatrix {
+        if w.len() != n_per_row {
+            return Err(Error::ImatrixLength {
+                arg: "imatrix",
+                len: w.len(),
+                n_per_row,
+            });
+        }
+        for (col, &v) in w.iter().enumerate() {
+            if !v.is_finite() {
+                return Err(Error::NonFinite {
+                    arg: "imatrix",
+                    value: v,
+                    row: 0,
+                    col,
+                });
+            }
+            if v < 0.0 {
+                return Err(Error::Negative {
+                    arg: "imatrix",
+                    value: v,
+                    col,
+                });
+            }
+        }
+    }
+    if let Some(pos) = x.par_iter().position_first(|v| !v.is_finite()) {
+        return Err(Error::NonFinite {
+            arg: "x",
+            value: x[pos],
+            row: pos / n_per_row,
+            col: pos % n_per_row,
+        });
+    }
+    Ok(())
+}
+
+/// Quantizes `x` (rows of `n_per_row` values, row-major) into `out`
+/// (`rows × row_size` bytes), spreading rows over the current rayon pool.
+pub fn quantize_into(
+    qtype: QuantType,
+    x: &[f32],
+    n_per_row: usize,
+    imatrix: Option<&[f32]>,
+    out: &mut [u8],
+) -> Result<()> {
+    let rs = row_size(qtype, n_per_row)?;
+    if x.len() % n_per_row != 0 {
+        return Err(Error::BadLength {
+            arg: "x",
+            len: x.len(),
+            expected: n_per_row,
+        });
+    }
+    let rows = x.len() / n_per_row;
+    if out.len() != rows * rs {
+        return Err(Error::Invalid {
+            arg: "out",
+            msg: format!("has {} bytes, {} needed", out.len(), rows * rs),
+        });
+    }
+    validate(x, n_per_row, imatrix)?;
+    let imatrix = if qtype.uses_imatrix() { imatrix } else { None };
+    out.par_chunks_mut(rs)
+        .zip(x.par_chunks(n_per_row))
+        .for_each(|(y, xr)| quantize_row(qtype, xr, y, imatrix));
+    Ok(())
+}
+
+pub fn quantize(qtype: QuantType, x: &[f32], n_per_row: usize, imatrix: Option<&[f32]>) -> Result<Vec<u8>> {
+    let rs = row_size(qtype, n_per_row)?;
+    let mut out = vec![0u8; x.len() / n_per_row * rs];
+    quantize_into(qtype, x, n_per_row, imatrix, &mut out)?;
+    Ok(out)
+}
+
+pub fn dequantize_into(qtype: QuantType, data: &[u8], n_per_row: usize, out: &mut [f32]) -> Result<()> {
+    let rs = row_size(qtype, n_per_row)?;
+    if data.len() % rs != 0 {
+        return Err(Error::BadLength {
+            arg: "data",
+            len: data.len(),
+            expected: rs,
+        });
+    }
+    if out.len() != data.len() / rs * n_per_row {
+        return Err(Error::Invalid {
+            arg: "out",
+            msg: format!("has {} values, {} needed", out.len(), data.len() / rs * n_per_row),
+        });
+    }
+    out.par_chunks_mut(n_per_row)
+        .zip(data.par_chunks(rs))
+        .for_each(|(y, x)| dequantize_row(qtype, x, y));
+    Ok(())
+}
+
+pub fn dequantize(qtype: QuantType, data: &[u8], n_per_row: usize) -> Result<Vec<f32>> {
+    let rs = row_size(qtype, n_per_row)?;
+    let mut out = vec![0f32; data.len() / rs * n_per_row];
+    dequantize_into(qtype, data, n_per_row, &mut out)?;
+    Ok(out)
+}

@@ -1,0 +1,160 @@
+//! Q3_K: 256-value super-blocks of 3-bit quants with 16 six-bit sub-block scales.
+//! Layout: hmask[32] @0, qs[64] @32, scales[12] @96, d (f16) @108.
+#![allow(non_snake_case)]
+
+use super::common::{make_q3_quants, make_qx_quants, nearest_int};
+use super::QK_K;
+use crate::fp16::{ggml_compute_fp16_to_fp32 as fp16_to_fp32, ggml_compute_fp32_to_fp16 as fp32_to_fp16};
+
+pub const BLOCK_BYTES: usize = 110;
+
+/// Sub-block j's 6-bit scale from the 12 packed bytes (ggml packs the low nibbles in bytes
+/// 0..8 and the top two bits of four scales per byte in bytes 8..12).
+#[inline]
+fn unpack_scale(scales: &[u8], j: usize) -> i32 {
+    let lo = if j < 8 { scales[j] & 0xF } else { scales[j - 8] >> 4 };
+    let hi = (scales[8 + j % 4] >> (2 * (j / 4))) & 3;
+    (lo | (hi << 4)) as i32
+}
+
+#[inline]
+fn pack_scale(scales: &mut [u8], j: usize, l: u8) {
+    if j < 8 {
+        scales[j] = l & 0xF;
+    } else {
+        scales[j - 8] |= (l & 0xF) << 4;
+    }
+    scales[j % 4 + 8] |= (l >> 4) << (2 * (j / 4));
+}
+
+/// Steps shared by both paths once the packed scales and `d` are set: re-quantize each
+/// sub-block against its decoded scale (keeping the first-pass L where that scale is 0),
+/// then split L into the high-bit mask and the 2-bit planes.
+fn requantize_and_pack(x: &[f32], L: &mut [i8; QK_K], y: &mut [u8]) {
+    let d = fp16_to_fp32(u16::from_le_bytes([y[108], y[109]]));
+    for j in 0..QK_K / 16 {
+        let sc = unpack_scale(&y[96..108], j) - 32;
+        let dd = d * sc as f32;
+        if dd == 0.0 {
+            continue;
+        }
+        for ii in 0..16 {
+            let l = nearest_int(x[16 * j + ii] / dd).clamp(-4, 3);
+            L[16 * j + ii] = (l + 4) as i8;
+        }
+    }
+    y[..32].fill(0);
+    let mut m = 0usize;
+    let mut hm = 1u8;
+    for l in L.iter_mut() {
+        if *l > 3 {
+            y[m] |= hm;
+            *l -= 4;
+        }
+        m += 1;
+        if m == QK_K / 8 {
+            m = 0;
+            hm <<= 1;
+        }
+    }
+    for j in (0..QK_K).step_by(128) {
+        for l in 0..32 {
+            y[32 + j / 4 + l] = L[j + l] as u8
+                | ((L[j + l + 32] as u8) << 2)
+                | ((L[j + l + 64] as u8) << 4)
+                | ((L[j + l + 96] as u8) << 6);
+        }
+    }
+}
+
+/// Reference path (no importance matrix): blocks are independent, `k` values in all.
+pub fn quantize_row_q3_K_ref(x: &[f32], y: &mut [u8], k: usize) {
+    let nb = k / QK_K;
+    let mut L = [0i8; QK_K];
+    let mut scales = [0f32; QK_K / 16];
+    for i in 0..nb {
+        let x = &x[i * QK_K..(i + 1) * QK_K];
+        let y = &mut y[i * BLOCK_BYTES..(i + 1) * BLOCK_BYTES];
+        let mut max_scale = 0.0f32;
+        let mut amax = 0.0f32;
+        for j in 0..QK_K / 16 {
+            scales[j] = make_q3_quants(16, 4, &x[16 * j..], &mut L[16 * j..], true);
+            let scale = scales[j].abs();
+            if scale > amax {
+                amax = scale;
+                max_scale = scales[j];
+            }
+        }
+        y[96..108].fill(0);
+        let d = if max_scale != 0.0 {
+            let iscale = -32.0f32 / max_scale;
+            for (j, &s) in scales.iter().enumerate() {
+                let l = nearest_int(iscale * s) as i8;
+                let l = ((l as i32).clamp(-32, 31) + 32) as u8;
+                pack_scale(&mut y[96..108], j, l);
+            }
+            fp32_to_fp16(1.0 / iscale)
+        } else {
+            fp32_to_fp16(0.0)
+        };
+        y[108..110].copy_from_slice(&d.to_le_bytes());
+        requantize_and_pack(x, &mut L, y);
+    }
+}
+
+/// Importance-weighted path for one row of `n_per_row` values.
+pub fn quantize_row_q3_K_impl(x: &[f32], y: &mut [u8], n_per_row: usize, quant_weights: &[f32]) {
+    let nb = n_per_row / QK_K;
+    let mut L = [0i8; QK_K];
+    let mut scales = [0f32; QK_K / 16];
+    let mut weight = [0f32; 16];
+    let mut sw = [0f32; QK_K / 16];
+    let mut Ls = [0i8; QK_K / 16];
+    for i in 0..nb {
+        let x = &x[i * QK_K..(i + 1) * QK_K];
+        let y = &mut y[i * BLOCK_BYTES..(i + 1) * BLOCK_BYTES];
+        let mut sumx2 = 0.0f32;
+        for &v in x {
+            sumx2 += v * v;
+        }
+        let sigma2 = 2.0 * sumx2 / QK_K as f32;
+        for j in 0..QK_K / 16 {
+            let qw = &quant_weights[QK_K * i + 16 * j..QK_K * i + 16 * j + 16];
+            for l in 0..16 {
+                let xv = x[16 * j + l];
+                weight[l] = qw[l] * (sigma2 + xv * xv).sqrt();
+            }
+            let mut sumw = 0.0f32;
+            for &w in &weight {
+                sumw += w;
+            }
+            sw[j] = sumw;
+            scales[j] = make_qx_quants(16, 4, &x[16 * j..], &mut L[16 * j..], 1, Some(&weight));
+        }
+        y[96..108].fill(0);
+        let d_block = make_qx_quants(QK_K / 16, 32, &scales, &mut Ls, 1, Some(&sw));
+        for (j, &l) in Ls.iter().enumerate() {
+            pack_scale(&mut y[96..108], j, l as u8);
+        }
+        y[108..110].copy_from_slice(&fp32_to_fp16(d_block).to_le_bytes());
+        requantize_and_pack(x, &mut L, y);
+    }
+}
+
+pub fn dequantize_row_q3_K(x: &[u8], y: &mut [f32], k: usize) {
+    for (block, out) in x.chunks_exact(BLOCK_BYTES).zip(y[..k].chunks_exact_mut(QK_K)) {
+        let hmask = &block[..32];
+        let qs = &block[32..96];
+        let scales = &block[96..108];
+        let d_all = fp16_to_fp32(u16::from_le_bytes([block[108], block[109]]));
+        for (e, o) in out.iter_mut().enumerate() {
+            let h = e / 128;
+            let kk = (e % 128) / 32;
+            let l = e % 32;
+            let q2 = ((qs[32 * h + l] >> (2 * kk)) & 3) as i32;
+            let hb = hmask[l] & (1 << (e / 32)) != 0;
+            let dl = d_all * (unpack_scale(scales, e / 16) - 32) as f32;
+            *o = dl * (q2 - if hb { 0 } else { 4 }) as f32;
+        }
+    }
+}
