@@ -22,7 +22,12 @@ pub fn ggml_compute_fp32_to_fp16(f: f32) -> u16 {
     let exp_bits = (bits >> 13) & 0x0000_7C00;
     let mantissa_bits = bits & 0x0000_0FFF;
     let nonsign = exp_bits + mantissa_bits;
-    ((sign >> 16) | if shl1_w > 0xFF00_0000 { 0x7E00 } else { nonsign }) as u16
+    ((sign >> 16)
+        | if shl1_w > 0xFF00_0000 {
+            0x7E00
+        } else {
+            nonsign
+        }) as u16
 }
 
 #[inline]
@@ -83,7 +88,10 @@ mod tests {
     fn fp16_rounds_ties_to_even() {
         // 1 + 2^-11 lies halfway between 1 and the next half; even mantissa wins.
         assert_eq!(ggml_compute_fp32_to_fp16(1.0 + f32::powi(2.0, -11)), 0x3C00);
-        assert_eq!(ggml_compute_fp32_to_fp16(1.0 + 3.0 * f32::powi(2.0, -11)), 0x3C02);
+        assert_eq!(
+            ggml_compute_fp32_to_fp16(1.0 + 3.0 * f32::powi(2.0, -11)),
+            0x3C02
+        );
         assert_eq!(ggml_compute_fp32_to_fp16(65520.0), 0x7C00);
         assert_eq!(ggml_compute_fp32_to_fp16(f32::NAN), 0x7E00);
     }
@@ -91,7 +99,13 @@ mod tests {
     #[test]
     fn bf16_rounds_ties_to_even() {
         assert_eq!(ggml_compute_fp32_to_bf16(1.0), 0x3F80);
-        assert_eq!(ggml_compute_fp32_to_bf16(f32::from_bits(0x3F80_8000)), 0x3F80);
-        assert_eq!(ggml_compute_fp32_to_bf16(f32::from_bits(0x3F81_8000)), 0x3F82);
+        assert_eq!(
+            ggml_compute_fp32_to_bf16(f32::from_bits(0x3F80_8000)),
+            0x3F80
+        );
+        assert_eq!(
+            ggml_compute_fp32_to_bf16(f32::from_bits(0x3F81_8000)),
+            0x3F82
+        );
     }
 }

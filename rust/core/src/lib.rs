@@ -4,6 +4,9 @@
 //! `ggml-quants.c`, so the two can be read side by side; the bytes are identical to ggml's
 //! for the same input and importance vector (checked against `ggml_quantize_chunk`).
 
+// Index loops mirror ggml's C one-to-one, which keeps the port reviewable side by side.
+#![allow(clippy::needless_range_loop)]
+
 pub mod error;
 pub mod fp16;
 pub mod quants;

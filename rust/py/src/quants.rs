@@ -1,5 +1,7 @@
 use crate::errors::{bad_arg, to_py};
-use numpy::{PyArray1, PyArray2, PyArrayDescrMethods, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
+use numpy::{
+    PyArray1, PyArray2, PyArrayDescrMethods, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods,
+};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use simpo_q_core::quants::{self, QuantType};
@@ -30,9 +32,12 @@ fn checked<'py>(
     dtype_name: &str,
     ndim: Option<usize>,
 ) -> PyResult<Bound<'py, PyUntypedArray>> {
-    let arr = obj
-        .cast::<PyUntypedArray>()
-        .map_err(|_| bad_arg(format!("{arg}: expected a numpy.ndarray, got {}", obj.get_type())))?;
+    let arr = obj.cast::<PyUntypedArray>().map_err(|_| {
+        bad_arg(format!(
+            "{arg}: expected a numpy.ndarray, got {}",
+            obj.get_type()
+        ))
+    })?;
     let dt = arr.dtype();
     let got = dt.str()?.to_string();
     let kind_ok = match dtype_name {
@@ -41,15 +46,22 @@ fn checked<'py>(
         _ => false,
     };
     if !kind_ok {
-        return Err(bad_arg(format!("{arg}: dtype must be {dtype_name}, got {got}")));
+        return Err(bad_arg(format!(
+            "{arg}: dtype must be {dtype_name}, got {got}"
+        )));
     }
     if let Some(n) = ndim {
         if arr.ndim() != n {
-            return Err(bad_arg(format!("{arg}: expected {n} dimensions, got {}", arr.ndim())));
+            return Err(bad_arg(format!(
+                "{arg}: expected {n} dimensions, got {}",
+                arr.ndim()
+            )));
         }
     }
     if !arr.is_c_contiguous() {
-        return Err(bad_arg(format!("{arg}: array must be C-contiguous (use numpy.ascontiguousarray)")));
+        return Err(bad_arg(format!(
+            "{arg}: array must be C-contiguous (use numpy.ascontiguousarray)"
+        )));
     }
     Ok(arr.clone())
 }

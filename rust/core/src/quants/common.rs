@@ -16,6 +16,19 @@ pub fn nearest_int(fval: f32) -> i32 {
     (i & 0x007f_ffff) - 0x0040_0000
 }
 
+/// C's float-to-int conversion as x86-64 performs it (`cvttss2si`): truncation toward zero,
+/// and the "integer indefinite" i32::MIN for NaN and out-of-range values. ggml writes
+/// `(int8_t)(x*id + 8.5f)` and the like; with a subnormal block maximum `id` is infinite, and
+/// Rust's saturating `as` would then disagree with ggml's bytes.
+#[inline(always)]
+pub fn c_f32_to_i32(v: f32) -> i32 {
+    if v.is_nan() || v >= 2_147_483_648.0 || v < -2_147_483_648.0 {
+        i32::MIN
+    } else {
+        v as i32
+    }
+}
+
 #[inline(always)]
 fn clamp_i(l: i32, lo: i32, hi: i32) -> i32 {
     lo.max(hi.min(l))
@@ -249,8 +262,11 @@ pub fn make_qkx2_quants(
     scale
 }
 
-/// As `make_qkx2_quants`, with ggml's later guards: x² weights when none are given, a
-/// `max <= min` degenerate test, and a bounded rounding inside the search loop.
+/// As `make_qkx2_quants`, but with x² weights when none are given and a `max <= min`
+/// degenerate test. Inside the search loop the rounding is the plain clamped `nearest_int`,
+/// as in the ggml of llama-cpp-python 0.3.36: when an accepted `min` moves far from an
+/// outlier, `nearest_int` leaves its valid range and its wrapped result is what ggml
+/// clamps (newer ggml guards `v > 0` first; that would change bytes here).
 #[allow(clippy::too_many_arguments)]
 pub fn make_qkx3_quants(
     n: usize,
@@ -314,8 +330,7 @@ pub fn make_qkx3_quants(
         let mut sum_l2 = 0.0f32;
         let mut sum_xl = 0.0f32;
         for i in 0..n {
-            let v = iscale * (x[i] - min);
-            let l = if v > 0.0 { nearest_int(v.min(nmaxf)) } else { 0 };
+            let l = clamp_i(nearest_int(iscale * (x[i] - min)), 0, nmax);
             laux[i] = l as u8;
             let w = weight(i);
             let lf = l as f32;
@@ -352,7 +367,13 @@ pub fn make_qkx3_quants(
 /// Quantizer of non-negative values (the sub-block scales and mins of Q4_K/Q5_K with an
 /// importance matrix). `L` is u8 as in ggml: a negative input wraps, and the wrapped value
 /// is what later arithmetic reads.
-pub fn make_qp_quants(n: usize, nmax: i32, x: &[f32], l_out: &mut [u8], quant_weights: &[f32]) -> f32 {
+pub fn make_qp_quants(
+    n: usize,
+    nmax: i32,
+    x: &[f32],
+    l_out: &mut [u8],
+    quant_weights: &[f32],
+) -> f32 {
     let x = &x[..n];
     let w = &quant_weights[..n];
     let mut max = 0.0f32;
@@ -453,7 +474,14 @@ mod tests {
 
     #[test]
     fn nearest_int_is_round_half_even() {
-        for (f, want) in [(0.5, 0), (1.5, 2), (2.5, 2), (-0.5, 0), (-1.5, -2), (3.49, 3)] {
+        for (f, want) in [
+            (0.5, 0),
+            (1.5, 2),
+            (2.5, 2),
+            (-0.5, 0),
+            (-1.5, -2),
+            (3.49, 3),
+        ] {
             assert_eq!(nearest_int(f), want, "{f}");
         }
     }

@@ -4,7 +4,9 @@
 #![allow(non_snake_case)]
 
 use super::common::{best_index_int8, GROUP_MAX_EPS};
-use crate::fp16::{ggml_compute_fp16_to_fp32 as fp16_to_fp32, ggml_compute_fp32_to_fp16 as fp32_to_fp16};
+use crate::fp16::{
+    ggml_compute_fp16_to_fp32 as fp16_to_fp32, ggml_compute_fp32_to_fp16 as fp32_to_fp16,
+};
 
 pub const QK4_NL: usize = 32;
 pub const BLOCK_BYTES: usize = 18;
@@ -104,7 +106,10 @@ pub fn quantize_iq4_nl(x: &[f32], y: &mut [u8], n_per_row: usize, quant_weights:
 }
 
 pub fn dequantize_row_iq4_nl(x: &[u8], y: &mut [f32], k: usize) {
-    for (b, out) in x.chunks_exact(BLOCK_BYTES).zip(y[..k].chunks_exact_mut(QK4_NL)) {
+    for (b, out) in x
+        .chunks_exact(BLOCK_BYTES)
+        .zip(y[..k].chunks_exact_mut(QK4_NL))
+    {
         let d = fp16_to_fp32(u16::from_le_bytes([b[0], b[1]]));
         for j in 0..QK4_NL / 2 {
             out[j] = d * KVALUES_IQ4NL[(b[2 + j] & 0xF) as usize] as f32;

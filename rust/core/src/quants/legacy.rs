@@ -2,8 +2,10 @@
 //! Q4_0 (d, qs[16]), Q4_1 (d, m, qs[16]), Q5_0 (d, qh u32, qs[16]), Q5_1 (d, m, qh u32, qs[16]).
 #![allow(non_snake_case)]
 
-use super::common::{make_qkx3_quants, make_qx_quants};
-use crate::fp16::{ggml_compute_fp16_to_fp32 as fp16_to_fp32, ggml_compute_fp32_to_fp16 as fp32_to_fp16};
+use super::common::{c_f32_to_i32, make_qkx3_quants, make_qx_quants};
+use crate::fp16::{
+    ggml_compute_fp16_to_fp32 as fp16_to_fp32, ggml_compute_fp32_to_fp16 as fp32_to_fp16,
+};
 
 pub const QK: usize = 32;
 pub const Q4_0_BYTES: usize = 18;
@@ -82,8 +84,8 @@ pub fn quantize_row_q4_0_ref(x: &[f32], y: &mut [u8], k: usize) {
         for j in 0..QK / 2 {
             let x0 = xb[j] * id;
             let x1 = xb[QK / 2 + j] * id;
-            let xi0 = 15.min((x0 + 8.5) as i8) as u8;
-            let xi1 = 15.min((x1 + 8.5) as i8) as u8;
+            let xi0 = 15.min(c_f32_to_i32(x0 + 8.5) as i8) as u8;
+            let xi1 = 15.min(c_f32_to_i32(x1 + 8.5) as i8) as u8;
             yb[2 + j] = xi0 | (xi1 << 4);
         }
     }
@@ -99,8 +101,8 @@ pub fn quantize_row_q4_1_ref(x: &[f32], y: &mut [u8], k: usize) {
         for j in 0..QK / 2 {
             let x0 = (xb[j] - min) * id;
             let x1 = (xb[QK / 2 + j] - min) * id;
-            let xi0 = 15.min((x0 + 0.5) as i8) as u8;
-            let xi1 = 15.min((x1 + 0.5) as i8) as u8;
+            let xi0 = 15.min(c_f32_to_i32(x0 + 0.5) as i8) as u8;
+            let xi1 = 15.min(c_f32_to_i32(x1 + 0.5) as i8) as u8;
             yb[4 + j] = xi0 | (xi1 << 4);
         }
     }
@@ -116,8 +118,8 @@ pub fn quantize_row_q5_0_ref(x: &[f32], y: &mut [u8], k: usize) {
         for j in 0..QK / 2 {
             let x0 = xb[j] * id;
             let x1 = xb[QK / 2 + j] * id;
-            let xi0 = 31.min((x0 + 16.5) as i8) as u8;
-            let xi1 = 31.min((x1 + 16.5) as i8) as u8;
+            let xi0 = 31.min(c_f32_to_i32(x0 + 16.5) as i8) as u8;
+            let xi1 = 31.min(c_f32_to_i32(x1 + 16.5) as i8) as u8;
             yb[6 + j] = (xi0 & 0x0F) | ((xi1 & 0x0F) << 4);
             pack_qh(&mut qh, j, xi0, xi1);
         }
@@ -136,8 +138,8 @@ pub fn quantize_row_q5_1_ref(x: &[f32], y: &mut [u8], k: usize) {
         for j in 0..QK / 2 {
             let x0 = (xb[j] - min) * id;
             let x1 = (xb[QK / 2 + j] - min) * id;
-            let xi0 = (x0 + 0.5) as u8;
-            let xi1 = (x1 + 0.5) as u8;
+            let xi0 = c_f32_to_i32(x0 + 0.5) as u8;
+            let xi1 = c_f32_to_i32(x1 + 0.5) as u8;
             yb[8 + j] = (xi0 & 0x0F) | ((xi1 & 0x0F) << 4);
             pack_qh(&mut qh, j, xi0, xi1);
         }
@@ -149,7 +151,11 @@ pub fn quantize_row_q4_0_impl(x: &[f32], y: &mut [u8], n_per_row: usize, quant_w
     let sigma2 = row_sigma2(x, n_per_row);
     let mut weight = [0f32; QK];
     let mut L = [0i8; QK];
-    for (ib, (xb, yb)) in x[..n_per_row].chunks_exact(QK).zip(y.chunks_exact_mut(Q4_0_BYTES)).enumerate() {
+    for (ib, (xb, yb)) in x[..n_per_row]
+        .chunks_exact(QK)
+        .zip(y.chunks_exact_mut(Q4_0_BYTES))
+        .enumerate()
+    {
         importance_weights(xb, &quant_weights[QK * ib..], sigma2, &mut weight);
         let d = make_qx_quants(QK, 8, xb, &mut L, 1, Some(&weight));
         put_f16(yb, 0, d);
@@ -163,7 +169,11 @@ pub fn quantize_row_q5_0_impl(x: &[f32], y: &mut [u8], n_per_row: usize, quant_w
     let sigma2 = row_sigma2(x, n_per_row);
     let mut weight = [0f32; QK];
     let mut L = [0i8; QK];
-    for (ib, (xb, yb)) in x[..n_per_row].chunks_exact(QK).zip(y.chunks_exact_mut(Q5_0_BYTES)).enumerate() {
+    for (ib, (xb, yb)) in x[..n_per_row]
+        .chunks_exact(QK)
+        .zip(y.chunks_exact_mut(Q5_0_BYTES))
+        .enumerate()
+    {
         importance_weights(xb, &quant_weights[QK * ib..], sigma2, &mut weight);
         let d = make_qx_quants(QK, 16, xb, &mut L, 1, Some(&weight));
         put_f16(yb, 0, d);
@@ -183,10 +193,26 @@ pub fn quantize_row_q4_1_impl(x: &[f32], y: &mut [u8], n_per_row: usize, quant_w
     let mut weight = [0f32; QK];
     let mut L = [0u8; QK];
     let mut laux = [0u8; QK];
-    for (ib, (xb, yb)) in x[..n_per_row].chunks_exact(QK).zip(y.chunks_exact_mut(Q4_1_BYTES)).enumerate() {
+    for (ib, (xb, yb)) in x[..n_per_row]
+        .chunks_exact(QK)
+        .zip(y.chunks_exact_mut(Q4_1_BYTES))
+        .enumerate()
+    {
         importance_weights(xb, &quant_weights[QK * ib..], sigma2, &mut weight);
         let mut min = 0.0f32;
-        let d = make_qkx3_quants(QK, 15, xb, Some(&weight), &mut L, &mut min, &mut laux, -0.9, 0.05, 36, false);
+        let d = make_qkx3_quants(
+            QK,
+            15,
+            xb,
+            Some(&weight),
+            &mut L,
+            &mut min,
+            &mut laux,
+            -0.9,
+            0.05,
+            36,
+            false,
+        );
         put_f16(yb, 0, d);
         put_f16(yb, 2, -min);
         for j in 0..QK / 2 {
@@ -200,10 +226,26 @@ pub fn quantize_row_q5_1_impl(x: &[f32], y: &mut [u8], n_per_row: usize, quant_w
     let mut weight = [0f32; QK];
     let mut L = [0u8; QK];
     let mut laux = [0u8; QK];
-    for (ib, (xb, yb)) in x[..n_per_row].chunks_exact(QK).zip(y.chunks_exact_mut(Q5_1_BYTES)).enumerate() {
+    for (ib, (xb, yb)) in x[..n_per_row]
+        .chunks_exact(QK)
+        .zip(y.chunks_exact_mut(Q5_1_BYTES))
+        .enumerate()
+    {
         importance_weights(xb, &quant_weights[QK * ib..], sigma2, &mut weight);
         let mut min = 0.0f32;
-        let d = make_qkx3_quants(QK, 31, xb, Some(&weight), &mut L, &mut min, &mut laux, -0.9, 0.05, 36, false);
+        let d = make_qkx3_quants(
+            QK,
+            31,
+            xb,
+            Some(&weight),
+            &mut L,
+            &mut min,
+            &mut laux,
+            -0.9,
+            0.05,
+            36,
+            false,
+        );
         put_f16(yb, 0, d);
         put_f16(yb, 2, -min);
         let mut qh = 0u32;

@@ -3,7 +3,7 @@
 //! Rows are independent in every ggml quantizer (the reference paths even per block), so
 //! spreading rows over rayon threads cannot change a byte, whatever the thread count.
 
-mod common;
+pub mod common;
 pub mod iq4_nl;
 pub mod legacy;
 pub mod q3_k;
@@ -12,13 +12,14 @@ pub mod q6_k;
 pub mod q8_0;
 
 pub use common::{
-    best_index_int8, make_q3_quants, make_qkx2_quants, make_qkx3_quants, make_qp_quants, make_qx_quants,
-    nearest_int, GROUP_MAX_EPS,
+    best_index_int8, c_f32_to_i32, make_q3_quants, make_qkx2_quants, make_qkx3_quants,
+    make_qp_quants, make_qx_quants, nearest_int, GROUP_MAX_EPS,
 };
 
 use crate::error::{Error, Result};
 use crate::fp16::{
-    ggml_compute_bf16_to_fp32, ggml_compute_fp16_to_fp32, ggml_compute_fp32_to_bf16, ggml_compute_fp32_to_fp16,
+    ggml_compute_bf16_to_fp32, ggml_compute_fp16_to_fp32, ggml_compute_fp32_to_bf16,
+    ggml_compute_fp32_to_fp16,
 };
 use rayon::prelude::*;
 
@@ -292,14 +293,24 @@ pub fn quantize_into(
     Ok(())
 }
 
-pub fn quantize(qtype: QuantType, x: &[f32], n_per_row: usize, imatrix: Option<&[f32]>) -> Result<Vec<u8>> {
+pub fn quantize(
+    qtype: QuantType,
+    x: &[f32],
+    n_per_row: usize,
+    imatrix: Option<&[f32]>,
+) -> Result<Vec<u8>> {
     let rs = row_size(qtype, n_per_row)?;
     let mut out = vec![0u8; x.len() / n_per_row * rs];
     quantize_into(qtype, x, n_per_row, imatrix, &mut out)?;
     Ok(out)
 }
 
-pub fn dequantize_into(qtype: QuantType, data: &[u8], n_per_row: usize, out: &mut [f32]) -> Result<()> {
+pub fn dequantize_into(
+    qtype: QuantType,
+    data: &[u8],
+    n_per_row: usize,
+    out: &mut [f32],
+) -> Result<()> {
     let rs = row_size(qtype, n_per_row)?;
     if data.len() % rs != 0 {
         return Err(Error::BadLength {
@@ -311,7 +322,11 @@ pub fn dequantize_into(qtype: QuantType, data: &[u8], n_per_row: usize, out: &mu
     if out.len() != data.len() / rs * n_per_row {
         return Err(Error::Invalid {
             arg: "out",
-            msg: format!("has {} values, {} needed", out.len(), data.len() / rs * n_per_row),
+            msg: format!(
+                "has {} values, {} needed",
+                out.len(),
+                data.len() / rs * n_per_row
+            ),
         });
     }
     out.par_chunks_mut(n_per_row)

@@ -4,7 +4,9 @@
 
 use super::common::{make_q3_quants, make_qx_quants, nearest_int};
 use super::QK_K;
-use crate::fp16::{ggml_compute_fp16_to_fp32 as fp16_to_fp32, ggml_compute_fp32_to_fp16 as fp32_to_fp16};
+use crate::fp16::{
+    ggml_compute_fp16_to_fp32 as fp16_to_fp32, ggml_compute_fp32_to_fp16 as fp32_to_fp16,
+};
 
 pub const BLOCK_BYTES: usize = 110;
 
@@ -12,7 +14,11 @@ pub const BLOCK_BYTES: usize = 110;
 /// 0..8 and the top two bits of four scales per byte in bytes 8..12).
 #[inline]
 fn unpack_scale(scales: &[u8], j: usize) -> i32 {
-    let lo = if j < 8 { scales[j] & 0xF } else { scales[j - 8] >> 4 };
+    let lo = if j < 8 {
+        scales[j] & 0xF
+    } else {
+        scales[j - 8] >> 4
+    };
     let hi = (scales[8 + j % 4] >> (2 * (j / 4))) & 3;
     (lo | (hi << 4)) as i32
 }
@@ -142,7 +148,10 @@ pub fn quantize_row_q3_K_impl(x: &[f32], y: &mut [u8], n_per_row: usize, quant_w
 }
 
 pub fn dequantize_row_q3_K(x: &[u8], y: &mut [f32], k: usize) {
-    for (block, out) in x.chunks_exact(BLOCK_BYTES).zip(y[..k].chunks_exact_mut(QK_K)) {
+    for (block, out) in x
+        .chunks_exact(BLOCK_BYTES)
+        .zip(y[..k].chunks_exact_mut(QK_K))
+    {
         let hmask = &block[..32];
         let qs = &block[32..96];
         let scales = &block[96..108];

@@ -6,7 +6,9 @@
 
 use super::common::{make_qkx2_quants, make_qkx3_quants, make_qp_quants, nearest_int};
 use super::QK_K;
-use crate::fp16::{ggml_compute_fp16_to_fp32 as fp16_to_fp32, ggml_compute_fp32_to_fp16 as fp32_to_fp16};
+use crate::fp16::{
+    ggml_compute_fp16_to_fp32 as fp16_to_fp32, ggml_compute_fp32_to_fp16 as fp32_to_fp16,
+};
 
 pub const Q4_K_BLOCK_BYTES: usize = 144;
 pub const Q5_K_BLOCK_BYTES: usize = 176;
@@ -92,7 +94,14 @@ fn pack_q5(L: &[u8; QK_K], qh: &mut [u8], ql: &mut [u8]) {
 }
 
 /// The reference-path scales shared by Q4_K and Q5_K. Returns (packed scales, d, dmin).
-fn ref_scales(x: &[f32], L: &mut [u8; QK_K], nmax: i32, rmin: f32, nstep: i32, out_scales: &mut [u8]) -> (u16, u16) {
+fn ref_scales(
+    x: &[f32],
+    L: &mut [u8; QK_K],
+    nmax: i32,
+    rmin: f32,
+    nstep: i32,
+    out_scales: &mut [u8],
+) -> (u16, u16) {
     let mut weights = [0f32; 32];
     let mut laux = [0u8; 32];
     let mut mins = [0f32; QK_K / 32];
@@ -129,7 +138,11 @@ fn ref_scales(x: &[f32], L: &mut [u8; QK_K], nmax: i32, rmin: f32, nstep: i32, o
             max_min = mins[j];
         }
     }
-    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let mut ls = [0u8; 8];
     let mut lm = [0u8; 8];
@@ -257,7 +270,10 @@ pub fn quantize_row_q5_K_impl(x: &[f32], y: &mut [u8], n_per_row: usize, quant_w
 }
 
 pub fn dequantize_row_q4_K(x: &[u8], y: &mut [f32], k: usize) {
-    for (block, out) in x.chunks_exact(Q4_K_BLOCK_BYTES).zip(y[..k].chunks_exact_mut(QK_K)) {
+    for (block, out) in x
+        .chunks_exact(Q4_K_BLOCK_BYTES)
+        .zip(y[..k].chunks_exact_mut(QK_K))
+    {
         let d = fp16_to_fp32(u16::from_le_bytes([block[0], block[1]]));
         let min = fp16_to_fp32(u16::from_le_bytes([block[2], block[3]]));
         let scales = &block[4..16];
@@ -277,7 +293,10 @@ pub fn dequantize_row_q4_K(x: &[u8], y: &mut [f32], k: usize) {
 }
 
 pub fn dequantize_row_q5_K(x: &[u8], y: &mut [f32], k: usize) {
-    for (block, out) in x.chunks_exact(Q5_K_BLOCK_BYTES).zip(y[..k].chunks_exact_mut(QK_K)) {
+    for (block, out) in x
+        .chunks_exact(Q5_K_BLOCK_BYTES)
+        .zip(y[..k].chunks_exact_mut(QK_K))
+    {
         let d = fp16_to_fp32(u16::from_le_bytes([block[0], block[1]]));
         let min = fp16_to_fp32(u16::from_le_bytes([block[2], block[3]]));
         let scales = &block[4..16];

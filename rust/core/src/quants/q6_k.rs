@@ -4,7 +4,9 @@
 
 use super::common::{make_qx_quants, nearest_int, GROUP_MAX_EPS};
 use super::QK_K;
-use crate::fp16::{ggml_compute_fp16_to_fp32 as fp16_to_fp32, ggml_compute_fp32_to_fp16 as fp32_to_fp16};
+use crate::fp16::{
+    ggml_compute_fp16_to_fp32 as fp16_to_fp32, ggml_compute_fp32_to_fp16 as fp32_to_fp16,
+};
 
 pub const BLOCK_BYTES: usize = 210;
 
@@ -74,7 +76,10 @@ pub fn quantize_row_q6_K_impl(x: &[f32], y: &mut [u8], n_per_row: usize, quant_w
 }
 
 pub fn dequantize_row_q6_K(x: &[u8], y: &mut [f32], k: usize) {
-    for (block, out) in x.chunks_exact(BLOCK_BYTES).zip(y[..k].chunks_exact_mut(QK_K)) {
+    for (block, out) in x
+        .chunks_exact(BLOCK_BYTES)
+        .zip(y[..k].chunks_exact_mut(QK_K))
+    {
         let d = fp16_to_fp32(u16::from_le_bytes([block[208], block[209]]));
         for h in 0..2 {
             let ql = &block[64 * h..64 * h + 64];

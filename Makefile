@@ -1,0 +1,66 @@
+# Every install step of simpo-q lives here. `make demo` and `make test` work on a fresh
+# machine: they create .venv when it is missing, install the package and what it needs
+# (llama-cpp-python compiles llama.cpp once; pip's wheel cache reuses it afterwards),
+# build the native module in place, and run.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+DEPS := $(VENV)/.deps-installed
+export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
+
+.PHONY: help demo test lint rust-test py-test native install-check bench clean
+
+help:
+	@echo "make demo           run the main job on the embedded tiny Gemma-2 model"
+	@echo "make test           fmt, clippy, cargo test, ruff, stubtest, pytest"
+	@echo "make bench          run benches/ (numbers go to BENCHMARKS.md by hand)"
+	@echo "make install-check  pip install . into a fresh venv and smoke-test it"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# Dependencies (and an editable install whose native module `native` rebuilds in place).
+$(DEPS): pyproject.toml | $(PY)
+	$(PIP) install -q "maturin>=1.9.4,<2"
+	$(PIP) install -q -e ".[test]"
+	touch $@
+
+native: $(DEPS)
+	$(VENV)/bin/maturin develop --release --skip-install -q
+
+demo: native
+	$(VENV)/bin/simpo-q demo
+
+rust-test:
+	cargo fmt --all --check
+	cargo clippy --all-targets -- -D warnings
+	cargo test --release -p simpo-q-core
+
+lint: native
+	$(VENV)/bin/ruff check python tests benches
+	$(PY) -m mypy.stubtest simpo_q._native --allowlist .stubtest-allowlist
+
+py-test: native
+	$(PY) -m pytest -q
+
+test: rust-test lint py-test
+
+install-check:
+	rm -rf /tmp/simpo-q-install-check
+	$(PYTHON) -m venv /tmp/simpo-q-install-check
+	/tmp/simpo-q-install-check/bin/pip install -q . --no-deps
+	/tmp/simpo-q-install-check/bin/pip install -q numpy
+	/tmp/simpo-q-install-check/bin/python -c "import numpy as np, simpo_q; \
+		q = simpo_q.quantize(np.ones((2, 256), np.float32), 'Q3_K'); \
+		assert q.shape == (2, 110), q.shape; print('pip install . ok:', simpo_q.__version__)"
+	/tmp/simpo-q-install-check/bin/simpo-q --help > /dev/null
+
+bench: native
+	$(PY) benches/bench_quantize.py
+
+clean:
+	cargo clean
+	rm -rf out python/simpo_q/*.so
