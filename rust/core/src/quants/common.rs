@@ -452,20 +452,33 @@ pub fn make_qp_quants(
     }
 }
 
-/// Index of the nearest codebook value (ggml's branchless form: exact midpoints go up).
+/// Index of the nearest codebook value: clamp at the ends, binary-search the bracketing
+/// pair, and take the lower index only when it is strictly nearer. This is the form in the
+/// ggml of llama-cpp-python 0.3.36; newer ggml's branchless search agrees on finite values
+/// but sends NaN (a 0/0 scale on overflowing input) to index 0 where this one gives 15.
 #[inline]
 pub fn best_index_int8(n: usize, val: &[i8], x: f32) -> usize {
-    debug_assert_eq!(n, 16);
-    let mut idx = 0usize;
-    let mut step = n / 2;
-    while step > 0 {
-        let j = idx + step;
-        if x + x >= (val[j - 1] as i32 + val[j] as i32) as f32 {
-            idx = j;
-        }
-        step /= 2;
+    if x <= val[0] as f32 {
+        return 0;
     }
-    idx
+    if x >= val[n - 1] as f32 {
+        return n - 1;
+    }
+    let mut ml = 0usize;
+    let mut mu = n - 1;
+    while mu - ml > 1 {
+        let mav = (ml + mu) / 2;
+        if x < val[mav] as f32 {
+            mu = mav;
+        } else {
+            ml = mav;
+        }
+    }
+    if x - (val[mu - 1] as f32) < (val[mu] as f32) - x {
+        mu - 1
+    } else {
+        mu
+    }
 }
 
 #[cfg(test)]

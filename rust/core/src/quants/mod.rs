@@ -341,3 +341,57 @@ pub fn dequantize(qtype: QuantType, data: &[u8], n_per_row: usize) -> Result<Vec
     dequantize_into(qtype, data, n_per_row, &mut out)?;
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_argument() {
+        let x = vec![0.5f32; 512];
+        let e = quantize(QuantType::Q3_K, &x, 100, None).unwrap_err();
+        assert!(e.to_string().starts_with("n_per_row: n_per_row 100"), "{e}");
+        let e = quantize(QuantType::Q3_K, &x, 256, Some(&[1.0; 255])).unwrap_err();
+        assert!(e.to_string().starts_with("imatrix: length 255"), "{e}");
+        let mut w = vec![1.0f32; 256];
+        w[3] = -2.0;
+        let e = quantize(QuantType::Q3_K, &x, 256, Some(&w)).unwrap_err();
+        assert!(
+            e.to_string().contains("negative value -2 at column 3"),
+            "{e}"
+        );
+        let mut y = x.clone();
+        y[300] = f32::NAN;
+        let e = quantize(QuantType::Q6_K, &y, 256, None).unwrap_err();
+        assert!(e.to_string().contains("at row 1, column 44"), "{e}");
+        assert!(QuantType::from_name("Q9_K").is_err());
+        let e = dequantize(QuantType::Q3_K, &[0u8; 111], 256).unwrap_err();
+        assert!(e.to_string().starts_with("data: length 111"), "{e}");
+    }
+
+    #[test]
+    fn type_table_matches_ggml() {
+        let expect = [
+            ("Q3_K", 11, 256, 110),
+            ("Q4_K", 12, 256, 144),
+            ("Q5_K", 13, 256, 176),
+            ("Q6_K", 14, 256, 210),
+            ("Q8_0", 8, 32, 34),
+            ("Q4_0", 2, 32, 18),
+            ("Q4_1", 3, 32, 20),
+            ("Q5_0", 6, 32, 22),
+            ("Q5_1", 7, 32, 24),
+            ("IQ4_NL", 20, 32, 18),
+            ("BF16", 30, 1, 2),
+        ];
+        for (name, id, block, size) in expect {
+            let t = QuantType::from_name(name).unwrap();
+            assert_eq!(
+                (t.ggml_id(), t.block_size(), t.type_size()),
+                (id, block, size),
+                "{name}"
+            );
+            assert_eq!(QuantType::from_ggml_id(id), Some(t));
+        }
+    }
+}

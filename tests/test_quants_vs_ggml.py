@@ -1,0 +1,85 @@
+"""Byte identity with llama.cpp's ggml (`ggml_quantize_chunk` from llama-cpp-python 0.3.36),
+for every type, with and without an importance vector, on adversarial data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from adversarial import DATA_KINDS, IMATRIX_KINDS, make_data, make_imatrix
+from ggml_ref import ggml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import simpo_q
+
+QUANTIZED = [t for t in simpo_q.QUANT_TYPES if simpo_q.type_info(t)[1] > 1]
+ALL_TYPES = list(simpo_q.QUANT_TYPES)
+
+
+def assert_same_bytes(ours: np.ndarray, ref: np.ndarray, what: str) -> None:
+    assert ours.shape == ref.shape, what
+    bad = np.nonzero((ours != ref).any(axis=1))[0]
+    assert bad.size == 0, f"{what}: rows {bad[:10].tolist()} differ from ggml"
+
+
+@pytest.mark.parametrize("qtype", ALL_TYPES)
+@pytest.mark.parametrize("kind", DATA_KINDS)
+def test_every_kind_of_data_matches_ggml(qtype: str, kind: str) -> None:
+    rng = np.random.default_rng(abs(hash((qtype, kind))) % 2**32)
+    x = make_data(kind, 6, 512, rng)
+    assert_same_bytes(simpo_q.quantize(x, qtype), ggml().quantize(x, qtype), f"{qtype}/{kind}/no imatrix")
+    for ik in IMATRIX_KINDS:
+        w = make_imatrix(ik, 512, rng)
+        assert_same_bytes(simpo_q.quantize(x, qtype, w), ggml().quantize(x, qtype, w), f"{qtype}/{kind}/{ik}")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    qtype=st.sampled_from(QUANTIZED),
+    kind=st.sampled_from(DATA_KINDS),
+    ikind=st.sampled_from([None, *IMATRIX_KINDS]),
+    seed=st.integers(0, 2**32 - 1),
+    rows=st.integers(1, 4),
+    blocks=st.integers(1, 3),
+)
+def test_property_generated_data_matches_ggml(qtype, kind, ikind, seed, rows, blocks) -> None:
+    rng = np.random.default_rng(seed)
+    n = 256 * blocks
+    x = make_data(kind, rows, n, rng)
+    w = None if ikind is None else make_imatrix(ikind, n, rng)
+    assert_same_bytes(simpo_q.quantize(x, qtype, w), ggml().quantize(x, qtype, w), f"{qtype}/{kind}/{ikind}")
+
+
+finite_f32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
+importance_f32 = st.floats(width=32, allow_nan=False, allow_infinity=False, min_value=0)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    qtype=st.sampled_from(QUANTIZED),
+    x=hnp.arrays(np.float32, (1, 256), elements=finite_f32),
+    w=st.none() | hnp.arrays(np.float32, (256,), elements=importance_f32),
+)
+def test_property_arbitrary_floats_match_ggml(qtype, x, w) -> None:
+    """Any finite values hypothesis can think of, subnormals and huge ones included."""
+    assert_same_bytes(simpo_q.quantize(x, qtype, w), ggml().quantize(x, qtype, w), qtype)
+
+
+@pytest.mark.parametrize("qtype", ["Q3_K", "Q4_K", "Q6_K", "IQ4_NL", "Q4_0"])
+def test_bytes_do_not_depend_on_thread_count(qtype: str) -> None:
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((64, 1024)).astype(np.float32)
+    w = rng.uniform(0, 1, 1024).astype(np.float32)
+    one = simpo_q.quantize(x, qtype, w, threads=1)
+    for threads in (2, 3, 8):
+        assert np.array_equal(one, simpo_q.quantize(x, qtype, w, threads=threads))
+    assert np.array_equal(one, simpo_q.quantize(x, qtype, w))
+
+
+@pytest.mark.parametrize("qtype", ALL_TYPES)
+def test_row_size_matches_ggml(qtype: str) -> None:
+    block = simpo_q.type_info(qtype)[1]
+    for n in (256, 512, 3584, 14336):
+        if n % block == 0:
+            assert simpo_q.row_size(qtype, n) == ggml().row_size(qtype, n)
