@@ -22,7 +22,7 @@ pub fn nearest_int(fval: f32) -> i32 {
 /// Rust's saturating `as` would then disagree with ggml's bytes.
 #[inline(always)]
 pub fn c_f32_to_i32(v: f32) -> i32 {
-    if v.is_nan() || v >= 2_147_483_648.0 || v < -2_147_483_648.0 {
+    if !(-2_147_483_648.0..2_147_483_648.0).contains(&v) {
         i32::MIN
     } else {
         v as i32
