@@ -38,6 +38,8 @@ USER_SYMBOLS = (
     + [f"<unused{i}>" for i in range(100)]
     + ["<start_of_turn>", "<end_of_turn>", "\n", "\n\n", "\n\n\n", "\t", "\t\t", "\t\t\t"]
 )
+# Bumped whenever the builder's output changes, so cached models are rebuilt.
+BUILDER_VERSION = 2
 SPECIAL_PIECES = {"<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"}
 
 
@@ -54,7 +56,8 @@ class TinyConfig:
     shards: int = 1
 
     def key(self, pretrain_steps: int = 0) -> str:
-        blob = json.dumps({**asdict(self), "pretrain_steps": pretrain_steps}, sort_keys=True)
+        blob = json.dumps({**asdict(self), "pretrain_steps": pretrain_steps, "builder": BUILDER_VERSION},
+                          sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -219,32 +222,34 @@ def write_weights(out: Path, specs, tensors: Iterator[tuple[str, bytes]], shards
 
 
 def train_tokenizer(out: Path, vocab: int, text: str) -> None:
+    """Trains from an in-memory iterator into an in-memory writer: a file-based run records
+    its (temporary) input path in the model, and the bytes would differ from run to run."""
+    import io
+
     import sentencepiece as spm
 
-    with tempfile.TemporaryDirectory() as tmp:
-        corpus = Path(tmp) / "corpus.txt"
-        corpus.write_text(text, encoding="utf-8")
-        spm.SentencePieceTrainer.train(
-            input=str(corpus),
-            model_prefix=str(Path(tmp) / "tok"),
-            model_type="bpe",
-            vocab_size=vocab,
-            byte_fallback=True,
-            split_digits=True,
-            allow_whitespace_only_pieces=True,
-            add_dummy_prefix=False,
-            remove_extra_whitespaces=False,
-            normalization_rule_name="identity",
-            character_coverage=0.9995,
-            max_sentence_length=16384,
-            pad_id=0, eos_id=1, bos_id=2, unk_id=3,
-            pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
-            user_defined_symbols=USER_SYMBOLS,
-            num_threads=1,
-            shuffle_input_sentence=False,
-            minloglevel=2,
-        )
-        shutil.copy(Path(tmp) / "tok.model", out / "tokenizer.model")
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(text.splitlines()),
+        model_writer=model,
+        model_type="bpe",
+        vocab_size=vocab,
+        byte_fallback=True,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        add_dummy_prefix=False,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        character_coverage=0.9995,
+        max_sentence_length=16384,
+        pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+        pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
+        user_defined_symbols=USER_SYMBOLS,
+        num_threads=1,
+        shuffle_input_sentence=False,
+        minloglevel=2,
+    )
+    (out / "tokenizer.model").write_bytes(model.getvalue())
 
 
 def write_hf_tokenizer(out: Path) -> None:
@@ -334,8 +339,8 @@ def cached_tiny_model(cache_root: str | os.PathLike = ".cache", cfg: TinyConfig 
     out = Path(cache_root) / f"tiny-gemma2-{cfg.key(pretrain_steps)}"
     if (out / ".complete").exists():
         return out
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent if out.parent.exists() else None))
     Path(cache_root).mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=cache_root))
     build_tiny_model(tmp, cfg, pretrain_steps, quiet=quiet)
     (tmp / ".complete").write_text("ok\n")
     if out.exists():
