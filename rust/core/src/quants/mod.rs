@@ -4,6 +4,7 @@
 //! spreading rows over rayon threads cannot change a byte, whatever the thread count.
 
 pub mod common;
+pub mod fast;
 pub mod iq4_nl;
 pub mod legacy;
 pub mod q3_k;
@@ -149,9 +150,20 @@ pub fn row_size(qtype: QuantType, n_per_row: usize) -> Result<usize> {
     Ok(n_per_row / block * qtype.type_size())
 }
 
-/// One row through ggml's chunk dispatch (`quantize_<type>` for nrow = 1): the reference
-/// path without an importance vector, the `_impl` path with one.
+/// One row: the lane-parallel fast path where there is one, the scalar port otherwise.
+/// Both give the same bytes.
 pub fn quantize_row(qtype: QuantType, x: &[f32], y: &mut [u8], imatrix: Option<&[f32]>) {
+    if fast::has_fast_path(qtype) {
+        fast::quantize_row_fast(qtype, x, y, imatrix)
+    } else {
+        quantize_row_reference(qtype, x, y, imatrix)
+    }
+}
+
+/// One row through the straightforward scalar port of ggml's chunk dispatch
+/// (`quantize_<type>` for nrow = 1): the reference path without an importance vector, the
+/// `_impl` path with one. This is the oracle the fast paths are tested against.
+pub fn quantize_row_reference(qtype: QuantType, x: &[f32], y: &mut [u8], imatrix: Option<&[f32]>) {
     let n = x.len();
     match (qtype, imatrix) {
         (QuantType::F32, _) => {

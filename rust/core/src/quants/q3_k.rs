@@ -24,7 +24,7 @@ fn unpack_scale(scales: &[u8], j: usize) -> i32 {
 }
 
 #[inline]
-fn pack_scale(scales: &mut [u8], j: usize, l: u8) {
+pub(crate) fn pack_scale(scales: &mut [u8], j: usize, l: u8) {
     if j < 8 {
         scales[j] = l & 0xF;
     } else {
@@ -36,7 +36,7 @@ fn pack_scale(scales: &mut [u8], j: usize, l: u8) {
 /// Steps shared by both paths once the packed scales and `d` are set: re-quantize each
 /// sub-block against its decoded scale (keeping the first-pass L where that scale is 0),
 /// then split L into the high-bit mask and the 2-bit planes.
-fn requantize_and_pack(x: &[f32], L: &mut [i8; QK_K], y: &mut [u8]) {
+pub(crate) fn requantize_and_pack(x: &[f32], L: &mut [i8; QK_K], y: &mut [u8]) {
     let d = fp16_to_fp32(u16::from_le_bytes([y[108], y[109]]));
     for j in 0..QK_K / 16 {
         let sc = unpack_scale(&y[96..108], j) - 32;
@@ -73,6 +73,23 @@ fn requantize_and_pack(x: &[f32], L: &mut [i8; QK_K], y: &mut [u8]) {
     }
 }
 
+/// The reference path's 6-bit scales and `d` from the 16 sub-block scales.
+pub(crate) fn pack_ref_scales(scales: &[f32; QK_K / 16], max_scale: f32, y: &mut [u8]) {
+    y[96..108].fill(0);
+    let d = if max_scale != 0.0 {
+        let iscale = -32.0f32 / max_scale;
+        for (j, &s) in scales.iter().enumerate() {
+            let l = nearest_int(iscale * s) as i8;
+            let l = ((l as i32).clamp(-32, 31) + 32) as u8;
+            pack_scale(&mut y[96..108], j, l);
+        }
+        fp32_to_fp16(1.0 / iscale)
+    } else {
+        fp32_to_fp16(0.0)
+    };
+    y[108..110].copy_from_slice(&d.to_le_bytes());
+}
+
 /// Reference path (no importance matrix): blocks are independent, `k` values in all.
 pub fn quantize_row_q3_K_ref(x: &[f32], y: &mut [u8], k: usize) {
     let nb = k / QK_K;
@@ -91,21 +108,21 @@ pub fn quantize_row_q3_K_ref(x: &[f32], y: &mut [u8], k: usize) {
                 max_scale = scales[j];
             }
         }
-        y[96..108].fill(0);
-        let d = if max_scale != 0.0 {
-            let iscale = -32.0f32 / max_scale;
-            for (j, &s) in scales.iter().enumerate() {
-                let l = nearest_int(iscale * s) as i8;
-                let l = ((l as i32).clamp(-32, 31) + 32) as u8;
-                pack_scale(&mut y[96..108], j, l);
-            }
-            fp32_to_fp16(1.0 / iscale)
-        } else {
-            fp32_to_fp16(0.0)
-        };
-        y[108..110].copy_from_slice(&d.to_le_bytes());
+        pack_ref_scales(&scales, max_scale, y);
         requantize_and_pack(x, &mut L, y);
     }
+}
+
+/// The weighted path's scale-of-scales: 16 signed sub-block scales to 6 bits, weighted by
+/// each sub-block's total importance.
+pub(crate) fn pack_impl_scales(scales: &[f32; QK_K / 16], sw: &[f32; QK_K / 16], y: &mut [u8]) {
+    let mut Ls = [0i8; QK_K / 16];
+    y[96..108].fill(0);
+    let d_block = make_qx_quants(QK_K / 16, 32, scales, &mut Ls, 1, Some(sw));
+    for (j, &l) in Ls.iter().enumerate() {
+        pack_scale(&mut y[96..108], j, l as u8);
+    }
+    y[108..110].copy_from_slice(&fp32_to_fp16(d_block).to_le_bytes());
 }
 
 /// Importance-weighted path for one row of `n_per_row` values.
@@ -115,7 +132,6 @@ pub fn quantize_row_q3_K_impl(x: &[f32], y: &mut [u8], n_per_row: usize, quant_w
     let mut scales = [0f32; QK_K / 16];
     let mut weight = [0f32; 16];
     let mut sw = [0f32; QK_K / 16];
-    let mut Ls = [0i8; QK_K / 16];
     for i in 0..nb {
         let x = &x[i * QK_K..(i + 1) * QK_K];
         let y = &mut y[i * BLOCK_BYTES..(i + 1) * BLOCK_BYTES];
@@ -137,12 +153,7 @@ pub fn quantize_row_q3_K_impl(x: &[f32], y: &mut [u8], n_per_row: usize, quant_w
             sw[j] = sumw;
             scales[j] = make_qx_quants(16, 4, &x[16 * j..], &mut L[16 * j..], 1, Some(&weight));
         }
-        y[96..108].fill(0);
-        let d_block = make_qx_quants(QK_K / 16, 32, &scales, &mut Ls, 1, Some(&sw));
-        for (j, &l) in Ls.iter().enumerate() {
-            pack_scale(&mut y[96..108], j, l as u8);
-        }
-        y[108..110].copy_from_slice(&fp32_to_fp16(d_block).to_le_bytes());
+        pack_impl_scales(&scales, &sw, y);
         requantize_and_pack(x, &mut L, y);
     }
 }

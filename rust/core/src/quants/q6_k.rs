@@ -18,51 +18,58 @@ fn quantize_blocks(x: &[f32], y: &mut [u8], nb: usize, quant_weights: Option<&[f
     for i in 0..nb {
         let x = &x[i * QK_K..(i + 1) * QK_K];
         let y = &mut y[i * BLOCK_BYTES..(i + 1) * BLOCK_BYTES];
-        let mut max_scale = 0.0f32;
-        let mut max_abs_scale = 0.0f32;
         for ib in 0..QK_K / 16 {
             let qw = quant_weights.map(|q| &q[QK_K * i + 16 * ib..QK_K * i + 16 * ib + 16]);
-            let scale = make_qx_quants(16, 32, &x[16 * ib..], &mut L[16 * ib..], 1, qw);
-            scales[ib] = scale;
-            let abs_scale = scale.abs();
-            if abs_scale > max_abs_scale {
-                max_abs_scale = abs_scale;
-                max_scale = scale;
-            }
+            scales[ib] = make_qx_quants(16, 32, &x[16 * ib..], &mut L[16 * ib..], 1, qw);
         }
-        if max_abs_scale < GROUP_MAX_EPS {
-            y.fill(0);
+        finish_block(x, &mut L, &scales, y);
+    }
+}
+
+/// Everything after the 16 sub-block scale searches: the 8-bit scales, `d`, the
+/// re-quantization and the packing (shared with the lane-parallel fast path).
+pub(crate) fn finish_block(x: &[f32], L: &mut [i8; QK_K], scales: &[f32; QK_K / 16], y: &mut [u8]) {
+    let mut max_scale = 0.0f32;
+    let mut max_abs_scale = 0.0f32;
+    for &scale in scales {
+        let abs_scale = scale.abs();
+        if abs_scale > max_abs_scale {
+            max_abs_scale = abs_scale;
+            max_scale = scale;
+        }
+    }
+    if max_abs_scale < GROUP_MAX_EPS {
+        y.fill(0);
+        return;
+    }
+    let iscale = -128.0f32 / max_scale;
+    let d16 = fp32_to_fp16(1.0 / iscale);
+    y[208..210].copy_from_slice(&d16.to_le_bytes());
+    for ib in 0..QK_K / 16 {
+        y[192 + ib] = 127.min(nearest_int(iscale * scales[ib])) as i8 as u8;
+    }
+    let d = fp16_to_fp32(d16);
+    for j in 0..QK_K / 16 {
+        let dd = d * (y[192 + j] as i8) as f32;
+        if dd == 0.0 {
             continue;
         }
-        let iscale = -128.0f32 / max_scale;
-        let d16 = fp32_to_fp16(1.0 / iscale);
-        y[208..210].copy_from_slice(&d16.to_le_bytes());
-        for ib in 0..QK_K / 16 {
-            y[192 + ib] = 127.min(nearest_int(iscale * scales[ib])) as i8 as u8;
+        for ii in 0..16 {
+            let l = nearest_int(x[16 * j + ii] / dd).clamp(-32, 31);
+            L[16 * j + ii] = (l + 32) as i8;
         }
-        let d = fp16_to_fp32(d16);
-        for j in 0..QK_K / 16 {
-            let dd = d * (y[192 + j] as i8) as f32;
-            if dd == 0.0 {
-                continue;
-            }
-            for ii in 0..16 {
-                let l = nearest_int(x[16 * j + ii] / dd).clamp(-32, 31);
-                L[16 * j + ii] = (l + 32) as i8;
-            }
-        }
-        let (ql, rest) = y.split_at_mut(128);
-        let qh = &mut rest[..64];
-        for (h, j) in (0..QK_K).step_by(128).enumerate() {
-            for l in 0..32 {
-                let q1 = L[j + l] as u8;
-                let q2 = L[j + l + 32] as u8;
-                let q3 = L[j + l + 64] as u8;
-                let q4 = L[j + l + 96] as u8;
-                ql[64 * h + l] = (q1 & 0xF) | ((q3 & 0xF) << 4);
-                ql[64 * h + l + 32] = (q2 & 0xF) | ((q4 & 0xF) << 4);
-                qh[32 * h + l] = (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
-            }
+    }
+    let (ql, rest) = y.split_at_mut(128);
+    let qh = &mut rest[..64];
+    for (h, j) in (0..QK_K).step_by(128).enumerate() {
+        for l in 0..32 {
+            let q1 = L[j + l] as u8;
+            let q2 = L[j + l + 32] as u8;
+            let q3 = L[j + l + 64] as u8;
+            let q4 = L[j + l + 96] as u8;
+            ql[64 * h + l] = (q1 & 0xF) | ((q3 & 0xF) << 4);
+            ql[64 * h + l + 32] = (q2 & 0xF) | ((q4 & 0xF) << 4);
+            qh[32 * h + l] = (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
         }
     }
 }

@@ -1,0 +1,46 @@
+//! Fast paths: the same ggml algorithms with independent sub-blocks run side by side in
+//! SIMD lanes (see `lanes`). Each produces exactly the bytes of the scalar port, which stays
+//! as the oracle (`cargo test` compares the two on random and adversarial data).
+//!
+//! The kernels are compiled twice, plain and with AVX2 enabled, and picked at run time.
+#![allow(non_snake_case)]
+
+mod lanes;
+mod q3_k;
+mod q6_k;
+
+use super::QuantType;
+
+/// Whether `quantize_row_fast` has a fast path for this type and path.
+pub fn has_fast_path(qtype: QuantType) -> bool {
+    matches!(qtype, QuantType::Q3_K | QuantType::Q6_K)
+}
+
+#[inline(always)]
+fn dispatch(qtype: QuantType, x: &[f32], y: &mut [u8], imatrix: Option<&[f32]>) {
+    match (qtype, imatrix) {
+        (QuantType::Q3_K, None) => q3_k::quantize_row_q3_K_ref_fast(x, y),
+        (QuantType::Q3_K, Some(w)) => q3_k::quantize_row_q3_K_impl_fast(x, y, w),
+        (QuantType::Q6_K, w) => q6_k::quantize_row_q6_K_fast(x, y, w),
+        _ => unreachable!("no fast path for {}", qtype.name()),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dispatch_avx2(qtype: QuantType, x: &[f32], y: &mut [u8], imatrix: Option<&[f32]>) {
+    dispatch(qtype, x, y, imatrix)
+}
+
+/// One row through the fast path (the caller checked `has_fast_path`).
+pub fn quantize_row_fast(qtype: QuantType, x: &[f32], y: &mut [u8], imatrix: Option<&[f32]>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            unsafe { dispatch_avx2(qtype, x, y, imatrix) };
+            return;
+        }
+    }
+    dispatch(qtype, x, y, imatrix)
+}
