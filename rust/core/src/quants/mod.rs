@@ -233,6 +233,14 @@ pub fn dequantize_row(qtype: QuantType, x: &[u8], y: &mut [f32]) {
     }
 }
 
+/// Branch-free scan (vectorizes): true when no value is NaN or infinite.
+#[inline]
+fn row_is_finite(x: &[f32]) -> bool {
+    x.iter().fold(0u32, |acc, v| {
+        acc | ((v.to_bits() & 0x7f80_0000 == 0x7f80_0000) as u32)
+    }) == 0
+}
+
 /// Rejects what ggml would abort on or silently garble: non-finite data (ggml aborts on a
 /// non-finite scale; we say where the bad value is) and unusable importance vectors.
 pub fn validate(x: &[f32], n_per_row: usize, imatrix: Option<&[f32]>) -> Result<()> {
@@ -297,11 +305,25 @@ pub fn quantize_into(
             msg: format!("has {} bytes, {} needed", out.len(), rows * rs),
         });
     }
-    validate(x, n_per_row, imatrix)?;
+    validate(&[], n_per_row, imatrix)?;
     let imatrix = if qtype.uses_imatrix() { imatrix } else { None };
-    out.par_chunks_mut(rs)
+    // The finiteness check is fused into each row's job (the row is in cache anyway); a
+    // row with a bad value is left unwritten and the error names the first one.
+    let any_bad = out
+        .par_chunks_mut(rs)
         .zip(x.par_chunks(n_per_row))
-        .for_each(|(y, xr)| quantize_row(qtype, xr, y, imatrix));
+        .map(|(y, xr)| {
+            if row_is_finite(xr) {
+                quantize_row(qtype, xr, y, imatrix);
+                false
+            } else {
+                true
+            }
+        })
+        .reduce(|| false, |a, b| a | b);
+    if any_bad {
+        validate(x, n_per_row, None)?;
+    }
     Ok(())
 }
 

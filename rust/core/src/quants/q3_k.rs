@@ -35,7 +35,9 @@ pub(crate) fn pack_scale(scales: &mut [u8], j: usize, l: u8) {
 
 /// Steps shared by both paths once the packed scales and `d` are set: re-quantize each
 /// sub-block against its decoded scale (keeping the first-pass L where that scale is 0),
-/// then split L into the high-bit mask and the 2-bit planes.
+/// then split L into the high-bit mask and the 2-bit planes. Element e's high bit goes to
+/// bit e/32 of hmask[e%32], as ggml's running (m, hm) counter places it.
+#[inline(always)]
 pub(crate) fn requantize_and_pack(x: &[f32], L: &mut [i8; QK_K], y: &mut [u8]) {
     let d = fp16_to_fp32(u16::from_le_bytes([y[108], y[109]]));
     for j in 0..QK_K / 16 {
@@ -49,20 +51,16 @@ pub(crate) fn requantize_and_pack(x: &[f32], L: &mut [i8; QK_K], y: &mut [u8]) {
             L[16 * j + ii] = (l + 4) as i8;
         }
     }
-    y[..32].fill(0);
-    let mut m = 0usize;
-    let mut hm = 1u8;
-    for l in L.iter_mut() {
-        if *l > 3 {
-            y[m] |= hm;
-            *l -= 4;
-        }
-        m += 1;
-        if m == QK_K / 8 {
-            m = 0;
-            hm <<= 1;
+    let mut hmask = [0u8; 32];
+    for k in 0..QK_K / 32 {
+        for l in 0..32 {
+            let v = L[32 * k + l];
+            let high = v > 3;
+            hmask[l] |= (high as u8) << k;
+            L[32 * k + l] = if high { v - 4 } else { v };
         }
     }
+    y[..32].copy_from_slice(&hmask);
     for j in (0..QK_K).step_by(128) {
         for l in 0..32 {
             y[32 + j / 4 + l] = L[j + l] as u8
@@ -74,6 +72,7 @@ pub(crate) fn requantize_and_pack(x: &[f32], L: &mut [i8; QK_K], y: &mut [u8]) {
 }
 
 /// The reference path's 6-bit scales and `d` from the 16 sub-block scales.
+#[inline]
 pub(crate) fn pack_ref_scales(scales: &[f32; QK_K / 16], max_scale: f32, y: &mut [u8]) {
     y[96..108].fill(0);
     let d = if max_scale != 0.0 {
@@ -115,6 +114,7 @@ pub fn quantize_row_q3_K_ref(x: &[f32], y: &mut [u8], k: usize) {
 
 /// The weighted path's scale-of-scales: 16 signed sub-block scales to 6 bits, weighted by
 /// each sub-block's total importance.
+#[inline]
 pub(crate) fn pack_impl_scales(scales: &[f32; QK_K / 16], sw: &[f32; QK_K / 16], y: &mut [u8]) {
     let mut Ls = [0i8; QK_K / 16];
     y[96..108].fill(0);

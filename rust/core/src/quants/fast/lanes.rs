@@ -74,7 +74,7 @@ pub fn make_qx_quants_lanes<const N: usize, const G: usize>(
         }
         let (sumlx, suml2) = sums(&iscale);
         for j in 0..G {
-            let take = suml2[j] > 0.0 && sumlx[j] * sumlx[j] > best[j] * suml2[j];
+            let take = (suml2[j] > 0.0) & (sumlx[j] * sumlx[j] > best[j] * suml2[j]);
             let s = sumlx[j] / suml2[j];
             scale[j] = if take { s } else { scale[j] };
             best[j] = if take { s * sumlx[j] } else { best[j] };
@@ -144,11 +144,12 @@ pub fn make_q3_quants_lanes<const N: usize, const G: usize>(
                 let nl = new_l as f32;
                 let slx = slx0 + w * x * nl;
                 let sl2 = sl20 + w * nl * nl;
+                // `&` rather than `&&`: no branches, so the lanes stay in vector registers.
                 let take = active[j]
-                    && slx0 > 0.0
-                    && new_l != lt[i][j]
-                    && sl2 > 0.0
-                    && slx * slx * suml2[j] > sumlx[j] * sumlx[j] * sl2;
+                    & (slx0 > 0.0)
+                    & (new_l != lt[i][j])
+                    & (sl2 > 0.0)
+                    & (slx * slx * suml2[j] > sumlx[j] * sumlx[j] * sl2);
                 lt[i][j] = if take { new_l } else { lt[i][j] };
                 sumlx[j] = if take { slx } else { sumlx[j] };
                 suml2[j] = if take { sl2 } else { suml2[j] };
