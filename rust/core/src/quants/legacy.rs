@@ -54,7 +54,7 @@ fn min_max(x: &[f32]) -> (f32, f32) {
 
 /// Mean square of the whole row: the legacy importance paths weigh by it (no factor 2).
 #[inline]
-fn row_sigma2(x: &[f32], n_per_row: usize) -> f32 {
+pub(crate) fn row_sigma2(x: &[f32], n_per_row: usize) -> f32 {
     let mut sum_x2 = 0.0f32;
     for &v in &x[..n_per_row] {
         sum_x2 += v * v;
@@ -63,7 +63,7 @@ fn row_sigma2(x: &[f32], n_per_row: usize) -> f32 {
 }
 
 #[inline]
-fn importance_weights(xb: &[f32], qw: &[f32], sigma2: f32, weight: &mut [f32; QK]) {
+pub(crate) fn importance_weights(xb: &[f32], qw: &[f32], sigma2: f32, weight: &mut [f32; QK]) {
     for j in 0..QK {
         weight[j] = qw[j] * (sigma2 + xb[j] * xb[j]).sqrt();
     }
@@ -147,6 +147,52 @@ pub fn quantize_row_q5_1_ref(x: &[f32], y: &mut [u8], k: usize) {
     }
 }
 
+/// Packs one Q4_0 block from make_qx_quants' levels (already offset by +8).
+#[inline(always)]
+pub(crate) fn pack_q4_0_block(yb: &mut [u8], d: f32, L: &[i8; QK]) {
+    put_f16(yb, 0, d);
+    for j in 0..QK / 2 {
+        yb[2 + j] = L[j] as u8 | ((L[j + QK / 2] as u8) << 4);
+    }
+}
+
+#[inline(always)]
+pub(crate) fn pack_q5_0_block(yb: &mut [u8], d: f32, L: &[i8; QK]) {
+    put_f16(yb, 0, d);
+    let mut qh = 0u32;
+    for j in 0..QK / 2 {
+        let xi0 = L[j] as u8;
+        let xi1 = L[j + QK / 2] as u8;
+        yb[6 + j] = (xi0 & 0x0F) | ((xi1 & 0x0F) << 4);
+        pack_qh(&mut qh, j, xi0, xi1);
+    }
+    yb[2..6].copy_from_slice(&qh.to_le_bytes());
+}
+
+/// Packs one Q4_1 block: d, m = −(make_qkx3's the_min), levels.
+#[inline(always)]
+pub(crate) fn pack_q4_1_block(yb: &mut [u8], d: f32, the_min: f32, L: &[u8; QK]) {
+    put_f16(yb, 0, d);
+    put_f16(yb, 2, -the_min);
+    for j in 0..QK / 2 {
+        yb[4 + j] = L[j] | (L[j + QK / 2] << 4);
+    }
+}
+
+#[inline(always)]
+pub(crate) fn pack_q5_1_block(yb: &mut [u8], d: f32, the_min: f32, L: &[u8; QK]) {
+    put_f16(yb, 0, d);
+    put_f16(yb, 2, -the_min);
+    let mut qh = 0u32;
+    for j in 0..QK / 2 {
+        let xi0 = L[j];
+        let xi1 = L[j + QK / 2];
+        yb[8 + j] = (xi0 & 0x0F) | ((xi1 & 0x0F) << 4);
+        pack_qh(&mut qh, j, xi0, xi1);
+    }
+    yb[4..8].copy_from_slice(&qh.to_le_bytes());
+}
+
 pub fn quantize_row_q4_0_impl(x: &[f32], y: &mut [u8], n_per_row: usize, quant_weights: &[f32]) {
     let sigma2 = row_sigma2(x, n_per_row);
     let mut weight = [0f32; QK];
@@ -158,10 +204,7 @@ pub fn quantize_row_q4_0_impl(x: &[f32], y: &mut [u8], n_per_row: usize, quant_w
     {
         importance_weights(xb, &quant_weights[QK * ib..], sigma2, &mut weight);
         let d = make_qx_quants(QK, 8, xb, &mut L, 1, Some(&weight));
-        put_f16(yb, 0, d);
-        for j in 0..QK / 2 {
-            yb[2 + j] = L[j] as u8 | ((L[j + QK / 2] as u8) << 4);
-        }
+        pack_q4_0_block(yb, d, &L);
     }
 }
 
@@ -176,15 +219,7 @@ pub fn quantize_row_q5_0_impl(x: &[f32], y: &mut [u8], n_per_row: usize, quant_w
     {
         importance_weights(xb, &quant_weights[QK * ib..], sigma2, &mut weight);
         let d = make_qx_quants(QK, 16, xb, &mut L, 1, Some(&weight));
-        put_f16(yb, 0, d);
-        let mut qh = 0u32;
-        for j in 0..QK / 2 {
-            let xi0 = L[j] as u8;
-            let xi1 = L[j + QK / 2] as u8;
-            yb[6 + j] = (xi0 & 0x0F) | ((xi1 & 0x0F) << 4);
-            pack_qh(&mut qh, j, xi0, xi1);
-        }
-        yb[2..6].copy_from_slice(&qh.to_le_bytes());
+        pack_q5_0_block(yb, d, &L);
     }
 }
 
@@ -213,11 +248,7 @@ pub fn quantize_row_q4_1_impl(x: &[f32], y: &mut [u8], n_per_row: usize, quant_w
             36,
             false,
         );
-        put_f16(yb, 0, d);
-        put_f16(yb, 2, -min);
-        for j in 0..QK / 2 {
-            yb[4 + j] = L[j] | (L[j + QK / 2] << 4);
-        }
+        pack_q4_1_block(yb, d, min, &L);
     }
 }
 
@@ -246,16 +277,7 @@ pub fn quantize_row_q5_1_impl(x: &[f32], y: &mut [u8], n_per_row: usize, quant_w
             36,
             false,
         );
-        put_f16(yb, 0, d);
-        put_f16(yb, 2, -min);
-        let mut qh = 0u32;
-        for j in 0..QK / 2 {
-            let xi0 = L[j];
-            let xi1 = L[j + QK / 2];
-            yb[8 + j] = (xi0 & 0x0F) | ((xi1 & 0x0F) << 4);
-            pack_qh(&mut qh, j, xi0, xi1);
-        }
-        yb[4..8].copy_from_slice(&qh.to_le_bytes());
+        pack_q5_1_block(yb, d, min, &L);
     }
 }
 

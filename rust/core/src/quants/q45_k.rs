@@ -28,7 +28,7 @@ pub fn get_scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 /// ggml's scale writes, in order j = 0..7. For j < 4 they are whole-byte stores, so a value
 /// above 63 (possible on the Q4_K importance path, which does not clamp) leaks its top bits
 /// into the bits that belong to sub-block j+4; reproduced on purpose.
-#[inline]
+#[inline(always)]
 fn pack_scales(scales: &mut [u8], ls: &[u8; 8], lm: &[u8; 8]) {
     for j in 0..8 {
         if j < 4 {
@@ -44,7 +44,7 @@ fn pack_scales(scales: &mut [u8], ls: &[u8; 8], lm: &[u8; 8]) {
 
 /// Re-quantize every sub-block against its decoded (scale, min); sub-blocks whose decoded
 /// scale is 0 keep the L of the first pass.
-#[inline]
+#[inline(always)]
 fn requantize(x: &[f32], L: &mut [u8; QK_K], scales: &[u8], d: f32, dmin: f32, nmax: i32) {
     for j in 0..QK_K / 32 {
         let (sc, m) = get_scale_min_k4(j, scales);
@@ -60,7 +60,7 @@ fn requantize(x: &[f32], L: &mut [u8; QK_K], scales: &[u8], d: f32, dmin: f32, n
     }
 }
 
-#[inline]
+#[inline(always)]
 fn pack_q4(L: &[u8; QK_K], qs: &mut [u8]) {
     for (c, j) in (0..QK_K).step_by(64).enumerate() {
         for l in 0..32 {
@@ -69,7 +69,7 @@ fn pack_q4(L: &[u8; QK_K], qs: &mut [u8]) {
     }
 }
 
-#[inline]
+#[inline(always)]
 fn pack_q5(L: &[u8; QK_K], qh: &mut [u8], ql: &mut [u8]) {
     qh[..32].fill(0);
     let mut m1 = 1u8;
@@ -93,7 +93,7 @@ fn pack_q5(L: &[u8; QK_K], qh: &mut [u8], ql: &mut [u8]) {
     }
 }
 
-/// The reference-path scales shared by Q4_K and Q5_K. Returns (packed scales, d, dmin).
+/// The reference-path scales shared by Q4_K and Q5_K. Returns (d, dmin) as f16 bits.
 fn ref_scales(
     x: &[f32],
     L: &mut [u8; QK_K],
@@ -106,8 +106,6 @@ fn ref_scales(
     let mut laux = [0u8; 32];
     let mut mins = [0f32; QK_K / 32];
     let mut scales = [0f32; QK_K / 32];
-    let mut max_scale = 0.0f32;
-    let mut max_min = 0.0f32;
     for j in 0..QK_K / 32 {
         let xb = &x[32 * j..32 * j + 32];
         let mut sum_x2 = 0.0f32;
@@ -118,12 +116,13 @@ fn ref_scales(
         for l in 0..32 {
             weights[l] = av_x + xb[l].abs();
         }
+        let Lj = &mut L[32 * j..32 * j + 32];
         scales[j] = make_qkx2_quants(
             32,
             nmax,
             xb,
             &weights,
-            &mut L[32 * j..32 * j + 32],
+            Lj,
             &mut mins[j],
             &mut laux,
             rmin,
@@ -131,6 +130,21 @@ fn ref_scales(
             nstep,
             false,
         );
+    }
+    finish_ref_scales(&scales, &mins, out_scales)
+}
+
+/// The reference path's 6-bit scales and mins, each relative to the largest (ggml: "as we
+/// are deducting the min, scales are always positive").
+#[inline]
+pub(crate) fn finish_ref_scales(
+    scales: &[f32; 8],
+    mins: &[f32; 8],
+    out_scales: &mut [u8],
+) -> (u16, u16) {
+    let mut max_scale = 0.0f32;
+    let mut max_min = 0.0f32;
+    for j in 0..QK_K / 32 {
         if scales[j] > max_scale {
             max_scale = scales[j];
         }
@@ -168,8 +182,6 @@ fn impl_scales(
     let mut mins = [0f32; QK_K / 32];
     let mut scales = [0f32; QK_K / 32];
     let mut sw = [0f32; QK_K / 32];
-    let mut Ls = [0u8; QK_K / 32];
-    let mut Lm = [0u8; QK_K / 32];
     let mut sum_x2 = 0.0f32;
     for &v in &x[..QK_K] {
         sum_x2 += v * v;
@@ -186,12 +198,13 @@ fn impl_scales(
             sumw += w;
         }
         sw[j] = sumw;
+        let Lj = &mut L[32 * j..32 * j + 32];
         scales[j] = make_qkx3_quants(
             32,
             nmax,
             xb,
             Some(&weights),
-            &mut L[32 * j..32 * j + 32],
+            Lj,
             &mut mins[j],
             &mut laux,
             -0.9,
@@ -200,8 +213,23 @@ fn impl_scales(
             false,
         );
     }
-    let d_block = make_qp_quants(QK_K / 32, 63, &scales, &mut Ls, &sw);
-    let m_block = make_qp_quants(QK_K / 32, 63, &mins, &mut Lm, &sw);
+    finish_impl_scales(&scales, &mins, &sw, clamp63, out_scales)
+}
+
+/// The weighted path's scale-of-scales and min-of-mins (make_qp_quants, weighted by each
+/// sub-block's total importance).
+#[inline]
+pub(crate) fn finish_impl_scales(
+    scales: &[f32; 8],
+    mins: &[f32; 8],
+    sw: &[f32; 8],
+    clamp63: bool,
+    out_scales: &mut [u8],
+) -> (u16, u16) {
+    let mut Ls = [0u8; QK_K / 32];
+    let mut Lm = [0u8; QK_K / 32];
+    let d_block = make_qp_quants(QK_K / 32, 63, scales, &mut Ls, sw);
+    let m_block = make_qp_quants(QK_K / 32, 63, mins, &mut Lm, sw);
     if clamp63 {
         for v in Ls.iter_mut().chain(Lm.iter_mut()) {
             *v = 63.min(*v);
@@ -211,6 +239,28 @@ fn impl_scales(
     (fp32_to_fp16(d_block), fp32_to_fp16(m_block))
 }
 
+/// Writes d/dmin, re-quantizes against the packed scales and packs one block's quants.
+#[inline(always)]
+pub(crate) fn finish_block(
+    x: &[f32],
+    L: &mut [u8; QK_K],
+    y: &mut [u8],
+    d: u16,
+    dmin: u16,
+    q5: bool,
+) {
+    let (d, dmin) = write_d_dmin(y, d, dmin);
+    if q5 {
+        requantize(x, L, &y[4..16], d, dmin, 31);
+        let (qh, ql) = y[16..].split_at_mut(32);
+        pack_q5(L, qh, ql);
+    } else {
+        requantize(x, L, &y[4..16], d, dmin, 15);
+        pack_q4(L, &mut y[16..144]);
+    }
+}
+
+#[inline(always)]
 fn write_d_dmin(y: &mut [u8], d: u16, dmin: u16) -> (f32, f32) {
     y[0..2].copy_from_slice(&d.to_le_bytes());
     y[2..4].copy_from_slice(&dmin.to_le_bytes());
@@ -223,9 +273,7 @@ pub fn quantize_row_q4_K_ref(x: &[f32], y: &mut [u8], k: usize) {
         let x = &x[i * QK_K..(i + 1) * QK_K];
         let y = &mut y[i * Q4_K_BLOCK_BYTES..(i + 1) * Q4_K_BLOCK_BYTES];
         let (d, dmin) = ref_scales(x, &mut L, 15, -1.0, 20, &mut y[4..16]);
-        let (d, dmin) = write_d_dmin(y, d, dmin);
-        requantize(x, &mut L, &y[4..16], d, dmin, 15);
-        pack_q4(&L, &mut y[16..144]);
+        finish_block(x, &mut L, y, d, dmin, false);
     }
 }
 
@@ -236,9 +284,7 @@ pub fn quantize_row_q4_K_impl(x: &[f32], y: &mut [u8], n_per_row: usize, quant_w
         let qw = &quant_weights[i * QK_K..(i + 1) * QK_K];
         let y = &mut y[i * Q4_K_BLOCK_BYTES..(i + 1) * Q4_K_BLOCK_BYTES];
         let (d, dmin) = impl_scales(x, qw, &mut L, 15, false, &mut y[4..16]);
-        let (d, dmin) = write_d_dmin(y, d, dmin);
-        requantize(x, &mut L, &y[4..16], d, dmin, 15);
-        pack_q4(&L, &mut y[16..144]);
+        finish_block(x, &mut L, y, d, dmin, false);
     }
 }
 
@@ -248,10 +294,7 @@ pub fn quantize_row_q5_K_ref(x: &[f32], y: &mut [u8], k: usize) {
         let x = &x[i * QK_K..(i + 1) * QK_K];
         let y = &mut y[i * Q5_K_BLOCK_BYTES..(i + 1) * Q5_K_BLOCK_BYTES];
         let (d, dmin) = ref_scales(x, &mut L, 31, -0.5, 15, &mut y[4..16]);
-        let (d, dmin) = write_d_dmin(y, d, dmin);
-        requantize(x, &mut L, &y[4..16], d, dmin, 31);
-        let (qh, ql) = y[16..].split_at_mut(32);
-        pack_q5(&L, qh, ql);
+        finish_block(x, &mut L, y, d, dmin, true);
     }
 }
 
@@ -262,10 +305,7 @@ pub fn quantize_row_q5_K_impl(x: &[f32], y: &mut [u8], n_per_row: usize, quant_w
         let qw = &quant_weights[i * QK_K..(i + 1) * QK_K];
         let y = &mut y[i * Q5_K_BLOCK_BYTES..(i + 1) * Q5_K_BLOCK_BYTES];
         let (d, dmin) = impl_scales(x, qw, &mut L, 31, true, &mut y[4..16]);
-        let (d, dmin) = write_d_dmin(y, d, dmin);
-        requantize(x, &mut L, &y[4..16], d, dmin, 31);
-        let (qh, ql) = y[16..].split_at_mut(32);
-        pack_q5(&L, qh, ql);
+        finish_block(x, &mut L, y, d, dmin, true);
     }
 }
 

@@ -180,3 +180,135 @@ pub fn make_q3_quants_lanes<const N: usize, const G: usize>(
     }
     scale
 }
+
+/// `make_qkx2_quants` / `make_qkx3_quants` (with weights: the two agree then, since
+/// `max < min` cannot happen) for G groups at once. Writes `l_out[j][i]` and `the_min[j]`
+/// (= −min) and returns each group's scale.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub fn make_qkx_quants_lanes<const N: usize, const G: usize>(
+    nmax: i32,
+    xt: &[[f32; G]; N],
+    wt: &[[f32; G]; N],
+    l_out: &mut [[u8; N]; G],
+    the_min: &mut [f32; G],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+) -> [f32; G] {
+    let nmaxf = nmax as f32;
+    let mut min = xt[0];
+    let mut max = xt[0];
+    let mut sum_w = wt[0];
+    let mut sum_x = [0f32; G];
+    for j in 0..G {
+        sum_x[j] = sum_w[j] * xt[0][j];
+    }
+    for i in 1..N {
+        for j in 0..G {
+            let x = xt[i][j];
+            min[j] = if x < min[j] { x } else { min[j] };
+            max[j] = if x > max[j] { x } else { max[j] };
+            let w = wt[i][j];
+            sum_w[j] += w;
+            sum_x[j] += w * x;
+        }
+    }
+    let mut iscale = [0f32; G];
+    let mut scale = [0f32; G];
+    for j in 0..G {
+        min[j] = if min[j] > 0.0 { 0.0 } else { min[j] };
+        iscale[j] = nmaxf / (max[j] - min[j]);
+        scale[j] = 1.0 / iscale[j];
+    }
+    let min0 = min;
+    let mut best = [0f32; G];
+    for i in 0..N {
+        for j in 0..G {
+            let x = xt[i][j];
+            let l = nearest_int(iscale[j] * (x - min[j])).clamp(0, nmax) as f32;
+            let diff = scale[j] * l + min[j] - x;
+            best[j] += wt[i][j] * (diff * diff);
+        }
+    }
+    // L is recomputed at the end from the (iscale, min) that produced the accepted levels.
+    let mut l_iscale = iscale;
+    let mut l_min = min;
+    let mut laux = [[0f32; G]; N];
+    for is in 0..=nstep {
+        let num = rmin + rdelta * is as f32 + nmaxf;
+        let mut sum_l = [0f32; G];
+        let mut sum_l2 = [0f32; G];
+        let mut sum_xl = [0f32; G];
+        for j in 0..G {
+            iscale[j] = num / (max[j] - min[j]);
+        }
+        for i in 0..N {
+            for j in 0..G {
+                let x = xt[i][j];
+                let l = nearest_int(iscale[j] * (x - min[j])).clamp(0, nmax) as f32;
+                laux[i][j] = l;
+                let w = wt[i][j];
+                sum_l[j] += w * l;
+                sum_l2[j] += w * l * l;
+                sum_xl[j] += w * l * x;
+            }
+        }
+        let mut this_scale = [0f32; G];
+        let mut this_min = [0f32; G];
+        let mut d = [0f32; G];
+        for j in 0..G {
+            d[j] = sum_w[j] * sum_l2[j] - sum_l[j] * sum_l[j];
+            let s = (sum_w[j] * sum_xl[j] - sum_x[j] * sum_l[j]) / d[j];
+            let m = (sum_l2[j] * sum_x[j] - sum_l[j] * sum_xl[j]) / d[j];
+            let clip = m > 0.0;
+            this_min[j] = if clip { 0.0 } else { m };
+            this_scale[j] = if clip { sum_xl[j] / sum_l2[j] } else { s };
+        }
+        let mut cur = [0f32; G];
+        for i in 0..N {
+            for j in 0..G {
+                let diff = this_scale[j] * laux[i][j] + this_min[j] - xt[i][j];
+                cur[j] += wt[i][j] * (diff * diff);
+            }
+        }
+        for j in 0..G {
+            let take = (d[j] > 0.0) & (cur[j] < best[j]);
+            best[j] = if take { cur[j] } else { best[j] };
+            scale[j] = if take { this_scale[j] } else { scale[j] };
+            l_iscale[j] = if take { iscale[j] } else { l_iscale[j] };
+            l_min[j] = if take { min[j] } else { l_min[j] };
+            min[j] = if take { this_min[j] } else { min[j] };
+        }
+    }
+    for j in 0..G {
+        // ggml returns at once for these (all levels 0); the search above ran on inf/NaN
+        // and is discarded here.
+        let degenerate = max[j] == min0[j];
+        for i in 0..N {
+            let l = nearest_int(l_iscale[j] * (xt[i][j] - l_min[j])).clamp(0, nmax);
+            l_out[j][i] = if degenerate { 0 } else { l as u8 };
+        }
+        the_min[j] = if degenerate { -min0[j] } else { -min[j] };
+        scale[j] = if degenerate { 0.0 } else { scale[j] };
+    }
+    scale
+}
+
+/// ggml's `best_index_int8` (0.3.36 form) as a threshold count: the index is the number of
+/// midpoints at or below x (exact midpoints go up), and NaN goes to the last entry as the
+/// binary search sends it there.
+#[inline(always)]
+pub fn best_index_lanes<const G: usize>(val: &[i8; 16], x: &[f32; G]) -> [u8; G] {
+    let mut idx = [0u8; G];
+    for k in 1..16 {
+        let t = (val[k - 1] as i32 + val[k] as i32) as f32;
+        for j in 0..G {
+            idx[j] += (x[j] + x[j] >= t) as u8;
+        }
+    }
+    for j in 0..G {
+        idx[j] = if x[j].is_nan() { 15 } else { idx[j] };
+    }
+    idx
+}

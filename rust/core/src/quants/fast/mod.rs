@@ -5,15 +5,29 @@
 //! The kernels are compiled twice, plain and with AVX2 enabled, and picked at run time.
 #![allow(non_snake_case)]
 
+mod iq4_nl;
 mod lanes;
+mod legacy;
 mod q3_k;
+mod q45_k;
 mod q6_k;
 
 use super::QuantType;
 
 /// Whether `quantize_row_fast` has a fast path for this type and path.
 pub fn has_fast_path(qtype: QuantType) -> bool {
-    matches!(qtype, QuantType::Q3_K | QuantType::Q6_K)
+    matches!(
+        qtype,
+        QuantType::Q3_K
+            | QuantType::Q4_K
+            | QuantType::Q5_K
+            | QuantType::Q6_K
+            | QuantType::Q4_0
+            | QuantType::Q4_1
+            | QuantType::Q5_0
+            | QuantType::Q5_1
+            | QuantType::IQ4_NL
+    )
 }
 
 #[inline(always)]
@@ -22,7 +36,15 @@ fn dispatch(qtype: QuantType, x: &[f32], y: &mut [u8], imatrix: Option<&[f32]>) 
         (QuantType::Q3_K, None) => q3_k::quantize_row_q3_K_ref_fast(x, y),
         (QuantType::Q3_K, Some(w)) => q3_k::quantize_row_q3_K_impl_fast(x, y, w),
         (QuantType::Q6_K, w) => q6_k::quantize_row_q6_K_fast(x, y, w),
-        _ => unreachable!("no fast path for {}", qtype.name()),
+        (QuantType::Q4_K, w) => q45_k::quantize_row_q45_K_fast(x, y, w, false),
+        (QuantType::Q5_K, w) => q45_k::quantize_row_q45_K_fast(x, y, w, true),
+        (QuantType::IQ4_NL, w) => iq4_nl::quantize_iq4_nl_fast(x, y, w),
+        (QuantType::Q4_0 | QuantType::Q4_1 | QuantType::Q5_0 | QuantType::Q5_1, Some(w)) => {
+            legacy::quantize_row_legacy_impl_fast(qtype, x, y, w)
+        }
+        // The reference paths of the 32-blocks are simple loops: the scalar port, compiled
+        // here with AVX2 enabled.
+        _ => crate::quants::quantize_row_reference(qtype, x, y, imatrix),
     }
 }
 
