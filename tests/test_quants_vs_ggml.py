@@ -83,3 +83,14 @@ def test_row_size_matches_ggml(qtype: str) -> None:
     for n in (256, 512, 3584, 14336):
         if n % block == 0:
             assert simpo_q.row_size(qtype, n) == ggml().row_size(qtype, n)
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL"])
+@pytest.mark.parametrize("n", [32, 96, 352, 1056])
+def test_row_lengths_outside_whole_lane_groups_match_ggml(qtype: str, n: int) -> None:
+    """The fast paths work on 8 blocks at a time; the blocks left over take another route."""
+    rng = np.random.default_rng(n)
+    for kind in ("normal", "outlier", "subnormal"):
+        x = make_data(kind, 3, n, rng)
+        for w in (None, make_imatrix("exp2", n, rng), make_imatrix("one_hot", n, rng)):
+            assert_same_bytes(simpo_q.quantize(x, qtype, w), ggml().quantize(x, qtype, w), f"{qtype}/{n}/{kind}")

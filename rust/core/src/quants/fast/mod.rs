@@ -11,6 +11,7 @@ mod legacy;
 mod q3_k;
 mod q45_k;
 mod q6_k;
+mod simple;
 
 use super::QuantType;
 
@@ -27,6 +28,7 @@ pub fn has_fast_path(qtype: QuantType) -> bool {
             | QuantType::Q5_0
             | QuantType::Q5_1
             | QuantType::IQ4_NL
+            | QuantType::Q8_0
     )
 }
 
@@ -42,9 +44,12 @@ fn dispatch(qtype: QuantType, x: &[f32], y: &mut [u8], imatrix: Option<&[f32]>) 
         (QuantType::Q4_0 | QuantType::Q4_1 | QuantType::Q5_0 | QuantType::Q5_1, Some(w)) => {
             legacy::quantize_row_legacy_impl_fast(qtype, x, y, w)
         }
-        // The reference paths of the 32-blocks are simple loops: the scalar port, compiled
-        // here with AVX2 enabled.
-        _ => crate::quants::quantize_row_reference(qtype, x, y, imatrix),
+        // Q8_0 ignores the importance vector, as ggml does.
+        (QuantType::Q8_0, _)
+        | (QuantType::Q4_0 | QuantType::Q4_1 | QuantType::Q5_0 | QuantType::Q5_1, None) => {
+            simple::quantize_row_simple_ref_fast(qtype, x, y)
+        }
+        _ => unreachable!("no fast path for {}", qtype.name()),
     }
 }
 

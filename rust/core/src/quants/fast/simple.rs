@@ -1,0 +1,170 @@
+//! The reference paths of the 32-value block types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) with 8
+//! blocks in 8 lanes. The per-block maximum searches keep ggml's order (first index wins);
+//! Q8_0's `roundf` is rebuilt from `trunc` so it vectorizes: x − trunc(x) is exact, so
+//! comparing it with 0.5 rounds halves away from zero exactly as roundf does.
+
+use crate::fp16::ggml_compute_fp32_to_fp16 as fp32_to_fp16;
+use crate::quants::common::c_f32_to_i32;
+use crate::quants::{quantize_row_reference, QuantType};
+
+const G: usize = 8;
+const QK: usize = 32;
+
+#[inline(always)]
+fn roundf(x: f32) -> f32 {
+    let t = x.trunc();
+    let frac = x - t;
+    let up = frac.abs() >= 0.5;
+    if up {
+        t + 1.0f32.copysign(x)
+    } else {
+        t
+    }
+}
+
+#[inline(always)]
+fn put_f16(y: &mut [u8], at: usize, v: f32) {
+    y[at..at + 2].copy_from_slice(&fp32_to_fp16(v).to_le_bytes());
+}
+
+#[inline(always)]
+pub fn quantize_row_simple_ref_fast(qtype: QuantType, x: &[f32], y: &mut [u8]) {
+    let bs = qtype.type_size();
+    let nb = x.len() / QK;
+    let groups = nb / G;
+    for g in 0..groups {
+        let mut xt = [[0f32; G]; QK];
+        for j in 0..G {
+            let xb = &x[QK * (g * G + j)..];
+            for i in 0..QK {
+                xt[i][j] = xb[i];
+            }
+        }
+        let yg = &mut y[bs * G * g..bs * G * (g + 1)];
+        match qtype {
+            QuantType::Q8_0 => q8_0(&xt, yg),
+            QuantType::Q4_0 => q_0(&xt, yg, -8.0, 8.5, 15, false),
+            QuantType::Q5_0 => q_0(&xt, yg, -16.0, 16.5, 31, true),
+            QuantType::Q4_1 => q_1(&xt, yg, 15.0, false),
+            QuantType::Q5_1 => q_1(&xt, yg, 31.0, true),
+            _ => unreachable!(),
+        }
+    }
+    let done = groups * G * QK;
+    if done < x.len() {
+        quantize_row_reference(qtype, &x[done..], &mut y[groups * G * bs..], None);
+    }
+}
+
+#[inline(always)]
+fn q8_0(xt: &[[f32; G]; QK], yg: &mut [u8]) {
+    let mut amax = [0f32; G];
+    for row in xt {
+        for j in 0..G {
+            let a = row[j].abs();
+            amax[j] = if amax[j] > a { amax[j] } else { a };
+        }
+    }
+    let mut id = [0f32; G];
+    let mut d = [0f32; G];
+    for j in 0..G {
+        d[j] = amax[j] / 127.0;
+        id[j] = if d[j] != 0.0 { 1.0 / d[j] } else { 0.0 };
+    }
+    let mut q = [[0u8; G]; QK];
+    for i in 0..QK {
+        for j in 0..G {
+            q[i][j] = c_f32_to_i32(roundf(xt[i][j] * id[j])) as u8;
+        }
+    }
+    for j in 0..G {
+        let yb = &mut yg[34 * j..34 * (j + 1)];
+        put_f16(yb, 0, d[j]);
+        for i in 0..QK {
+            yb[2 + i] = q[i][j];
+        }
+    }
+}
+
+/// Q4_0 / Q5_0: d = (signed absmax) / div; q = min(qmax, (int8)(x·id + bias)).
+#[inline(always)]
+fn q_0(xt: &[[f32; G]; QK], yg: &mut [u8], div: f32, bias: f32, qmax: i8, five: bool) {
+    let mut amax = [0f32; G];
+    let mut max = [0f32; G];
+    for row in xt {
+        for j in 0..G {
+            let a = row[j].abs();
+            let take = amax[j] < a;
+            amax[j] = if take { a } else { amax[j] };
+            max[j] = if take { row[j] } else { max[j] };
+        }
+    }
+    let mut d = [0f32; G];
+    let mut id = [0f32; G];
+    for j in 0..G {
+        d[j] = max[j] / div;
+        id[j] = if d[j] != 0.0 { 1.0 / d[j] } else { 0.0 };
+    }
+    let mut q = [[0u8; G]; QK];
+    for i in 0..QK {
+        for j in 0..G {
+            q[i][j] = qmax.min(c_f32_to_i32(xt[i][j] * id[j] + bias) as i8) as u8;
+        }
+    }
+    pack(yg, &d, None, &q, five);
+}
+
+/// Q4_1 / Q5_1: d = (max − min) / qmax, m = min; q = (x − min)·id + 0.5 truncated.
+#[inline(always)]
+fn q_1(xt: &[[f32; G]; QK], yg: &mut [u8], qmax: f32, five: bool) {
+    let mut min = [f32::MAX; G];
+    let mut max = [-f32::MAX; G];
+    for row in xt {
+        for j in 0..G {
+            min[j] = if row[j] < min[j] { row[j] } else { min[j] };
+            max[j] = if row[j] > max[j] { row[j] } else { max[j] };
+        }
+    }
+    let mut d = [0f32; G];
+    let mut id = [0f32; G];
+    for j in 0..G {
+        d[j] = (max[j] - min[j]) / qmax;
+        id[j] = if d[j] != 0.0 { 1.0 / d[j] } else { 0.0 };
+    }
+    let mut q = [[0u8; G]; QK];
+    for i in 0..QK {
+        for j in 0..G {
+            let v = c_f32_to_i32((xt[i][j] - min[j]) * id[j] + 0.5);
+            q[i][j] = if five {
+                v as u8
+            } else {
+                15i8.min(v as i8) as u8
+            };
+        }
+    }
+    pack(yg, &d, Some(&min), &q, five);
+}
+
+#[inline(always)]
+fn pack(yg: &mut [u8], d: &[f32; G], m: Option<&[f32; G]>, q: &[[u8; G]; QK], five: bool) {
+    let head = if m.is_some() { 4 } else { 2 };
+    let bs = head + if five { 4 } else { 0 } + QK / 2;
+    for j in 0..G {
+        let yb = &mut yg[bs * j..bs * (j + 1)];
+        put_f16(yb, 0, d[j]);
+        if let Some(m) = m {
+            put_f16(yb, 2, m[j]);
+        }
+        let qs = head + if five { 4 } else { 0 };
+        let mut qh = 0u32;
+        for i in 0..QK / 2 {
+            let (a, b) = (q[i][j], q[i + QK / 2][j]);
+            yb[qs + i] = (a & 0x0F) | ((b & 0x0F) << 4);
+            qh |= (((a & 0x10) >> 4) as u32) << i;
+            qh |= (((b & 0x10) >> 4) as u32) << (i + QK / 2);
+        }
+        if five {
+            yb[head..head + 4].copy_from_slice(&qh.to_le_bytes());
+        }
+    }
+}
