@@ -5,9 +5,31 @@ use numpy::{
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use simpo_q_core::quants::{self, QuantType};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 fn parse_type(qtype: &str) -> PyResult<QuantType> {
     QuantType::from_name(qtype).map_err(to_py)
+}
+
+/// Pools by thread count, built once: starting threads on every call would cost more than
+/// quantizing a small tensor.
+fn pool(n: usize) -> PyResult<Arc<rayon::ThreadPool>> {
+    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
+    let mut pools = POOLS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = pools.get(&n) {
+        return Ok(p.clone());
+    }
+    let p = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build()
+        .map_err(|e| bad_arg(format!("threads: cannot start {n} threads: {e}")))?;
+    let p = Arc::new(p);
+    pools.insert(n, p.clone());
+    Ok(p)
 }
 
 /// Runs `f` on `threads` rayon threads (all cores when None).
@@ -15,13 +37,7 @@ fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce() -> T + Send) -
     match threads {
         None => Ok(f()),
         Some(0) => Err(bad_arg("threads: must be at least 1")),
-        Some(n) => {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .build()
-                .map_err(|e| bad_arg(format!("threads: cannot start {n} threads: {e}")))?;
-            Ok(pool.install(f))
-        }
+        Some(n) => Ok(pool(n)?.install(f)),
     }
 }
 

@@ -148,23 +148,31 @@ fn q_1(xt: &[[f32; G]; QK], yg: &mut [u8], qmax: f32, five: bool) {
 #[inline(always)]
 fn pack(yg: &mut [u8], d: &[f32; G], m: Option<&[f32; G]>, q: &[[u8; G]; QK], five: bool) {
     let head = if m.is_some() { 4 } else { 2 };
-    let bs = head + if five { 4 } else { 0 } + QK / 2;
+    let qs = head + if five { 4 } else { 0 };
+    let bs = qs + QK / 2;
+    // Nibbles and high bits combined across the 8 lanes first (vectorizes), then each
+    // block's bytes gathered once.
+    let mut nib = [[0u8; G]; QK / 2];
+    let mut qh = [0u32; G];
+    for i in 0..QK / 2 {
+        for j in 0..G {
+            let (a, b) = (q[i][j], q[i + QK / 2][j]);
+            nib[i][j] = (a & 0x0F) | ((b & 0x0F) << 4);
+            qh[j] |= (((a & 0x10) >> 4) as u32) << i;
+            qh[j] |= (((b & 0x10) >> 4) as u32) << (i + QK / 2);
+        }
+    }
     for j in 0..G {
         let yb = &mut yg[bs * j..bs * (j + 1)];
         put_f16(yb, 0, d[j]);
         if let Some(m) = m {
             put_f16(yb, 2, m[j]);
         }
-        let qs = head + if five { 4 } else { 0 };
-        let mut qh = 0u32;
         for i in 0..QK / 2 {
-            let (a, b) = (q[i][j], q[i + QK / 2][j]);
-            yb[qs + i] = (a & 0x0F) | ((b & 0x0F) << 4);
-            qh |= (((a & 0x10) >> 4) as u32) << i;
-            qh |= (((b & 0x10) >> 4) as u32) << (i + QK / 2);
+            yb[qs + i] = nib[i][j];
         }
         if five {
-            yb[head..head + 4].copy_from_slice(&qh.to_le_bytes());
+            yb[head..head + 4].copy_from_slice(&qh[j].to_le_bytes());
         }
     }
 }
