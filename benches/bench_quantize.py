@@ -57,9 +57,9 @@ def main() -> None:
             ours = simpo_q.quantize(x, qtype, imat, threads=1)
             ref = g.quantize(x, qtype, imat)
             assert np.array_equal(ours, ref), f"{qtype}: bytes differ from ggml"
-            t_g = best_time(lambda: g.quantize(x, qtype, imat), args.repeat)
-            t_1 = best_time(lambda: simpo_q.quantize(x, qtype, imat, threads=1), args.repeat)
-            t_n = best_time(lambda: simpo_q.quantize(x, qtype, imat, threads=cores), args.repeat)
+            t_g = best_time(lambda q=qtype, w=imat: g.quantize(x, q, w), args.repeat)
+            t_1 = best_time(lambda q=qtype, w=imat: simpo_q.quantize(x, q, w, threads=1), args.repeat)
+            t_n = best_time(lambda q=qtype, w=imat: simpo_q.quantize(x, q, w, threads=cores), args.repeat)
             print(f"| {qtype} | {'yes' if imat is not None else 'no'} | {n / t_g:.1f} | {n / t_1:.1f} "
                   f"| {t_g / t_1:.2f}x | {n / t_n:.1f} | {t_1 / t_n:.2f}x |", flush=True)
 

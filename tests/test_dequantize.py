@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import simpo_q
 from adversarial import DATA_KINDS, make_data, make_imatrix
 from ggml_ref import require
-
-import simpo_q
 
 try:
     import gguf

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import simpo_q
 from adversarial import DATA_KINDS, IMATRIX_KINDS, make_data, make_imatrix
 from ggml_ref import ggml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-
-import simpo_q
 
 QUANTIZED = [t for t in simpo_q.QUANT_TYPES if simpo_q.type_info(t)[1] > 1]
 ALL_TYPES = list(simpo_q.QUANT_TYPES)

@@ -9,10 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from simpo_q.cli import main as cli
-from simpo_q.tiny import TinyConfig, build_tiny_model, cached_tiny_model
-from simpo_q.tiny import corpus
+from simpo_q.tiny import TinyConfig, build_tiny_model, cached_tiny_model, corpus
 from simpo_q.tiny.builder import GEMMA_CHAT_TEMPLATE, bundled_text
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -3,6 +3,16 @@
 import numpy as np
 import numpy.typing as npt
 
+__all__ = [
+    "__version__",
+    "SimpoQError",
+    "quantize",
+    "dequantize",
+    "row_size",
+    "type_info",
+    "QUANT_TYPES",
+]
+
 __version__: str
 QUANT_TYPES: tuple[str, ...]
 
