@@ -36,13 +36,11 @@ def test_dequantize_equals_gguf_bit_for_bit(qtype: str, kind: str) -> None:
         assert np.array_equal(ours.view(np.uint32), ref.view(np.uint32)), f"{qtype}/{kind}"
 
 
-@pytest.mark.parametrize("qtype", list(simpo_q.QUANT_TYPES))
+@pytest.mark.parametrize("qtype", [t for t in simpo_q.QUANT_TYPES if t not in ("F32", "F16", "BF16")])
 def test_dequantize_random_bytes_equals_gguf(qtype: str) -> None:
     """Arbitrary block contents (not only what our quantizer writes), with the f16 scales
     kept finite so both sides compute the same finite numbers."""
     gtype = _gguf_type(qtype)
-    if qtype in ("F32", "F16", "BF16"):
-        pytest.skip("plain floats: covered by the round trip above")
     rng = np.random.default_rng(11)
     rs = simpo_q.row_size(qtype, 512)
     data = rng.integers(0, 256, (8, rs), dtype=np.uint8)

@@ -47,6 +47,19 @@ pub enum Error {
 
     #[error("{arg}: {msg}")]
     Invalid { arg: &'static str, msg: String },
+
+    /// A problem with a file: what could not be read or written, or what is wrong in it.
+    #[error("{path}: {msg}")]
+    File { path: String, msg: String },
+}
+
+impl Error {
+    pub fn file(path: &std::path::Path, msg: impl std::fmt::Display) -> Error {
+        Error::File {
+            path: path.display().to_string(),
+            msg: msg.to_string(),
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

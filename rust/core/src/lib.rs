@@ -9,6 +9,7 @@
 
 pub mod error;
 pub mod fp16;
+pub mod gguf;
 pub mod quants;
 
 pub use error::{Error, Result};
