@@ -1,5 +1,7 @@
 """Type stubs for the native core (checked by mypy.stubtest against the built module)."""
 
+from typing import final
+
 import numpy as np
 import numpy.typing as npt
 
@@ -11,6 +13,8 @@ __all__ = [
     "row_size",
     "type_info",
     "QUANT_TYPES",
+    "GgufWriter",
+    "GgufReader",
 ]
 
 __version__: str
@@ -45,3 +49,36 @@ def row_size(qtype: str, n_per_row: int) -> int:
 
 def type_info(qtype: str) -> tuple[int, int, int]:
     """(ggml type id, values per block, bytes per block) of `qtype`."""
+
+@final
+class GgufWriter:
+    """Streaming GGUF writer: metadata and tensor infos first, then each tensor's bytes in
+    order; the file appears at `path` only at `finish`."""
+
+    def __new__(
+        cls,
+        path: str,
+        metadata: list[tuple[str, str, object]],
+        tensors: list[tuple[str, list[int], str]],
+    ) -> GgufWriter: ...
+    def next_tensor(self) -> str | None: ...
+    def write_tensor(self, name: str, data: npt.NDArray[np.uint8]) -> None: ...
+    def finish(self) -> None: ...
+    def abort(self) -> None: ...
+
+@final
+class GgufReader:
+    """Metadata, tensor infos and zero-copy tensor bytes of a GGUF file (memory-mapped)."""
+
+    def __new__(cls, path: str) -> GgufReader: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def alignment(self) -> int: ...
+    @property
+    def data_offset(self) -> int: ...
+    @property
+    def metadata(self) -> list[tuple[str, str, object]]: ...
+    @property
+    def tensors(self) -> list[tuple[str, list[int], str, int, int]]: ...
+    def tensor_bytes(self, name: str) -> npt.NDArray[np.uint8]: ...

@@ -3,6 +3,7 @@
 //! (a `ValueError`), so nothing panics across the boundary.
 
 mod errors;
+mod gguf;
 mod quants;
 
 use pyo3::prelude::*;
@@ -12,5 +13,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("SimpoQError", m.py().get_type::<errors::SimpoQError>())?;
     quants::register(m)?;
+    gguf::register(m)?;
     Ok(())
 }
