@@ -1,0 +1,19 @@
+"""Architecture adapters: the only place that knows HF names, GGUF names and metadata keys."""
+
+from __future__ import annotations
+
+from simpo_q._native import SimpoQError
+from simpo_q.arch import gemma2
+
+ADAPTERS = {"Gemma2ForCausalLM": gemma2}
+
+
+def adapter_for(config: dict, where: str):
+    archs = config.get("architectures") or []
+    for a in archs:
+        if a in ADAPTERS:
+            return ADAPTERS[a]
+    raise SimpoQError(
+        f"{where}: unsupported architecture {archs or config.get('model_type')!r}; "
+        f"supported: {', '.join(sorted(ADAPTERS))}"
+    )

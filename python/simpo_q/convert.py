@@ -1,0 +1,74 @@
+"""Hugging Face Gemma-2 directory → GGUF, as llama.cpp's convert_hf_to_gguf.py writes it
+(metadata keys and order, tensor names and order, norm +1, vocabulary), with tensors read
+lazily and written as they are produced."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from simpo_q._native import SimpoQError
+from simpo_q.arch import adapter_for
+from simpo_q.gguf_out import Planned, size_label, write_gguf
+from simpo_q.sources import HFDirectory
+from simpo_q.tokenizer import tokenizer_metadata
+
+OUTTYPES = {"f32": ("F32", 0), "f16": ("F16", 1), "bf16": ("BF16", 32), "q8_0": ("Q8_0", 7)}
+
+
+def hf_plan(src: HFDirectory, tensor_type) -> list[Planned]:
+    """Every tensor the converter writes, in its order, with `tensor_type(gguf_name, shape)`."""
+    arch = adapter_for(src.config, str(src.path / "config.json"))
+    plan = []
+    for hf in src.names():
+        name = arch.gguf_name(hf)
+        if name is None:
+            continue
+        shape = src.shape(hf)
+
+        def load(hf=hf) -> np.ndarray:
+            return arch.transform(hf, src.load(hf))
+
+        plan.append(Planned(name, tuple(shape), tensor_type(name, tuple(shape)), load))
+    return plan
+
+
+def converted_metadata(src: HFDirectory, file_type: int, n_params: int) -> list[tuple[str, str, object]]:
+    arch = adapter_for(src.config, str(src.path / "config.json"))
+    cfg = src.config
+    name = Path(cfg.get("_name_or_path") or src.path.resolve().name).name
+    md: list[tuple[str, str, object]] = [
+        ("general.architecture", "str", arch.ARCH),
+        ("general.type", "str", "model"),
+        ("general.name", "str", name),
+        ("general.size_label", "str", size_label(n_params)),
+    ]
+    lic = cfg.get("license")
+    if isinstance(lic, str) and lic:
+        md.append(("general.license", "str", lic))
+    md += arch.hparams_metadata(cfg, file_type)
+    md.append(("general.quantization_version", "u32", 2))
+    md += tokenizer_metadata(src.path, cfg)
+    md.append(("tokenizer.ggml.add_space_prefix", "bool", False))
+    return md
+
+
+def convert(model_dir: str | os.PathLike, out: str | os.PathLike, outtype: str = "f16", *,
+            quiet: bool = False, threads: int | None = None) -> Path:
+    if outtype not in OUTTYPES:
+        raise SimpoQError(f"--outtype: {outtype!r} is not one of {', '.join(OUTTYPES)}")
+    qtype, file_type = OUTTYPES[outtype]
+    src = HFDirectory(model_dir)
+
+    def tensor_type(name: str, shape: tuple[int, ...]) -> str:
+        if len(shape) <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight"):
+            return "F32"
+        if qtype == "Q8_0" and shape[-1] % 32:
+            return "F16"
+        return qtype
+
+    plan = hf_plan(src, tensor_type)
+    n_params = sum(int(np.prod(p.shape)) for p in plan)
+    return write_gguf(out, converted_metadata(src, file_type, n_params), plan, quiet=quiet, threads=threads)

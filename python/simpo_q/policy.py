@@ -1,0 +1,135 @@
+"""llama.cpp's per-tensor type policy (`llama_tensor_get_type`) for dense models, the file
+types simpo-q writes, and llama-quantize's overrides. Facts: shared/docs/ggml-quants.md §4,
+checked against llama-cpp-python 0.3.36's llama-quant.cpp (256-block → 32-block fallbacks:
+Q2_K/Q3_K → Q4_0, Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0, then F16)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from simpo_q._native import SimpoQError, type_info
+
+# name → (llama_ftype id, default ggml type)
+FILE_TYPES = {
+    "F32": (0, "F32"), "F16": (1, "F16"), "BF16": (32, "BF16"), "Q8_0": (7, "Q8_0"),
+    "Q3_K_S": (11, "Q3_K"), "Q3_K_M": (12, "Q3_K"), "Q3_K_L": (13, "Q3_K"),
+    "Q4_K_S": (14, "Q4_K"), "Q4_K_M": (15, "Q4_K"), "Q5_K_S": (16, "Q5_K"), "Q5_K_M": (17, "Q5_K"),
+    "Q6_K": (18, "Q6_K"),
+}
+FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+_BLK = re.compile(r"^blk\.(\d+)\.")
+
+
+def weights_map_key(name: str) -> tuple[int, str]:
+    """llama.cpp's tensor order: the block number first (non-block tensors count as −1),
+    then plain string order."""
+    m = _BLK.match(name)
+    return (int(m.group(1)) if m else -1, name)
+
+
+def use_more_bits(i: int, n: int) -> bool:
+    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+
+
+def should_quantize(name: str, ndim: int) -> bool:
+    return name.endswith("weight") and ndim >= 2 and "_norm.weight" not in name
+
+
+@dataclass
+class Overrides:
+    output_tensor_type: str | None = None
+    token_embedding_type: str | None = None
+    tensor_types: list[tuple[str, str]] = field(default_factory=list)  # (regex, type), first match wins
+    pure: bool = False
+
+
+def _block(t: str) -> int:
+    return type_info(t)[1]
+
+
+def _fallback(name: str, t: str, ne0: int) -> str:
+    if ne0 % _block(t) == 0:
+        return t
+    new = FALLBACK.get(t, t)
+    if ne0 % _block(new) != 0:
+        new = "F16"
+    return new
+
+
+def plan_types(ftype: str, tensors: list[tuple[str, tuple[int, ...]]], ov: Overrides | None = None,
+               input_types: dict[str, str] | None = None) -> dict[str, str]:
+    """The output type of every tensor (GGUF names, numpy shapes), in llama.cpp's order."""
+    ov = ov or Overrides()
+    if ftype not in FILE_TYPES:
+        raise SimpoQError(f"--type: unknown file type {ftype!r}; supported: {', '.join(FILE_TYPES)}")
+    default = FILE_TYPES[ftype][1]
+    names = sorted((n for n, _ in tensors), key=weights_map_key)
+    shapes = dict(tensors)
+    has_output = "output.weight" in shapes
+    n_attn_v = sum(1 for n in names if n.endswith("attn_v.weight"))
+    n_layer = sum(1 for n in names if n.endswith("ffn_down.weight"))
+    i_attn_v = i_ffn_down = 0
+    out: dict[str, str] = {}
+    patterns = [(re.compile(p), t) for p, t in ov.tensor_types]
+    for name in names:
+        shape = shapes[name]
+        if not should_quantize(name, len(shape)):
+            out[name] = (input_types or {}).get(name, "F32")
+            continue
+        ne0 = shape[-1]
+        t = default
+        quantized_default = default not in ("F32", "F16", "BF16")
+        if not ov.pure and quantized_default:
+            t = _get_type(ftype, default, name, ne0, has_output, i_attn_v, n_attn_v, i_ffn_down, n_layer, ov)
+        if name.endswith("attn_v.weight"):
+            i_attn_v += 1
+        if name.endswith("ffn_down.weight"):
+            i_ffn_down += 1
+        if ov.token_embedding_type and name == "token_embd.weight":
+            t = ov.token_embedding_type.upper()
+        if ov.output_tensor_type and name == "output.weight":
+            t = ov.output_tensor_type.upper()
+        for rx, tt in patterns:
+            if rx.search(name):
+                t = tt.upper()
+                break
+        t = _fallback(name, t, ne0)
+        out[name] = t
+    return out
+
+
+def _get_type(ftype, default, name, ne0, has_output, i_attn_v, n_attn_v, i_ffn_down, n_layer, ov) -> str:
+    t = default
+    if name == "output.weight" or (name == "token_embd.weight" and not has_output):
+        if ov.output_tensor_type:
+            return ov.output_tensor_type.upper()
+        if ne0 % _block(default) != 0:
+            return "Q8_0"
+        return "Q6_K" if default != "Q8_0" else "Q8_0"
+    if name.endswith("attn_v.weight"):
+        i = i_attn_v
+        if ftype == "Q3_K_M":
+            t = "Q5_K" if i < 2 else "Q4_K"
+        elif ftype == "Q3_K_L":
+            t = "Q5_K"
+        elif ftype in ("Q4_K_M", "Q5_K_M") and use_more_bits(i, n_attn_v):
+            t = "Q6_K"
+        elif ftype == "Q4_K_S" and i < 4:
+            t = "Q5_K"
+    elif name.endswith("ffn_down.weight"):
+        i = i_ffn_down
+        if ftype == "Q3_K_M":
+            t = "Q5_K" if i < n_layer // 16 else "Q4_K"
+        elif ftype == "Q3_K_L":
+            t = "Q5_K"
+        elif ftype in ("Q4_K_M", "Q5_K_M") and use_more_bits(i, n_layer):
+            t = "Q6_K"
+        elif ftype == "Q4_K_S" and i < n_layer // 8:
+            t = "Q5_K"
+    elif name.endswith("attn_output.weight"):
+        if ftype == "Q3_K_M":
+            t = "Q4_K"
+        elif ftype == "Q3_K_L":
+            t = "Q5_K"
+    return t

@@ -1,0 +1,55 @@
+"""The llama.cpp source tree of the pinned reference, from the llama-cpp-python 0.3.36 sdist
+on PyPI (it vendors the whole tree: convert_hf_to_gguf.py, gguf-py, the tools). Downloaded
+once through PyPI's simple index, checked against the index's sha256, and cached outside
+the clone (SIMPO_Q_REF_CACHE, default ~/.cache/simpo-q)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import ssl
+import tarfile
+import urllib.request
+from pathlib import Path
+
+VERSION = "0.3.36"
+INDEX = "https://pypi.org/simple/llama-cpp-python/"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SIMPO_Q_REF_CACHE", Path.home() / ".cache" / "simpo-q"))
+
+
+def _download(dest: Path) -> None:
+    cafile = os.environ.get("PIP_CERT") or None
+    ctx = ssl.create_default_context(cafile=cafile)
+    html = urllib.request.urlopen(INDEX, context=ctx, timeout=120).read().decode()
+    m = re.search(rf'href="([^"]+llama_cpp_python-{re.escape(VERSION)}\.tar\.gz)#sha256=([0-9a-f]+)"', html)
+    if not m:
+        raise RuntimeError(f"llama-cpp-python {VERSION} sdist not on {INDEX}")
+    data = urllib.request.urlopen(m.group(1), context=ctx, timeout=600).read()
+    if hashlib.sha256(data).hexdigest() != m.group(2):
+        raise RuntimeError("sdist sha256 mismatch")
+    tmp = dest.with_suffix(".part")
+    tmp.write_bytes(data)
+    tmp.replace(dest)
+
+
+def llama_cpp_tree() -> Path:
+    """Path of the extracted `vendor/llama.cpp` tree (downloaded and extracted on first use)."""
+    root = cache_dir() / f"llama-cpp-python-{VERSION}"
+    tree = root / f"llama_cpp_python-{VERSION}" / "vendor" / "llama.cpp"
+    if (tree / "convert_hf_to_gguf.py").exists():
+        return tree
+    root.mkdir(parents=True, exist_ok=True)
+    sdist = root / f"llama_cpp_python-{VERSION}.tar.gz"
+    if not sdist.exists():
+        _download(sdist)
+    with tarfile.open(sdist) as tf:
+        tf.extractall(root, filter="data")
+    return tree
+
+
+if __name__ == "__main__":
+    print(llama_cpp_tree())
