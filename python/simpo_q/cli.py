@@ -28,6 +28,53 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from simpo_q.convert import convert
+
+    convert(args.model, args.out, args.outtype, quiet=args.quiet, threads=args.threads)
+    return 0
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from simpo_q.policy import Overrides
+    from simpo_q.quantize_model import quantize_model
+
+    tt = []
+    for spec in args.tensor_type:
+        if "=" not in spec:
+            raise ValueError(f"--tensor-type {spec!r}: expected PATTERN=TYPE")
+        pat, t = spec.rsplit("=", 1)
+        tt.append((pat, t))
+    ov = Overrides(output_tensor_type=args.output_tensor_type, token_embedding_type=args.token_embedding_type,
+                   tensor_types=tt, pure=args.pure)
+    quantize_model(args.input, args.out, args.type, overrides=ov, dry_run=args.dry_run, ollama=args.ollama,
+                   quiet=args.quiet, threads=args.threads)
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from simpo_q.gguf import open_gguf
+
+    r = open_gguf(args.file)
+    if args.json:
+        md = [{"key": k, "type": t, "value": v} for k, t, v in r.metadata]
+        ts = [{"name": n, "type": t, "shape": d, "bytes": b, "offset": o} for n, d, t, o, b in r.tensors]
+        print(json.dumps({"version": r.version, "alignment": r.alignment, "metadata": md, "tensors": ts}))
+        return 0
+    print(f"GGUF v{r.version}, {len(r.metadata)} metadata entries, {len(r.tensors)} tensors")
+    for k, t, v in r.metadata:
+        text = repr(v)
+        if isinstance(v, list):
+            text = f"[{len(v)} items] " + repr(v[:5])[:-1] + (", ...]" if len(v) > 5 else "]")
+        print(f"  {k:48s} {t:12s} {text[:120]}")
+    print(f"  {'name':40s} {'type':7s} {'shape':22s} {'bytes':>12s} {'offset':>12s}")
+    for n, d, t, o, b in r.tensors:
+        print(f"  {n:40s} {t:7s} {str(d):22s} {b:12d} {o:12d}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="simpo-q",
@@ -50,6 +97,33 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--pretrain-steps", type=int, default=0,
                    help="train briefly on the bundled text first, so it is a real (tiny) language model")
     t.set_defaults(func=_tiny_model)
+
+    c = sub.add_parser("convert", help="Hugging Face Gemma-2 directory -> GGUF (f32/f16/bf16/q8_0)")
+    c.add_argument("model")
+    c.add_argument("out")
+    c.add_argument("--outtype", default="f16", choices=["f32", "f16", "bf16", "q8_0"])
+    c.add_argument("--threads", type=int, default=None)
+    c.set_defaults(func=_convert)
+
+    q = sub.add_parser("quantize", help="HF directory or F32/F16/BF16 GGUF -> k-quant GGUF")
+    q.add_argument("input")
+    q.add_argument("out")
+    q.add_argument("--type", default="Q3_K_S", help="file type: " + ", ".join(
+        ["F32", "F16", "BF16", "Q8_0", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K"]))
+    q.add_argument("--output-tensor-type")
+    q.add_argument("--token-embedding-type")
+    q.add_argument("--tensor-type", action="append", default=[], metavar="PATTERN=TYPE",
+                   help="regex on the tensor name = ggml type (repeatable; first match wins)")
+    q.add_argument("--pure", action="store_true", help="no per-tensor policy: the file type's type everywhere")
+    q.add_argument("--dry-run", action="store_true", help="print each tensor's type and the predicted size")
+    q.add_argument("--ollama", action="store_true", help="also write a Modelfile (and NOTICE for Gemma)")
+    q.add_argument("--threads", type=int, default=None)
+    q.set_defaults(func=_quantize)
+
+    i = sub.add_parser("inspect", help="metadata and tensor table of a GGUF")
+    i.add_argument("file")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=_inspect)
 
     d = sub.add_parser("demo", help="the main job on the embedded default (tiny pretrained Gemma-2)")
     d.add_argument("--out", default="out/demo")

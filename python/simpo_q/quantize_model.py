@@ -1,0 +1,125 @@
+"""`simpo-q quantize`: a Hugging Face directory or an F32/F16/BF16 GGUF → a k-quant GGUF,
+with llama.cpp's per-tensor policy, tensor order and metadata, each tensor quantized as it
+streams to the output (no intermediate F32/F16 file)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import simpo_q
+from simpo_q._native import SimpoQError
+from simpo_q.convert import converted_metadata, hf_plan
+from simpo_q.gguf import open_gguf
+from simpo_q.gguf_out import Planned, tensor_bytes, write_gguf
+from simpo_q.policy import FILE_TYPES, Overrides, plan_types, weights_map_key
+from simpo_q.sources import HFDirectory
+
+FLOAT_INPUTS = ("F32", "F16", "BF16")
+
+
+def _from_hf(path: Path):
+    src = HFDirectory(path)
+    plan = hf_plan(src, lambda name, shape: "F32")
+    n_params = sum(int(np.prod(p.shape)) for p in plan)
+    return converted_metadata(src, 0, n_params), plan
+
+
+def _from_gguf(path: Path):
+    r = open_gguf(path)
+    plan = []
+    for name, dims, qtype, _, _ in r.tensors:
+        if qtype not in FLOAT_INPUTS:
+            raise SimpoQError(f"{path}: tensor {name!r} is already {qtype}; requantizing is not supported "
+                              f"(give an F32/F16/BF16 GGUF or the Hugging Face directory)")
+        shape = tuple(reversed(dims))
+
+        def load(name=name, qtype=qtype, shape=shape) -> np.ndarray:
+            raw = r.tensor_bytes(name)
+            return simpo_q.dequantize(raw, qtype, shape[-1]).reshape(shape)
+
+        plan.append(Planned(name, shape, qtype, load))
+    return [(k, t, v) for k, t, v in r.metadata], plan
+
+
+def quantize_model(inp: str | os.PathLike, out: str | os.PathLike, ftype: str = "Q3_K_S", *,
+                   overrides: Overrides | None = None, dry_run: bool = False, ollama: bool = False,
+                   quiet: bool = False, threads: int | None = None) -> Path | None:
+    inp = Path(inp)
+    ftype = ftype.upper()
+    if ftype not in FILE_TYPES:
+        raise SimpoQError(f"--type: unknown file type {ftype!r}; supported: {', '.join(FILE_TYPES)}")
+    if inp.is_dir():
+        metadata, source = _from_hf(inp)
+    elif inp.is_file():
+        metadata, source = _from_gguf(inp)
+    else:
+        raise SimpoQError(f"{inp}: no such file or directory")
+    by_name = {p.name: p for p in source}
+    input_types = {p.name: p.qtype for p in source}
+    types = plan_types(ftype, [(p.name, p.shape) for p in source], overrides, input_types)
+    plan = []
+    for name in sorted(by_name, key=weights_map_key):
+        p = by_name[name]
+        t = types[name]
+        if t == p.qtype and inp.is_file():
+            # unchanged type: copied byte for byte, as llama-quantize does
+            r = open_gguf(inp)
+            plan.append(Planned(name, p.shape, t, lambda n=name, r=r: r.tensor_bytes(n), raw=True))
+        else:
+            plan.append(Planned(name, p.shape, t, p.load))
+    md = [(k, t, v) for k, t, v in metadata if k not in ("general.quantization_version", "general.file_type",
+                                                          "split.no", "split.count", "split.tensors.count")]
+    md += [("general.quantization_version", "u32", 2), ("general.file_type", "u32", FILE_TYPES[ftype][0])]
+    if dry_run:
+        total = 0
+        for i, p in enumerate(plan, 1):
+            n = tensor_bytes(p)
+            total += n + (-n % 32)
+            shape = ", ".join(str(d) for d in reversed(p.shape))
+            print(f"[{i:4d}/{len(plan):4d}] {p.name:36s} - [{shape:>18s}], type = {p.qtype:6s}, {n} bytes")
+        print(f"predicted size: {total} bytes of tensor data ({total / 2**20:.2f} MiB) in {len(plan)} tensors")
+        return None
+    out = Path(out)
+    path = write_gguf(out, md, plan, quiet=quiet, threads=threads)
+    if ollama:
+        arch = next((v for k, _, v in md if k == "general.architecture"), "")
+        write_ollama_files(out, gemma=str(arch).startswith("gemma"))
+    if not quiet:
+        print(f"wrote {path} ({path.stat().st_size} bytes)", file=sys.stderr)
+    return path
+
+
+MODELFILE = '''FROM ./{gguf}
+TEMPLATE """{{{{- range $i, $_ := .Messages }}}}
+{{{{- $last := eq (len (slice $.Messages $i)) 1 }}}}
+{{{{- if or (eq .Role "user") (eq .Role "system") }}}}<start_of_turn>user
+{{{{ .Content }}}}<end_of_turn>
+{{{{ if $last }}}}<start_of_turn>model
+{{{{ end }}}}
+{{{{- else if eq .Role "assistant" }}}}<start_of_turn>model
+{{{{ .Content }}}}{{{{ if not $last }}}}<end_of_turn>
+{{{{ end }}}}
+{{{{- end }}}}
+{{{{- end }}}}"""
+PARAMETER stop "<start_of_turn>"
+PARAMETER stop "<end_of_turn>"
+PARAMETER num_ctx 4096
+'''
+GEMMA_NOTICE = ("Gemma is provided under and subject to the Gemma Terms of Use found at "
+                "ai.google.dev/gemma/terms\n")
+
+
+def write_ollama_files(gguf: Path, gemma: bool) -> list[Path]:
+    written = []
+    mf = gguf.parent / "Modelfile"
+    mf.write_text(MODELFILE.format(gguf=gguf.name), encoding="utf-8")
+    written.append(mf)
+    if gemma:
+        notice = gguf.parent / "NOTICE"
+        notice.write_text(GEMMA_NOTICE, encoding="utf-8")
+        written.append(notice)
+    return written
