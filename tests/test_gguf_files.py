@@ -6,11 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import simpo_q
 from ggml_ref import require
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-import simpo_q
 from simpo_q.gguf import GGUFOutput, metadata_dict, open_gguf
 
 try:

@@ -73,11 +73,8 @@ def write_gguf(out: str | os.PathLike, metadata: list[tuple[str, str, object]], 
 
 def size_label(n_params: int) -> str:
     """gguf-py's rounded parameter-count label (e.g. 2.0M, 9.2B)."""
-    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n_params >= scale:
-            scaled = n_params / scale
-            break
-    else:
-        scaled, suffix = float(n_params), ""
+    scale, suffix = next(((sc, sx) for sc, sx in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K"))
+                          if n_params >= sc), (1.0, ""))
+    scaled = n_params / scale
     digits = max(0, 2 - len(str(int(scaled))))
     return f"{scaled:.{digits}f}{suffix}"

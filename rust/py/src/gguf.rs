@@ -10,7 +10,12 @@ use simpo_q_core::gguf::{ggml_type_name, GgufFile, GgufWriter, TensorInfo, Value
 use std::path::PathBuf;
 
 fn scalar_from_py(t: ValueType, key: &str, v: &Bound<'_, PyAny>) -> PyResult<Value> {
-    let bad = |e: PyErr| bad_arg(format!("metadata {key:?}: expected {} value: {e}", t.name()));
+    let bad = |e: PyErr| {
+        bad_arg(format!(
+            "metadata {key:?}: expected {} value: {e}",
+            t.name()
+        ))
+    };
     Ok(match t {
         ValueType::U8 => Value::U8(v.extract().map_err(bad)?),
         ValueType::I8 => Value::I8(v.extract().map_err(bad)?),
@@ -24,21 +29,32 @@ fn scalar_from_py(t: ValueType, key: &str, v: &Bound<'_, PyAny>) -> PyResult<Val
         ValueType::F64 => Value::F64(v.extract().map_err(bad)?),
         ValueType::Bool => Value::Bool(v.extract().map_err(bad)?),
         ValueType::String => Value::String(v.extract().map_err(bad)?),
-        ValueType::Array => return Err(bad_arg(format!("metadata {key:?}: nested arrays are not allowed"))),
+        ValueType::Array => {
+            return Err(bad_arg(format!(
+                "metadata {key:?}: nested arrays are not allowed"
+            )))
+        }
     })
 }
 
 fn value_from_py(key: &str, tname: &str, v: &Bound<'_, PyAny>) -> PyResult<Value> {
-    if let Some(inner) = tname.strip_prefix("array[").and_then(|s| s.strip_suffix(']')) {
-        let et = ValueType::from_name(inner)
-            .ok_or_else(|| bad_arg(format!("metadata {key:?}: unknown array element type {inner:?}")))?;
+    if let Some(inner) = tname
+        .strip_prefix("array[")
+        .and_then(|s| s.strip_suffix(']'))
+    {
+        let et = ValueType::from_name(inner).ok_or_else(|| {
+            bad_arg(format!(
+                "metadata {key:?}: unknown array element type {inner:?}"
+            ))
+        })?;
         let mut items = Vec::new();
         for it in v.try_iter()? {
             items.push(scalar_from_py(et, key, &it?)?);
         }
         return Ok(Value::Array(et, items));
     }
-    let t = ValueType::from_name(tname).ok_or_else(|| bad_arg(format!("metadata {key:?}: unknown type {tname:?}")))?;
+    let t = ValueType::from_name(tname)
+        .ok_or_else(|| bad_arg(format!("metadata {key:?}: unknown type {tname:?}")))?;
     scalar_from_py(t, key, v)
 }
 
@@ -90,7 +106,11 @@ pub struct GgufWriterPy {
 #[pymethods]
 impl GgufWriterPy {
     #[new]
-    fn new(path: PathBuf, metadata: &Bound<'_, PyAny>, tensors: &Bound<'_, PyAny>) -> PyResult<Self> {
+    fn new(
+        path: PathBuf,
+        metadata: &Bound<'_, PyAny>,
+        tensors: &Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
         let mut kvs = Vec::new();
         for item in metadata.try_iter()? {
             let item = item?;
@@ -113,18 +133,31 @@ impl GgufWriterPy {
 
     /// The name of the tensor expected next, or None when all are written.
     fn next_tensor(&self) -> Option<String> {
-        self.inner.as_ref().and_then(|w| w.next_tensor().map(|t| t.name.clone()))
+        self.inner
+            .as_ref()
+            .and_then(|w| w.next_tensor().map(|t| t.name.clone()))
     }
 
-    fn write_tensor(&mut self, py: Python<'_>, name: &str, data: &Bound<'_, PyArray1<u8>>) -> PyResult<()> {
-        let w = self.inner.as_mut().ok_or_else(|| bad_arg("writer is closed"))?;
+    fn write_tensor(
+        &mut self,
+        py: Python<'_>,
+        name: &str,
+        data: &Bound<'_, PyArray1<u8>>,
+    ) -> PyResult<()> {
+        let w = self
+            .inner
+            .as_mut()
+            .ok_or_else(|| bad_arg("writer is closed"))?;
         let data = data.readonly();
         let bytes = data.as_slice()?;
         py.detach(|| w.write_tensor(name, bytes)).map_err(to_py)
     }
 
     fn finish(&mut self, py: Python<'_>) -> PyResult<()> {
-        let w = self.inner.take().ok_or_else(|| bad_arg("writer is closed"))?;
+        let w = self
+            .inner
+            .take()
+            .ok_or_else(|| bad_arg("writer is closed"))?;
         py.detach(|| w.finish()).map_err(to_py)
     }
 
@@ -168,7 +201,14 @@ impl GgufReaderPy {
     fn metadata<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let list = PyList::empty(py);
         for (k, v) in &self.file.metadata {
-            list.append(PyTuple::new(py, [k.into_pyobject(py)?.into_any(), type_to_str(v).into_pyobject(py)?.into_any(), scalar_to_py(py, v)?])?)?;
+            list.append(PyTuple::new(
+                py,
+                [
+                    k.into_pyobject(py)?.into_any(),
+                    type_to_str(v).into_pyobject(py)?.into_any(),
+                    scalar_to_py(py, v)?,
+                ],
+            )?)?;
         }
         Ok(list)
     }

@@ -40,6 +40,10 @@ impl GgufWriter {
         kvs: &[(String, Value)],
         infos: Vec<TensorInfo>,
     ) -> Result<GgufWriter> {
+        if dest.exists() && !dest.is_file() {
+            // Never replace a directory, device or socket by renaming over it.
+            return Err(Error::file(dest, "exists and is not a regular file"));
+        }
         let mut alignment = DEFAULT_ALIGNMENT;
         let mut seen = std::collections::HashSet::new();
         for (k, v) in kvs {

@@ -1,0 +1,305 @@
+"""HF Gemma-2 → GGUF: llama.cpp loads and runs our files, our conversion equals llama.cpp's
+converter, our quantization equals llama.cpp's quantizer, and bad input fails cleanly."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ggml_ref import require
+from simpo_q._native import SimpoQError
+from simpo_q.cli import main as cli
+from simpo_q.convert import convert
+from simpo_q.gguf import metadata_dict, open_gguf
+from simpo_q.policy import plan_types
+from simpo_q.quantize_model import quantize_model
+from simpo_q.tiny import TinyConfig, build_tiny_model, cached_tiny_model
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).parent.parent
+# gguf-py guesses these from the directory name (title-casing, splitting off a "finetune");
+# simpo-q writes the directory name as general.name and guesses nothing.
+NAMING_KEYS = {"general.name", "general.finetune", "general.basename"}
+
+
+def llama_cpp():
+    try:
+        import llama_cpp as lc
+    except ImportError as e:
+        require("llama-cpp-python==0.3.36 (pip install '.[test]')", e)
+    return lc
+
+
+@pytest.fixture(scope="module")
+def model() -> Path:
+    return cached_tiny_model(REPO / ".cache", pretrain_steps=200, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def files(model: Path, tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("gguf")
+    out = {}
+    for outtype in ("f32", "q8_0"):
+        out[outtype] = convert(model, d / f"tiny-{outtype}.gguf", outtype, quiet=True)
+    for ftype in ("Q3_K_S", "Q4_K_M"):
+        out[ftype] = quantize_model(model, d / f"tiny-{ftype}.gguf", ftype, quiet=True)
+    return out
+
+
+def load(path: Path, **kw):
+    lc = llama_cpp()
+    return lc.Llama(model_path=str(path), n_ctx=256, n_threads=2, logits_all=True, verbose=False, seed=0, **kw)
+
+
+PROMPTS = ["The river bends twice", "What is 17 + 25?", "Le marché ouvre tôt"]
+STRINGS = ["Hello world", "  leading and trailing  ", "tabs\tand\nnewlines\n\n\n", "CRLF\r\nline",
+           "naïve café – ½ \u00a0nbsp", "日本語のテキスト", "Ελληνικά", "emoji 🙂", "<unused3> and <mask>",
+           "x = [1, 2, 3]\n"]
+
+
+def test_llama_cpp_tokenizes_like_hf(model: Path, files) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model)
+    llm = load(files["f32"], vocab_only=True)
+    for s in STRINGS:
+        assert llm.tokenize(s.encode(), add_bos=True, special=True) == tok(s).input_ids, repr(s)
+    chat = tok.apply_chat_template([{"role": "user", "content": "What is 2 + 2?"}], tokenize=False,
+                                   add_generation_prompt=True)
+    assert llm.tokenize(chat.encode(), add_bos=False, special=True) == tok(chat, add_special_tokens=False).input_ids
+
+
+def test_llama_cpp_logits_and_greedy_match_hf(model: Path, files) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model)
+    hf = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32, attn_implementation="eager").eval()
+    llm = load(files["f32"], type_k=0, type_v=0)
+    for p in PROMPTS:
+        ids = tok(p).input_ids
+        with torch.no_grad():
+            ref = hf(torch.tensor([ids])).logits[0, -1].numpy()
+        llm.reset()
+        llm.eval(ids)
+        got = np.asarray(llm.scores[len(ids) - 1], dtype=np.float32)
+        rel = float(np.max(np.abs(got - ref)) / np.max(np.abs(ref)))
+        assert rel < 1e-3, (p, rel)
+        with torch.no_grad():
+            gen = hf.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False)[0, len(ids):].tolist()
+        llm.reset()
+        ours = []
+        for t in llm.generate(ids, top_k=1, temp=0.0, reset=True):
+            ours.append(t)
+            if len(ours) == 16:
+                break
+        assert ours == gen[: len(ours)] and len(ours) == len(gen), (p, ours, gen)
+
+
+@pytest.mark.parametrize("kind", ["q8_0", "Q3_K_S", "Q4_K_M"])
+def test_quantized_files_load_and_generate(files, kind: str) -> None:
+    llm = load(files[kind])
+    out = llm("The river", max_tokens=8, temperature=0.0)
+    assert out["choices"][0]["text"].strip() != ""
+    r = open_gguf(files[kind])
+    if kind in ("Q3_K_S", "Q4_K_M"):
+        want = plan_types(kind, [(n, tuple(reversed(d))) for n, d, *_ in r.tensors])
+        assert {n: t for n, _, t, *_ in r.tensors} == want
+
+
+def _llama_quantize(src: Path, dst: Path, ftype: int) -> None:
+    lc = llama_cpp()
+    p = lc.llama_model_quantize_default_params()
+    p.ftype = ftype
+    p.nthread = 2
+    assert lc.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(p)) == 0
+
+
+@pytest.mark.parametrize(("ftype", "fid"), [("Q3_K_S", 11), ("Q4_K_M", 15)])
+def test_quantize_equals_llama_quantize(files, tmp_path: Path, ftype: str, fid: int) -> None:
+    ref = tmp_path / "ref.gguf"
+    _llama_quantize(files["f32"], ref, fid)
+    a, b = open_gguf(files[ftype]), open_gguf(ref)
+    assert [t[:3] for t in a.tensors] == [t[:3] for t in b.tensors]
+    for name, *_ in b.tensors:
+        assert np.array_equal(a.tensor_bytes(name), b.tensor_bytes(name)), name
+    assert [(k, t) for k, t, _ in a.metadata] == [(k, t) for k, t, _ in b.metadata]
+    ma, mb = metadata_dict(a), metadata_dict(b)
+    assert ma == mb
+
+
+def test_conversion_equals_llama_cpp_converter(model: Path, files, tmp_path: Path) -> None:
+    try:
+        from llama_cpp_tree import llama_cpp_tree
+
+        tree = llama_cpp_tree()
+    except Exception as e:  # network or disk problem fetching the reference
+        require("llama.cpp tree from the llama-cpp-python 0.3.36 sdist", e)
+    ref = tmp_path / "ref-f32.gguf"
+    env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}
+    subprocess.run([sys.executable, str(tree / "convert_hf_to_gguf.py"), str(model), "--outtype", "f32",
+                    "--outfile", str(ref)], check=True, capture_output=True, env=env, timeout=600)
+    a, b = open_gguf(files["f32"]), open_gguf(ref)
+    ka = [(k, t, v) for k, t, v in a.metadata if k not in NAMING_KEYS]
+    kb = [(k, t, v) for k, t, v in b.metadata if k not in NAMING_KEYS]
+    assert ka == kb
+    assert [t[:3] for t in a.tensors] == [t[:3] for t in b.tensors]
+    for name, *_ in b.tensors:
+        assert np.array_equal(a.tensor_bytes(name), b.tensor_bytes(name)), name
+
+
+def test_sharded_and_single_give_identical_gguf(tmp_path: Path) -> None:
+    one, three = tmp_path / "one", tmp_path / "three"
+    build_tiny_model(one, TinyConfig())
+    build_tiny_model(three, TinyConfig(shards=3))
+    shutil.copytree(one, tmp_path / "same", dirs_exist_ok=True)
+    a = quantize_model(one, tmp_path / "a.gguf", "Q3_K_S", quiet=True)
+    # same directory name, so general.name agrees
+    (tmp_path / "b").mkdir()
+    for f in three.iterdir():
+        shutil.copy(f, tmp_path / "b" / f.name)
+    os.rename(one, tmp_path / "c")
+    os.rename(tmp_path / "b", one)
+    b = quantize_model(one, tmp_path / "b.gguf", "Q3_K_S", quiet=True)
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_ollama_files(model: Path, tmp_path: Path) -> None:
+    assert cli(["--quiet", "quantize", str(model), str(tmp_path / "m.gguf"), "--type", "Q4_K_M", "--ollama"]) == 0
+    mf = (tmp_path / "Modelfile").read_text()
+    assert mf.startswith("FROM ./m.gguf\n") and 'PARAMETER stop "<start_of_turn>"' in mf
+    assert 'PARAMETER stop "<end_of_turn>"' in mf and "PARAMETER num_ctx 4096" in mf and "<start_of_turn>model" in mf
+    assert "Gemma Terms of Use found at ai.google.dev/gemma/terms" in (tmp_path / "NOTICE").read_text()
+
+
+def test_dry_run_writes_nothing(model: Path, tmp_path: Path, capsys) -> None:
+    assert cli(["quantize", str(model), str(tmp_path / "x.gguf"), "--type", "Q4_K_M", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "token_embd.weight" in out and "type = Q6_K" in out and "predicted size" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_overrides(model: Path, tmp_path: Path) -> None:
+    p = quantize_model(model, tmp_path / "o.gguf", "Q3_K_S", quiet=True, overrides=__import__(
+        "simpo_q.policy", fromlist=["Overrides"]).Overrides(token_embedding_type="Q8_0",
+                                                              tensor_types=[(r"ffn_down", "Q5_K")]))
+    types = {n: t for n, _, t, *_ in open_gguf(p).tensors}
+    assert types["token_embd.weight"] == "Q8_0" and types["blk.0.ffn_down.weight"] == "Q5_K"
+    assert types["blk.0.ffn_up.weight"] == "Q3_K"
+
+
+def test_inspect(files, capsys) -> None:
+    assert cli(["inspect", str(files["Q3_K_S"])]) == 0
+    out = capsys.readouterr().out
+    assert "general.file_type" in out and "token_embd.weight" in out and "Q6_K" in out
+    assert cli(["inspect", "--json", str(files["Q3_K_S"])]) == 0
+    import json
+
+    j = json.loads(capsys.readouterr().out)
+    assert j["version"] == 3 and any(t["name"] == "blk.0.attn_q.weight" for t in j["tensors"])
+
+
+# --- bad input: a clear error naming the file, and nothing at OUT ---
+
+def _fails(tmp_path: Path, src: Path, match: str, out_name: str = "out.gguf") -> None:
+    out = tmp_path / out_name
+    with pytest.raises(SimpoQError, match=match):
+        quantize_model(src, out, "Q3_K_S", quiet=True)
+    assert not out.exists() and not any(p.name.startswith(f".{out_name}.tmp") for p in tmp_path.iterdir())
+
+
+def _copy(model: Path, tmp_path: Path) -> Path:
+    d = tmp_path / "m"
+    shutil.copytree(model, d)
+    return d
+
+
+def test_missing_config(model, tmp_path) -> None:
+    d = _copy(model, tmp_path)
+    (d / "config.json").unlink()
+    _fails(tmp_path, d, r"config.json: missing")
+
+
+def test_unsupported_architecture(model, tmp_path) -> None:
+    import json
+
+    d = _copy(model, tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["architectures"] = ["LlamaForCausalLM"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    _fails(tmp_path, d, r"unsupported architecture \['LlamaForCausalLM'\]; supported: Gemma2ForCausalLM")
+
+
+def test_missing_shard(tmp_path) -> None:
+    d = tmp_path / "m"
+    build_tiny_model(d, TinyConfig(shards=2))
+    (d / "model-00002-of-00002.safetensors").unlink()
+    _fails(tmp_path, d, r"model-00002-of-00002.safetensors: missing shard")
+
+
+def test_truncated_safetensors(model, tmp_path) -> None:
+    d = _copy(model, tmp_path)
+    f = d / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    _fails(tmp_path, d, r"model.safetensors: truncated")
+
+
+def test_corrupt_safetensors_header(model, tmp_path) -> None:
+    d = _copy(model, tmp_path)
+    f = d / "model.safetensors"
+    b = bytearray(f.read_bytes())
+    b[8:20] = b"\x00garbage!!!!"
+    f.write_bytes(bytes(b))
+    _fails(tmp_path, d, r"model.safetensors: corrupt safetensors header")
+
+
+def test_nan_weight(model, tmp_path) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    d = _copy(model, tmp_path)
+    sd = load_file(str(d / "model.safetensors"))
+    sd["model.layers.1.mlp.up_proj.weight"][3, 5] = float("nan")
+    save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
+    assert torch.isnan(sd["model.layers.1.mlp.up_proj.weight"]).any()
+    _fails(tmp_path, d, r"tensor blk.1.ffn_up.weight: non-finite weight nan at index \[3, 5\]")
+
+
+def test_unwritable_output(model, tmp_path) -> None:
+    with pytest.raises(SimpoQError, match=r"no_dir/out.gguf: cannot create output"):
+        quantize_model(model, tmp_path / "no_dir" / "out.gguf", "Q3_K_S", quiet=True)
+
+
+def test_output_that_is_not_a_file(model, tmp_path) -> None:
+    (tmp_path / "dir.gguf").mkdir()
+    with pytest.raises(SimpoQError, match=r"dir.gguf: exists and is not a regular file"):
+        quantize_model(model, tmp_path / "dir.gguf", "Q3_K_S", quiet=True)
+    with pytest.raises(SimpoQError, match=r"/dev/null: exists and is not a regular file"):
+        quantize_model(model, Path("/dev/null"), "Q3_K_S", quiet=True)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 256 KiB tmpfs: too small for the quantized model (needs root to mount)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {r.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_full_output_location(model, tiny_disk: Path) -> None:
+    out = tiny_disk / "out.gguf"
+    with pytest.raises(SimpoQError, match=r"out.gguf: write failed: No space left on device"):
+        quantize_model(model, out, "Q3_K_S", quiet=True)
+    assert list(tiny_disk.iterdir()) == []
