@@ -303,3 +303,62 @@ def test_full_output_location(model, tiny_disk: Path) -> None:
     with pytest.raises(SimpoQError, match=r"out.gguf: write failed: No space left on device"):
         quantize_model(model, out, "Q3_K_S", quiet=True)
     assert list(tiny_disk.iterdir()) == []
+
+
+@pytest.mark.parametrize("outtype", ["f32", "bf16"])
+def test_quantize_from_gguf_equals_from_hf(model: Path, files, tmp_path: Path, outtype: str) -> None:
+    """bf16 weights survive an f32 or bf16 GGUF exactly, so both inputs give the same file
+    (but for general.file_type of the input, which quantize rewrites anyway)."""
+    src = files["f32"] if outtype == "f32" else convert(model, tmp_path / "in-bf16.gguf", "bf16", quiet=True)
+    a = quantize_model(src, tmp_path / "from-gguf.gguf", "Q3_K_S", quiet=True)
+    b = open_gguf(files["Q3_K_S"])
+    ra = open_gguf(a)
+    assert [t[:3] for t in ra.tensors] == [t[:3] for t in b.tensors]
+    for name, *_ in b.tensors:
+        assert np.array_equal(ra.tensor_bytes(name), b.tensor_bytes(name)), name
+    assert metadata_dict(ra) == metadata_dict(b)
+
+
+def test_quantized_gguf_input_is_refused(files, tmp_path: Path) -> None:
+    with pytest.raises(SimpoQError, match=r"tensor 'token_embd.weight' is already Q6_K; requantizing"):
+        quantize_model(files["Q3_K_S"], tmp_path / "x.gguf", "Q4_K_M", quiet=True)
+    assert not (tmp_path / "x.gguf").exists()
+
+
+def test_pure_uses_one_type(model: Path, tmp_path: Path) -> None:
+    from simpo_q.policy import Overrides
+
+    p = quantize_model(model, tmp_path / "p.gguf", "Q4_K_M", quiet=True, overrides=Overrides(pure=True))
+    types = {n: t for n, _, t, *_ in open_gguf(p).tensors}
+    assert {t for n, t in types.items() if not n.endswith("norm.weight")} == {"Q4_K"}
+    assert {t for n, t in types.items() if n.endswith("norm.weight")} == {"F32"}
+
+
+def test_policy_on_gemma2_9b_shapes() -> None:
+    """The issue's table for Gemma-2 9B (42 layers), without any weights."""
+    shapes = [("token_embd.weight", (256000, 3584)), ("output_norm.weight", (3584,))]
+    for i in range(42):
+        shapes += [(f"blk.{i}.attn_q.weight", (4096, 3584)), (f"blk.{i}.attn_k.weight", (2048, 3584)),
+                   (f"blk.{i}.attn_v.weight", (2048, 3584)), (f"blk.{i}.attn_output.weight", (3584, 4096)),
+                   (f"blk.{i}.ffn_gate.weight", (14336, 3584)), (f"blk.{i}.ffn_up.weight", (14336, 3584)),
+                   (f"blk.{i}.ffn_down.weight", (3584, 14336)), (f"blk.{i}.attn_norm.weight", (3584,))]
+    mb = {0, 1, 2, 3, 4, 7, 10, 13, 16, 19, 22, 25, 28, 31, 34, 36, 37, 38, 39, 40, 41}
+    s = plan_types("Q3_K_S", shapes)
+    assert s["token_embd.weight"] == "Q6_K" and s["output_norm.weight"] == "F32"
+    assert {t for n, t in s.items() if n.startswith("blk.") and not n.endswith("norm.weight")} == {"Q3_K"}
+    m = plan_types("Q4_K_M", shapes)
+    for i in range(42):
+        want = "Q6_K" if i in mb else "Q4_K"
+        assert m[f"blk.{i}.attn_v.weight"] == want and m[f"blk.{i}.ffn_down.weight"] == want
+        assert m[f"blk.{i}.attn_q.weight"] == "Q4_K"
+    qm = plan_types("Q3_K_M", shapes)
+    assert qm["blk.0.attn_v.weight"] == "Q5_K" and qm["blk.2.attn_v.weight"] == "Q4_K"
+    assert qm["blk.1.ffn_down.weight"] == "Q5_K" and qm["blk.2.ffn_down.weight"] == "Q4_K"
+    assert qm["blk.5.attn_output.weight"] == "Q4_K"
+    assert plan_types("Q8_0", shapes)["token_embd.weight"] == "Q8_0"
+    ks = plan_types("Q4_K_S", shapes)
+    assert ks["blk.3.attn_v.weight"] == "Q5_K" and ks["blk.4.attn_v.weight"] == "Q4_K"
+    assert ks["blk.4.ffn_down.weight"] == "Q5_K" and ks["blk.5.ffn_down.weight"] == "Q4_K"
+    # row lengths that are not multiples of 256 fall back as llama.cpp 0.3.36 does
+    odd = plan_types("Q3_K_S", [("blk.0.attn_q.weight", (64, 96)), ("blk.0.ffn_up.weight", (64, 100))])
+    assert odd == {"blk.0.attn_q.weight": "Q4_0", "blk.0.ffn_up.weight": "F16"}
