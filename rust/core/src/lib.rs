@@ -10,6 +10,7 @@
 pub mod error;
 pub mod fp16;
 pub mod gguf;
+pub mod imatrix;
 pub mod quants;
 
 pub use error::{Error, Result};

@@ -4,6 +4,7 @@
 
 mod errors;
 mod gguf;
+mod imatrix;
 mod quants;
 
 use pyo3::prelude::*;
@@ -14,5 +15,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("SimpoQError", m.py().get_type::<errors::SimpoQError>())?;
     quants::register(m)?;
     gguf::register(m)?;
+    imatrix::register(m)?;
     Ok(())
 }

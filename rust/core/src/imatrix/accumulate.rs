@@ -1,0 +1,122 @@
+use crate::error::{Error, Result};
+use rayon::prelude::*;
+use std::collections::BTreeMap;
+
+/// One weight's statistics: Σ x² per input column (float32, accumulated row by row in
+/// token order, as llama-imatrix does) and the number of token rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub in_sum2: Vec<f32>,
+    pub count: u64,
+}
+
+/// Entries by GGUF tensor name (sorted, as the files store them), with the run's facts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Imatrix {
+    pub entries: BTreeMap<String, Entry>,
+    pub datasets: Vec<String>,
+    pub chunk_count: u32,
+    pub chunk_size: u32,
+}
+
+/// Columns per parallel job: large enough to amortise scheduling, small enough to spread.
+const COLS_PER_JOB: usize = 256;
+
+impl Imatrix {
+    /// Adds a batch of activations (`rows` × `n_cols`, row-major) to `name`'s entry. Columns
+    /// are split over threads; within a column the rows are added in order, so the sums do
+    /// not depend on the thread count.
+    pub fn add(&mut self, name: &str, x: &[f32], n_cols: usize) -> Result<()> {
+        if n_cols == 0 || x.len() % n_cols != 0 {
+            return Err(Error::Invalid {
+                arg: "activations",
+                msg: format!("{name}: {} values is not a whole number of rows of {n_cols}", x.len()),
+            });
+        }
+        let rows = x.len() / n_cols;
+        let e = self.entries.entry(name.to_string()).or_insert_with(|| Entry {
+            in_sum2: vec![0.0; n_cols],
+            count: 0,
+        });
+        if e.in_sum2.len() != n_cols {
+            return Err(Error::Invalid {
+                arg: "activations",
+                msg: format!("{name}: {n_cols} columns, earlier batches had {}", e.in_sum2.len()),
+            });
+        }
+        e.in_sum2
+            .par_chunks_mut(COLS_PER_JOB)
+            .enumerate()
+            .for_each(|(c, sums)| {
+                let c0 = c * COLS_PER_JOB;
+                for r in 0..rows {
+                    let row = &x[r * n_cols + c0..r * n_cols + c0 + sums.len()];
+                    for (s, &v) in sums.iter_mut().zip(row) {
+                        *s += v * v;
+                    }
+                }
+            });
+        e.count += rows as u64;
+        if let Some(j) = e.in_sum2.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Invalid {
+                arg: "activations",
+                msg: format!("{name}: the sum of squares of column {j} is no longer finite"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Sums and counts add; datasets are appended; chunk counts add. A legacy file's
+    /// entries (chunk_size 0: sums over calls of one chunk each) are scaled to tokens by this
+    /// run's chunk size, as llama-imatrix does when it loads one.
+    pub fn merge(&mut self, other: &Imatrix) -> Result<()> {
+        let scale = if other.chunk_size == 0 && self.chunk_size > 0 { self.chunk_size } else { 1 };
+        let scaled;
+        let other = if scale > 1 {
+            let mut o = other.clone();
+            for e in o.entries.values_mut() {
+                for v in e.in_sum2.iter_mut() {
+                    *v *= scale as f32;
+                }
+                e.count *= scale as u64;
+            }
+            scaled = o;
+            &scaled
+        } else {
+            other
+        };
+        for (name, e) in &other.entries {
+            match self.entries.get_mut(name) {
+                None => {
+                    self.entries.insert(name.clone(), e.clone());
+                }
+                Some(mine) => {
+                    if mine.in_sum2.len() != e.in_sum2.len() {
+                        return Err(Error::Invalid {
+                            arg: "imatrix",
+                            msg: format!("{name}: {} columns in one file, {} in another", mine.in_sum2.len(), e.in_sum2.len()),
+                        });
+                    }
+                    for (a, b) in mine.in_sum2.iter_mut().zip(&e.in_sum2) {
+                        *a += *b;
+                    }
+                    mine.count += e.count;
+                }
+            }
+        }
+        self.datasets.extend(other.datasets.iter().cloned());
+        self.chunk_count += other.chunk_count;
+        if self.chunk_size == 0 {
+            self.chunk_size = other.chunk_size;
+        }
+        Ok(())
+    }
+
+    /// The importance vector llama-quantize derives: in_sum2 / count (1.0 where count is 0).
+    pub fn importance(&self, name: &str) -> Option<Vec<f32>> {
+        self.entries.get(name).map(|e| {
+            let c = e.count as f32;
+            e.in_sum2.iter().map(|&s| if e.count > 0 { s / c } else { 1.0 }).collect()
+        })
+    }
+}
