@@ -48,7 +48,40 @@ def _quantize(args: argparse.Namespace) -> int:
     ov = Overrides(output_tensor_type=args.output_tensor_type, token_embedding_type=args.token_embedding_type,
                    tensor_types=tt, pure=args.pure)
     quantize_model(args.input, args.out, args.type, overrides=ov, dry_run=args.dry_run, ollama=args.ollama,
-                   quiet=args.quiet, threads=args.threads)
+                   quiet=args.quiet, threads=args.threads, imatrix=args.imatrix, imatrix_ctx=args.ctx,
+                   imatrix_chunks=args.chunks)
+    return 0
+
+
+def _imatrix(args: argparse.Namespace) -> int:
+    from simpo_q import imatrix as im
+
+    if args.show:
+        m = im.load(args.show)
+        print(f"{args.show}: {len(m)} entries, {m.chunk_count} chunks of {m.chunk_size}, datasets {m.datasets}")
+        print(f"{'name':36s} {'cols':>6s} {'count':>8s} {'sum':>12s} {'min':>10s} {'max':>10s} {'mean':>10s} "
+              f"{'zero':>6s}")
+        for r in im.stats(m):
+            print(f"{r['name']:36s} {r['columns']:6d} {r['count']:8d} {r['sum']:12.4g} {r['min']:10.4g} "
+                  f"{r['max']:10.4g} {r['mean']:10.4g} {r['zero_fraction']:6.1%}")
+        return 0
+    if not args.output:
+        raise ValueError("imatrix: -o/--output is required")
+    if args.file and not args.model:
+        raise ValueError("imatrix: -f needs MODEL")
+    if not args.file and not args.in_file:
+        raise ValueError("imatrix: give -f TEXT (with MODEL) and/or --in-file FILE")
+    from simpo_q._native import Imatrix
+
+    m = Imatrix(args.ctx)
+    for f in args.in_file:
+        m.merge(im.load(f))
+    if args.file:
+        im.collect(args.model, args.file, ctx=args.ctx, chunks=args.chunks, device=args.device, dtype=args.dtype,
+                   quiet=args.quiet, into=m)
+    im.save(m, args.output)
+    if not args.quiet:
+        print(f"wrote {args.output} ({len(m)} entries, {m.chunk_count} chunks)", file=sys.stderr)
     return 0
 
 
@@ -118,7 +151,22 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--dry-run", action="store_true", help="print each tensor's type and the predicted size")
     q.add_argument("--ollama", action="store_true", help="also write a Modelfile (and NOTICE for Gemma)")
     q.add_argument("--threads", type=int, default=None)
+    q.add_argument("--imatrix", help="imatrix file (.gguf or .dat) or a calibration text to compute one from")
+    q.add_argument("--ctx", type=int, default=512, help="context per chunk when computing the imatrix")
+    q.add_argument("--chunks", type=int, default=None, help="at most N chunks when computing the imatrix")
     q.set_defaults(func=_quantize)
+
+    m = sub.add_parser("imatrix", help="collect, merge or show an importance matrix (llama-imatrix's job)")
+    m.add_argument("model", nargs="?", help="Hugging Face model directory")
+    m.add_argument("-f", "--file", help="calibration text")
+    m.add_argument("-o", "--output", help="output file (.gguf, or .dat for the legacy format)")
+    m.add_argument("--ctx", type=int, default=512)
+    m.add_argument("--chunks", type=int, default=None)
+    m.add_argument("--device", default="cpu", help="cpu or cuda")
+    m.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    m.add_argument("--in-file", action="append", default=[], help="merge this imatrix (repeatable)")
+    m.add_argument("--show", metavar="FILE", help="print per-tensor statistics of an imatrix file")
+    m.set_defaults(func=_imatrix)
 
     i = sub.add_parser("inspect", help="metadata and tensor table of a GGUF")
     i.add_argument("file")

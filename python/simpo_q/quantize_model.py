@@ -45,9 +45,33 @@ def _from_gguf(path: Path):
     return [(k, t, v) for k, t, v in r.metadata], plan
 
 
+def _importance(imatrix, inp: Path, out: Path, quiet: bool, ctx: int, chunks: int | None):
+    """(Imatrix, file name recorded in the GGUF) from an imatrix file, or computed from a
+    calibration text and saved beside the output as OUT.imatrix.gguf."""
+    from simpo_q import imatrix as im
+
+    if imatrix is None:
+        return None, None
+    if not isinstance(imatrix, (str, os.PathLike)):
+        return imatrix, "<in memory>"
+    path = Path(imatrix)
+    if not path.is_file():
+        raise SimpoQError(f"{path}: --imatrix file not found")
+    if im.is_imatrix_file(path):
+        return im.load(path), str(path)
+    if not inp.is_dir():
+        raise SimpoQError(f"{path}: computing an importance matrix from text needs a Hugging Face directory "
+                          f"as input, not {inp}")
+    m = im.collect(inp, path, ctx=ctx, chunks=chunks, quiet=quiet)
+    saved = out.with_name(out.name.removesuffix(".gguf") + ".imatrix.gguf")
+    m.save(str(saved), "gguf")
+    return m, str(saved)
+
+
 def quantize_model(inp: str | os.PathLike, out: str | os.PathLike, ftype: str = "Q3_K_S", *,
                    overrides: Overrides | None = None, dry_run: bool = False, ollama: bool = False,
-                   quiet: bool = False, threads: int | None = None) -> Path | None:
+                   quiet: bool = False, threads: int | None = None, imatrix=None, imatrix_ctx: int = 512,
+                   imatrix_chunks: int | None = None) -> Path | None:
     inp = Path(inp)
     ftype = ftype.upper()
     if ftype not in FILE_TYPES:
@@ -58,6 +82,7 @@ def quantize_model(inp: str | os.PathLike, out: str | os.PathLike, ftype: str = 
         metadata, source = _from_gguf(inp)
     else:
         raise SimpoQError(f"{inp}: no such file or directory")
+    imat, imat_file = _importance(imatrix, inp, Path(out), quiet, imatrix_ctx, imatrix_chunks)
     by_name = {p.name: p for p in source}
     input_types = {p.name: p.qtype for p in source}
     types = plan_types(ftype, [(p.name, p.shape) for p in source], overrides, input_types)
@@ -70,10 +95,20 @@ def quantize_model(inp: str | os.PathLike, out: str | os.PathLike, ftype: str = 
             r = open_gguf(inp)
             plan.append(Planned(name, p.shape, t, lambda n=name, r=r: r.tensor_bytes(n), raw=True))
         else:
-            plan.append(Planned(name, p.shape, t, p.load))
+            plan.append(Planned(name, p.shape, t, p.load, imatrix=_vector(imat, imat_file, name, p.shape, t, quiet)))
     md = [(k, t, v) for k, t, v in metadata if k not in ("general.quantization_version", "general.file_type",
                                                           "split.no", "split.count", "split.tensors.count")]
     md += [("general.quantization_version", "u32", 2), ("general.file_type", "u32", FILE_TYPES[ftype][0])]
+    if imat is not None:
+        used = [n for n in imat.names() if n in by_name]
+        if not used:
+            raise SimpoQError(f"{imat_file}: no entry matches a weight of {inp} (an imatrix of another model?)")
+        md.append(("quantize.imatrix.file", "str", imat_file[:127]))
+        if imat.datasets:
+            md.append(("quantize.imatrix.dataset", "str", imat.datasets[0][:127]))
+        md.append(("quantize.imatrix.entries_count", "u32", len(imat)))
+        if imat.chunk_count > 0:
+            md.append(("quantize.imatrix.chunks_count", "u32", imat.chunk_count))
     if dry_run:
         total = 0
         for i, p in enumerate(plan, 1):
@@ -91,6 +126,21 @@ def quantize_model(inp: str | os.PathLike, out: str | os.PathLike, ftype: str = 
     if not quiet:
         print(f"wrote {path} ({path.stat().st_size} bytes)", file=sys.stderr)
     return path
+
+
+def _vector(imat, imat_file, name: str, shape: tuple[int, ...], qtype: str, quiet: bool):
+    """This tensor's importance vector (in_sum2 / counts, as llama-quantize), or None."""
+    if imat is None or qtype in FLOAT_INPUTS:
+        return None
+    v = imat.importance(name)
+    if v is None:
+        if not quiet and name.endswith(".weight") and name != "token_embd.weight":
+            print(f"no imatrix entry for {name}: quantized without one", file=sys.stderr)
+        return None
+    if len(v) != shape[-1]:
+        raise SimpoQError(f"{imat_file}: entry {name} has {len(v)} columns, the tensor has {shape[-1]} "
+                          f"(an imatrix of another model?)")
+    return v
 
 
 MODELFILE = '''FROM ./{gguf}
