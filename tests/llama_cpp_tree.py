@@ -53,3 +53,29 @@ def llama_cpp_tree() -> Path:
 
 if __name__ == "__main__":
     print(llama_cpp_tree())
+
+
+def llama_cpp_tools() -> Path:
+    """bin/ with llama-imatrix and llama-quantize, built once from the tree with cmake (pip's
+    cmake and ninja) into the cache: several minutes on 2 cores the first time."""
+    import shutil
+    import subprocess
+    import sys
+
+    build = cache_dir() / f"llama-cpp-{VERSION}-build"
+    bins = build / "bin"
+    if (bins / "llama-imatrix").exists() and (bins / "llama-quantize").exists():
+        return bins
+    tree = llama_cpp_tree()
+    venv_bin = Path(sys.executable).parent
+    env = dict(os.environ, PATH=f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}")
+    cmake = shutil.which("cmake", path=env["PATH"])
+    if cmake is None:
+        raise RuntimeError("cmake not found (pip install cmake ninja)")
+    gen = ["-G", "Ninja"] if shutil.which("ninja", path=env["PATH"]) else []
+    subprocess.run([cmake, "-S", str(tree), "-B", str(build), *gen, "-DCMAKE_BUILD_TYPE=Release",
+                    "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+                    "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_OPENSSL=OFF"], check=True, env=env, capture_output=True)
+    subprocess.run([cmake, "--build", str(build), "--target", "llama-imatrix", "llama-quantize",
+                    "-j", str(os.cpu_count() or 2)], check=True, env=env, capture_output=True)
+    return bins

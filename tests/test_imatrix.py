@@ -1,0 +1,275 @@
+"""Importance matrix: collection equals an independent computation and llama-imatrix; the
+files are llama.cpp's; quantizing with it equals ggml and llama-quantize; bad input fails."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ggml_ref import ggml, require
+
+from simpo_q import imatrix as im
+from simpo_q._native import Imatrix, SimpoQError
+from simpo_q.cli import main as cli
+from simpo_q.convert import convert
+from simpo_q.gguf import metadata_dict, open_gguf
+from simpo_q.quantize_model import quantize_model
+from simpo_q.tiny import cached_tiny_model
+
+REPO = Path(__file__).parent.parent
+CALIB = REPO / "python" / "simpo_q" / "data" / "calibration.txt"
+CTX, CHUNKS = 128, 8
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def model() -> Path:
+    return cached_tiny_model(REPO / ".cache", pretrain_steps=200, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def collected(model) -> Imatrix:
+    return im.collect(model, CALIB, ctx=CTX, chunks=CHUNKS, quiet=True)
+
+
+def tools() -> Path:
+    try:
+        from llama_cpp_tree import llama_cpp_tools
+
+        return llama_cpp_tools()
+    except Exception as e:
+        require("llama-imatrix/llama-quantize built from the llama-cpp-python 0.3.36 tree", e)
+        raise
+
+
+def test_sums_equal_plain_torch_hooks(model, collected) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model)
+    chunks = im.chunk_tokens(tok, CALIB.read_text(), CTX, CHUNKS, "calib")
+    hf = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32, attn_implementation="eager").eval()
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    hooks = []
+    for i, layer in enumerate(hf.model.layers):
+        for hf_name, g in im.LINEARS.items():
+            name = f"blk.{i}.{g}.weight"
+
+            def hook(_m, args, name=name):
+                x = args[0].reshape(-1, args[0].shape[-1]).double()
+                sums[name] = sums.get(name, 0) + (x * x).sum(0)
+                counts[name] = counts.get(name, 0) + x.shape[0]
+
+            hooks.append(layer.get_submodule(hf_name).register_forward_pre_hook(hook))
+    with torch.no_grad():
+        for c in chunks:
+            hf(torch.tensor([c]))
+    assert sorted(sums) == collected.names()
+    for name in sums:
+        s, c = collected.entry(name)
+        ref = sums[name].numpy()
+        assert c == counts[name] == CTX * CHUNKS
+        assert np.max(np.abs(s - ref) / np.abs(ref)) < 1e-5, name
+
+
+def test_agrees_with_llama_imatrix(model, collected, tmp_path) -> None:
+    bins = tools()
+    f32 = convert(model, tmp_path / "f32.gguf", "f32", quiet=True)
+    ref = tmp_path / "ref.gguf"
+    subprocess.run([str(bins / "llama-imatrix"), "-m", str(f32), "-f", str(CALIB), "-o", str(ref), "-c", str(CTX),
+                    "--chunks", str(CHUNKS), "-t", "2"], check=True, capture_output=True, timeout=600)
+    r = im.load(ref)
+    assert r.names() == collected.names() and r.chunk_count == collected.chunk_count == CHUNKS
+    for name in r.names():
+        (sa, ca), (sb, cb) = collected.entry(name), r.entry(name)
+        assert ca == cb
+        assert np.max(np.abs(sa - sb) / np.abs(sb)) < 1e-3, name
+
+
+@pytest.mark.parametrize("fmt", ["gguf", "dat"])
+def test_llama_quantize_accepts_our_files_and_equals_us(model, collected, tmp_path, fmt) -> None:
+    bins = tools()
+    path = tmp_path / f"im.{fmt}"
+    collected.save(str(path), fmt)
+    f32 = convert(model, tmp_path / "f32.gguf", "f32", quiet=True)
+    ref = tmp_path / "ref.gguf"
+    subprocess.run([str(bins / "llama-quantize"), "--imatrix", str(path), str(f32), str(ref), "Q3_K_S", "2"],
+                   check=True, capture_output=True, timeout=600)
+    ours = quantize_model(model, tmp_path / "ours.gguf", "Q3_K_S", imatrix=path, quiet=True)
+    a, b = open_gguf(ours), open_gguf(ref)
+    assert [t[:3] for t in a.tensors] == [t[:3] for t in b.tensors]
+    for name, *_ in b.tensors:
+        assert np.array_equal(a.tensor_bytes(name), b.tensor_bytes(name)), name
+    assert metadata_dict(a) == metadata_dict(b)
+    assert metadata_dict(a)["quantize.imatrix.entries_count"] == 14
+
+
+def test_tensor_bytes_equal_ggml_with_the_same_vectors(model, collected, tmp_path) -> None:
+    from simpo_q.sources import HFDirectory
+
+    out = quantize_model(model, tmp_path / "q.gguf", "Q4_K_M", imatrix=collected, quiet=True)
+    r = open_gguf(out)
+    src = HFDirectory(model)
+    hf_of = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+             "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+             "ffn_down": "mlp.down_proj"}
+    checked = 0
+    for name, dims, qtype, *_ in r.tensors:
+        parts = name.split(".")
+        if len(parts) != 4 or parts[2] not in hf_of:
+            continue
+        x = src.load(f"model.layers.{parts[1]}.{hf_of[parts[2]]}.weight")
+        s, c = collected.entry(name)
+        want = ggml().quantize(x, qtype, (s / np.float32(c)).astype(np.float32))
+        assert np.array_equal(r.tensor_bytes(name), want.reshape(-1)), name
+        checked += 1
+    assert checked == 14
+
+
+def test_files_round_trip_and_gguf_package_reads_them(collected, tmp_path) -> None:
+    for fmt in ("gguf", "dat"):
+        p = tmp_path / f"a.{fmt}"
+        collected.save(str(p), fmt)
+        back = im.load(p)
+        p2 = tmp_path / f"b.{fmt}"
+        back.save(str(p2), fmt)
+        assert p.read_bytes() == p2.read_bytes(), fmt
+        for name in collected.names():
+            assert np.allclose(back.importance(name), collected.importance(name), rtol=1e-6)
+    try:
+        import gguf
+    except ImportError as e:
+        require("gguf==0.19.0", e)
+    r = gguf.GGUFReader(str(tmp_path / "a.gguf"))
+    fields = {f.name: f for f in r.fields.values()}
+    assert fields["general.type"].contents() == "imatrix"
+    assert fields["imatrix.chunk_count"].contents() == CHUNKS and fields["imatrix.chunk_size"].contents() == CTX
+    t = {x.name: x for x in r.tensors}
+    s, c = collected.entry("blk.0.attn_q.weight")
+    assert np.array_equal(np.asarray(t["blk.0.attn_q.weight.in_sum2"].data), s)
+    assert float(np.asarray(t["blk.0.attn_q.weight.counts"].data)[0]) == c
+
+
+def test_merging_halves_equals_one_run(model, tmp_path) -> None:
+    """Two texts whose chunks are the first and last four chunks of the whole: the merged
+    matrices (one GGUF, one legacy .dat) equal one run over the whole text."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model)
+    text = CALIB.read_text()
+    ids = tok(text[:-1] if text.endswith("\n") else text).input_ids
+    k = 4 * CTX
+    # each chunk's first token is replaced by BOS, so a part may start anywhere after it
+    first, second = tok.decode(ids[1:k]), tok.decode(ids[k + 1:2 * k])
+    assert tok(first).input_ids == [tok.bos_token_id, *ids[1:k]]
+    assert tok(second).input_ids == [tok.bos_token_id, *ids[k + 1:2 * k]]
+    # the loader strips one trailing newline, as llama-imatrix does
+    (tmp_path / "a.txt").write_text(first + "\n")
+    (tmp_path / "b.txt").write_text(second + "\n")
+    whole = im.collect(model, CALIB, ctx=CTX, chunks=CHUNKS, quiet=True)
+    a = im.collect(model, tmp_path / "a.txt", ctx=CTX, quiet=True)
+    b = im.collect(model, tmp_path / "b.txt", ctx=CTX, quiet=True)
+    a.save(str(tmp_path / "a.gguf"))
+    b.save(str(tmp_path / "b.dat"), "dat")
+    assert cli(["--quiet", "imatrix", "--in-file", str(tmp_path / "a.gguf"), "--in-file", str(tmp_path / "b.dat"),
+                "-o", str(tmp_path / "m.gguf"), "--ctx", str(CTX)]) == 0
+    m = im.load(tmp_path / "m.gguf")
+    assert m.names() == whole.names() and m.chunk_count == whole.chunk_count == CHUNKS
+    for name in whole.names():
+        (s1, c1), (s2, c2) = m.entry(name), whole.entry(name)
+        assert c1 == c2
+        assert np.allclose(s1, s2, rtol=1e-5), name
+
+
+def test_importance_lowers_weighted_error(model, collected) -> None:
+    import simpo_q
+    from simpo_q.sources import HFDirectory
+
+    src = HFDirectory(model)
+    for name in collected.names():
+        i, kind = name.split(".")[1], name.split(".")[2]
+        hf = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+              "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+              "ffn_down": "mlp.down_proj"}[kind]
+        x = src.load(f"model.layers.{i}.{hf}.weight")
+        w = collected.importance(name)
+        err = []
+        for v in (None, w):
+            y = simpo_q.dequantize(simpo_q.quantize(x, "Q3_K", v), "Q3_K", x.shape[1])
+            err.append(float(((y - x) ** 2 * w).sum()))
+        assert err[1] < err[0], (name, err)
+
+
+def test_quantize_with_calibration_text_saves_the_matrix(model, tmp_path) -> None:
+    out = tmp_path / "m.gguf"
+    assert cli(["--quiet", "quantize", str(model), str(out), "--imatrix", str(CALIB), "--ctx", "128",
+                "--chunks", "2"]) == 0
+    assert (tmp_path / "m.imatrix.gguf").exists()
+    md = metadata_dict(open_gguf(out))
+    assert md["quantize.imatrix.file"].endswith("m.imatrix.gguf") and md["quantize.imatrix.chunks_count"] == 2
+
+
+def test_show(collected, tmp_path, capsys) -> None:
+    collected.save(str(tmp_path / "s.gguf"))
+    assert cli(["imatrix", "--show", str(tmp_path / "s.gguf")]) == 0
+    out = capsys.readouterr().out
+    assert "blk.0.attn_q.weight" in out and "14 entries" in out
+
+
+# --- bad input ---
+
+def test_short_empty_binary_text(model, tmp_path) -> None:
+    (tmp_path / "short.txt").write_text("too short")
+    (tmp_path / "empty.txt").write_text("  \n")
+    (tmp_path / "bin.txt").write_bytes(b"abc\x00\x01\x02")
+    for f, msg in [("short.txt", r"short.txt: calibration text has \d+ tokens; --ctx 128 needs at least 256"),
+                   ("empty.txt", r"empty.txt: calibration text is empty"),
+                   ("bin.txt", r"bin.txt: calibration text looks binary")]:
+        with pytest.raises(SimpoQError, match=msg):
+            quantize_model(model, tmp_path / "o.gguf", imatrix=tmp_path / f, imatrix_ctx=128, quiet=True)
+        assert not (tmp_path / "o.gguf").exists()
+
+
+def test_imatrix_of_another_model(model, collected, tmp_path) -> None:
+    other = Imatrix(128)
+    other.add("blk.0.attn_q.weight", np.ones((4, 100), np.float32))
+    other.save(str(tmp_path / "wrong.gguf"))
+    with pytest.raises(SimpoQError, match=r"wrong.gguf: entry blk.0.attn_q.weight has 100 columns, the tensor has 256"):
+        quantize_model(model, tmp_path / "o.gguf", imatrix=tmp_path / "wrong.gguf", quiet=True)
+    none = Imatrix(128)
+    none.add("blk.99.attn_q.weight", np.ones((4, 256), np.float32))
+    none.save(str(tmp_path / "none.gguf"))
+    with pytest.raises(SimpoQError, match=r"none.gguf: no entry matches a weight"):
+        quantize_model(model, tmp_path / "o.gguf", imatrix=tmp_path / "none.gguf", quiet=True)
+    assert not (tmp_path / "o.gguf").exists()
+
+
+def test_nan_negative_and_truncated_files(collected, tmp_path) -> None:
+    from simpo_q.gguf import GGUFOutput
+
+    for bad, msg in [(np.nan, "invalid value NaN at column 3"), (-1.0, "invalid value -1 at column 3")]:
+        s = np.ones(256, np.float32)
+        s[3] = bad
+        p = tmp_path / "bad.gguf"
+        with GGUFOutput(p, [("general.type", "str", "imatrix"), ("imatrix.datasets", "array[str]", ["x"]),
+                            ("imatrix.chunk_count", "u32", 1), ("imatrix.chunk_size", "u32", 512)],
+                        [("blk.0.attn_q.weight.in_sum2", (256,), "F32"),
+                         ("blk.0.attn_q.weight.counts", (1,), "F32")]) as w:
+            w.write("blk.0.attn_q.weight.in_sum2", s)
+            w.write("blk.0.attn_q.weight.counts", np.array([10], np.float32))
+        with pytest.raises(SimpoQError, match=msg):
+            im.load(p)
+    collected.save(str(tmp_path / "t.dat"), "dat")
+    raw = (tmp_path / "t.dat").read_bytes()
+    (tmp_path / "t.dat").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(SimpoQError, match=r"t.dat: truncated"):
+        im.load(tmp_path / "t.dat")
+    collected.save(str(tmp_path / "t.gguf"))
+    raw = (tmp_path / "t.gguf").read_bytes()
+    (tmp_path / "t.gguf").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(SimpoQError, match=r"t.gguf: truncated"):
+        im.load(tmp_path / "t.gguf")
