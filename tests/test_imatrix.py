@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ggml_ref import ggml, require
-
 from simpo_q import imatrix as im
 from simpo_q._native import Imatrix, SimpoQError
 from simpo_q.cli import main as cli
@@ -118,7 +117,7 @@ def test_tensor_bytes_equal_ggml_with_the_same_vectors(model, collected, tmp_pat
              "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
              "ffn_down": "mlp.down_proj"}
     checked = 0
-    for name, dims, qtype, *_ in r.tensors:
+    for name, _dims, qtype, *_ in r.tensors:
         parts = name.split(".")
         if len(parts) != 4 or parts[2] not in hf_of:
             continue

@@ -11,8 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from simpo_q._native import Imatrix, SimpoQError
 
 # HF module (inside model.layers.N) → GGUF weight name (inside blk.N): every linear weight of

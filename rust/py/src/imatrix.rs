@@ -18,16 +18,21 @@ impl ImatrixPy {
     #[new]
     #[pyo3(signature = (chunk_size=512))]
     fn new(chunk_size: u32) -> Self {
-        let mut inner = Imatrix::default();
-        inner.chunk_size = chunk_size;
-        ImatrixPy { inner }
+        ImatrixPy {
+            inner: Imatrix {
+                chunk_size,
+                ..Default::default()
+            },
+        }
     }
 
     /// Adds a batch of activations (tokens × columns, float32, C-contiguous) to `name`.
     fn add(&mut self, py: Python<'_>, name: &str, x: &Bound<'_, PyArray2<f32>>) -> PyResult<()> {
         let x = x.readonly();
         let n_cols = x.shape()[1];
-        let xs = x.as_slice().map_err(|_| bad_arg("activations: array must be C-contiguous"))?;
+        let xs = x
+            .as_slice()
+            .map_err(|_| bad_arg("activations: array must be C-contiguous"))?;
         let inner = &mut self.inner;
         py.detach(|| inner.add(name, xs, n_cols)).map_err(to_py)
     }
@@ -41,14 +46,24 @@ impl ImatrixPy {
     }
 
     /// (in_sum2 copy, count) of one weight.
-    fn entry<'py>(&self, py: Python<'py>, name: &str) -> PyResult<(Bound<'py, PyArray1<f32>>, u64)> {
-        let e = self.inner.entries.get(name).ok_or_else(|| bad_arg(format!("imatrix: no entry {name:?}")))?;
+    fn entry<'py>(
+        &self,
+        py: Python<'py>,
+        name: &str,
+    ) -> PyResult<(Bound<'py, PyArray1<f32>>, u64)> {
+        let e = self
+            .inner
+            .entries
+            .get(name)
+            .ok_or_else(|| bad_arg(format!("imatrix: no entry {name:?}")))?;
         Ok((PyArray1::from_slice(py, &e.in_sum2), e.count))
     }
 
     /// The importance vector llama-quantize uses (in_sum2 / count), or None without an entry.
     fn importance<'py>(&self, py: Python<'py>, name: &str) -> Option<Bound<'py, PyArray1<f32>>> {
-        self.inner.importance(name).map(|v| PyArray1::from_vec(py, v))
+        self.inner
+            .importance(name)
+            .map(|v| PyArray1::from_vec(py, v))
     }
 
     #[getter]
@@ -79,7 +94,9 @@ impl ImatrixPy {
         match format {
             "gguf" => py.detach(|| write_imatrix_gguf(&path, m)).map_err(to_py),
             "dat" => py.detach(|| write_imatrix_dat(&path, m)).map_err(to_py),
-            other => Err(bad_arg(format!("format: {other:?} is not \"gguf\" or \"dat\""))),
+            other => Err(bad_arg(format!(
+                "format: {other:?} is not \"gguf\" or \"dat\""
+            ))),
         }
     }
 

@@ -30,18 +30,27 @@ impl Imatrix {
         if n_cols == 0 || x.len() % n_cols != 0 {
             return Err(Error::Invalid {
                 arg: "activations",
-                msg: format!("{name}: {} values is not a whole number of rows of {n_cols}", x.len()),
+                msg: format!(
+                    "{name}: {} values is not a whole number of rows of {n_cols}",
+                    x.len()
+                ),
             });
         }
         let rows = x.len() / n_cols;
-        let e = self.entries.entry(name.to_string()).or_insert_with(|| Entry {
-            in_sum2: vec![0.0; n_cols],
-            count: 0,
-        });
+        let e = self
+            .entries
+            .entry(name.to_string())
+            .or_insert_with(|| Entry {
+                in_sum2: vec![0.0; n_cols],
+                count: 0,
+            });
         if e.in_sum2.len() != n_cols {
             return Err(Error::Invalid {
                 arg: "activations",
-                msg: format!("{name}: {n_cols} columns, earlier batches had {}", e.in_sum2.len()),
+                msg: format!(
+                    "{name}: {n_cols} columns, earlier batches had {}",
+                    e.in_sum2.len()
+                ),
             });
         }
         e.in_sum2
@@ -70,7 +79,11 @@ impl Imatrix {
     /// entries (chunk_size 0: sums over calls of one chunk each) are scaled to tokens by this
     /// run's chunk size, as llama-imatrix does when it loads one.
     pub fn merge(&mut self, other: &Imatrix) -> Result<()> {
-        let scale = if other.chunk_size == 0 && self.chunk_size > 0 { self.chunk_size } else { 1 };
+        let scale = if other.chunk_size == 0 && self.chunk_size > 0 {
+            self.chunk_size
+        } else {
+            1
+        };
         let scaled;
         let other = if scale > 1 {
             let mut o = other.clone();
@@ -94,7 +107,11 @@ impl Imatrix {
                     if mine.in_sum2.len() != e.in_sum2.len() {
                         return Err(Error::Invalid {
                             arg: "imatrix",
-                            msg: format!("{name}: {} columns in one file, {} in another", mine.in_sum2.len(), e.in_sum2.len()),
+                            msg: format!(
+                                "{name}: {} columns in one file, {} in another",
+                                mine.in_sum2.len(),
+                                e.in_sum2.len()
+                            ),
                         });
                     }
                     for (a, b) in mine.in_sum2.iter_mut().zip(&e.in_sum2) {
@@ -116,7 +133,10 @@ impl Imatrix {
     pub fn importance(&self, name: &str) -> Option<Vec<f32>> {
         self.entries.get(name).map(|e| {
             let c = e.count as f32;
-            e.in_sum2.iter().map(|&s| if e.count > 0 { s / c } else { 1.0 }).collect()
+            e.in_sum2
+                .iter()
+                .map(|&s| if e.count > 0 { s / c } else { 1.0 })
+                .collect()
         })
     }
 }

@@ -14,15 +14,29 @@ pub fn write_imatrix_gguf(path: &Path, m: &Imatrix) -> Result<()> {
         ("general.type".to_string(), Value::String("imatrix".into())),
         (
             "imatrix.datasets".to_string(),
-            Value::Array(ValueType::String, m.datasets.iter().map(|d| Value::String(d.clone())).collect()),
+            Value::Array(
+                ValueType::String,
+                m.datasets
+                    .iter()
+                    .map(|d| Value::String(d.clone()))
+                    .collect(),
+            ),
         ),
         ("imatrix.chunk_count".to_string(), Value::U32(m.chunk_count)),
         ("imatrix.chunk_size".to_string(), Value::U32(m.chunk_size)),
     ];
     let mut infos = Vec::new();
     for (name, e) in &m.entries {
-        infos.push(TensorInfo { name: format!("{name}.in_sum2"), dims: vec![e.in_sum2.len() as u64], ggml_type: 0 });
-        infos.push(TensorInfo { name: format!("{name}.counts"), dims: vec![1], ggml_type: 0 });
+        infos.push(TensorInfo {
+            name: format!("{name}.in_sum2"),
+            dims: vec![e.in_sum2.len() as u64],
+            ggml_type: 0,
+        });
+        infos.push(TensorInfo {
+            name: format!("{name}.counts"),
+            dims: vec![1],
+            ggml_type: 0,
+        });
     }
     let mut w = GgufWriter::create(path, &kvs, infos)?;
     for (name, e) in &m.entries {
@@ -44,7 +58,11 @@ pub fn write_imatrix_dat(path: &Path, m: &Imatrix) -> Result<()> {
     for (name, e) in &m.entries {
         b.extend_from_slice(&(name.len() as i32).to_le_bytes());
         b.extend_from_slice(name.as_bytes());
-        let ncall = if legacy { e.count } else { e.count.div_ceil(chunk).max(1) };
+        let ncall = if legacy {
+            e.count
+        } else {
+            e.count.div_ceil(chunk).max(1)
+        };
         b.extend_from_slice(&(ncall as i32).to_le_bytes());
         b.extend_from_slice(&(e.in_sum2.len() as i32).to_le_bytes());
         for &s in &e.in_sum2 {
@@ -64,7 +82,9 @@ pub fn write_imatrix_dat(path: &Path, m: &Imatrix) -> Result<()> {
     b.extend_from_slice(ds.as_bytes());
     let tmp = path.with_file_name(format!(
         ".{}.tmp-{}",
-        path.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default(),
+        path.file_name()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default(),
         std::process::id()
     ));
     let res = std::fs::File::create(&tmp)
@@ -90,7 +110,12 @@ fn read_gguf(path: &Path, f: GgufFile) -> Result<Imatrix> {
     let mut m = Imatrix::default();
     match f.get("general.type") {
         Some(Value::String(s)) if s == "imatrix" => {}
-        _ => return Err(Error::file(path, "a GGUF, but not an imatrix (general.type is not \"imatrix\")")),
+        _ => {
+            return Err(Error::file(
+                path,
+                "a GGUF, but not an imatrix (general.type is not \"imatrix\")",
+            ))
+        }
     }
     match f.get("imatrix.datasets") {
         Some(Value::Array(_, v)) => {
@@ -110,9 +135,15 @@ fn read_gguf(path: &Path, f: GgufFile) -> Result<Imatrix> {
         Some(Value::U32(v)) => *v,
         _ => return Err(Error::file(path, "imatrix.chunk_size missing")),
     };
-    let f32s = |b: &[u8]| -> Vec<f32> { b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect() };
+    let f32s = |b: &[u8]| -> Vec<f32> {
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
     for t in &f.tensors {
-        let Some(name) = t.name.strip_suffix(".in_sum2") else { continue };
+        let Some(name) = t.name.strip_suffix(".in_sum2") else {
+            continue;
+        };
         if t.ggml_type != 0 {
             return Err(Error::file(path, format!("{}: not F32", t.name)));
         }
@@ -121,22 +152,39 @@ fn read_gguf(path: &Path, f: GgufFile) -> Result<Imatrix> {
             .tensors
             .iter()
             .find(|u| u.name == counts_name)
-            .ok_or_else(|| Error::file(path, format!("{} has no matching {counts_name}", t.name)))?;
+            .ok_or_else(|| {
+                Error::file(path, format!("{} has no matching {counts_name}", t.name))
+            })?;
         if c.ggml_type != 0 || c.nbytes != 4 {
-            return Err(Error::file(path, format!("{counts_name}: expected one F32 (dense weights only)")));
+            return Err(Error::file(
+                path,
+                format!("{counts_name}: expected one F32 (dense weights only)"),
+            ));
         }
         let in_sum2 = f32s(f.tensor_data(t));
         let count = f32s(f.tensor_data(c))[0];
         if !count.is_finite() || count < 0.0 {
-            return Err(Error::file(path, format!("{counts_name}: invalid count {count}")));
+            return Err(Error::file(
+                path,
+                format!("{counts_name}: invalid count {count}"),
+            ));
         }
         check_values(path, name, &in_sum2)?;
-        m.entries.insert(name.to_string(), Entry { in_sum2, count: count.round() as u64 });
+        m.entries.insert(
+            name.to_string(),
+            Entry {
+                in_sum2,
+                count: count.round() as u64,
+            },
+        );
     }
     for t in &f.tensors {
         if let Some(name) = t.name.strip_suffix(".counts") {
             if !m.entries.contains_key(name) {
-                return Err(Error::file(path, format!("{} has no matching {name}.in_sum2", t.name)));
+                return Err(Error::file(
+                    path,
+                    format!("{} has no matching {name}.in_sum2", t.name),
+                ));
             }
         }
     }
@@ -144,8 +192,15 @@ fn read_gguf(path: &Path, f: GgufFile) -> Result<Imatrix> {
 }
 
 fn check_values(path: &Path, name: &str, v: &[f32]) -> Result<()> {
-    if let Some((j, x)) = v.iter().enumerate().find(|(_, x)| !x.is_finite() || **x < 0.0) {
-        return Err(Error::file(path, format!("{name}: invalid value {x} at column {j} (NaN, infinite or negative)")));
+    if let Some((j, x)) = v
+        .iter()
+        .enumerate()
+        .find(|(_, x)| !x.is_finite() || **x < 0.0)
+    {
+        return Err(Error::file(
+            path,
+            format!("{name}: invalid value {x} at column {j} (NaN, infinite or negative)"),
+        ));
     }
     Ok(())
 }
@@ -162,7 +217,10 @@ impl<'a> Dat<'a> {
     }
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
         if self.left() < n {
-            return Err(Error::file(self.path, format!("truncated imatrix.dat: {what} at byte {}", self.pos)));
+            return Err(Error::file(
+                self.path,
+                format!("truncated imatrix.dat: {what} at byte {}", self.pos),
+            ));
         }
         self.pos += n;
         Ok(&self.b[self.pos - n..self.pos])
@@ -176,36 +234,55 @@ fn read_dat(path: &Path, b: &[u8]) -> Result<Imatrix> {
     let mut d = Dat { b, pos: 0, path };
     let n = d.i32("entry count")?;
     if n < 0 || n as usize > b.len() / 16 {
-        return Err(Error::file(path, format!("not an imatrix file (claims {n} entries)")));
+        return Err(Error::file(
+            path,
+            format!("not an imatrix file (claims {n} entries)"),
+        ));
     }
     let mut m = Imatrix::default();
     let mut max_ncall = 0i64;
     for _ in 0..n {
         let len = d.i32("name length")?;
         if len <= 0 || len > 4096 {
-            return Err(Error::file(path, format!("not an imatrix file (name length {len})")));
+            return Err(Error::file(
+                path,
+                format!("not an imatrix file (name length {len})"),
+            ));
         }
         let name = String::from_utf8(d.take(len as usize, "name")?.to_vec())
             .map_err(|_| Error::file(path, "entry name is not UTF-8"))?;
         let ncall = d.i32("ncall")?;
         let nval = d.i32("value count")?;
         if nval <= 0 || nval as usize > d.left() / 4 {
-            return Err(Error::file(path, format!("truncated or corrupt entry {name:?} ({nval} values)")));
+            return Err(Error::file(
+                path,
+                format!("truncated or corrupt entry {name:?} ({nval} values)"),
+            ));
         }
         let raw = d.take(4 * nval as usize, "values")?;
-        let vals: Vec<f32> = raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let vals: Vec<f32> = raw
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         check_values(path, &name, &vals)?;
         max_ncall = max_ncall.max(ncall as i64);
         // llama-quantize reads importance = value / ncall; keeping the values as sums over
         // `ncall` rows makes importance() = in_sum2 / count give exactly that division.
-        m.entries.insert(name, Entry { in_sum2: vals, count: ncall.max(0) as u64 });
+        m.entries.insert(
+            name,
+            Entry {
+                in_sum2: vals,
+                count: ncall.max(0) as u64,
+            },
+        );
     }
     if d.left() >= 4 {
         m.chunk_count = d.i32("chunk count")?.max(0) as u32;
         if d.left() >= 4 {
             let dl = d.i32("dataset length")?;
             if dl > 0 && (dl as usize) <= d.left() {
-                m.datasets.push(String::from_utf8_lossy(d.take(dl as usize, "dataset")?).to_string());
+                m.datasets
+                    .push(String::from_utf8_lossy(d.take(dl as usize, "dataset")?).to_string());
             }
         }
     } else {
