@@ -22,6 +22,35 @@ pub struct Imatrix {
 /// Columns per parallel job: large enough to amortise scheduling, small enough to spread.
 const COLS_PER_JOB: usize = 256;
 
+#[inline(always)]
+fn add_stripe_generic(sums: &mut [f32], x: &[f32], rows: usize, n_cols: usize, c0: usize) {
+    for r in 0..rows {
+        let row = &x[r * n_cols + c0..r * n_cols + c0 + sums.len()];
+        for (s, &v) in sums.iter_mut().zip(row) {
+            *s += v * v;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn add_stripe_avx2(sums: &mut [f32], x: &[f32], rows: usize, n_cols: usize, c0: usize) {
+    add_stripe_generic(sums, x, rows, n_cols, c0)
+}
+
+/// Column stripe `c0..c0+sums.len()`: rows added in order (vectorized across columns only).
+fn add_stripe(sums: &mut [f32], x: &[f32], rows: usize, n_cols: usize, c0: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            unsafe { add_stripe_avx2(sums, x, rows, n_cols, c0) };
+            return;
+        }
+    }
+    add_stripe_generic(sums, x, rows, n_cols, c0)
+}
+
 impl Imatrix {
     /// Adds a batch of activations (`rows` × `n_cols`, row-major) to `name`'s entry. Columns
     /// are split over threads; within a column the rows are added in order, so the sums do
@@ -56,15 +85,7 @@ impl Imatrix {
         e.in_sum2
             .par_chunks_mut(COLS_PER_JOB)
             .enumerate()
-            .for_each(|(c, sums)| {
-                let c0 = c * COLS_PER_JOB;
-                for r in 0..rows {
-                    let row = &x[r * n_cols + c0..r * n_cols + c0 + sums.len()];
-                    for (s, &v) in sums.iter_mut().zip(row) {
-                        *s += v * v;
-                    }
-                }
-            });
+            .for_each(|(c, sums)| add_stripe(sums, x, rows, n_cols, c * COLS_PER_JOB));
         e.count += rows as u64;
         if let Some(j) = e.in_sum2.iter().position(|v| !v.is_finite()) {
             return Err(Error::Invalid {
