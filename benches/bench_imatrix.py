@@ -13,19 +13,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def main() -> None:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from simpo_q import imatrix as im
     from simpo_q._native import Imatrix
     from simpo_q.tiny import cached_tiny_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--ctx", type=int, default=512)

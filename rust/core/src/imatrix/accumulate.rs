@@ -161,3 +161,54 @@ impl Imatrix {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_are_sequential_per_column_and_thread_independent() {
+        let n_cols = 700;
+        let x: Vec<f32> = (0..37 * n_cols)
+            .map(|i| ((i * 7919) % 1013) as f32 / 97.0 - 5.0)
+            .collect();
+        let mut want = vec![0f32; n_cols];
+        for r in 0..37 {
+            for j in 0..n_cols {
+                let v = x[r * n_cols + j];
+                want[j] += v * v;
+            }
+        }
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut m = Imatrix::default();
+            pool.install(|| m.add("w", &x, n_cols)).unwrap();
+            assert_eq!(m.entries["w"].in_sum2, want);
+            assert_eq!(m.entries["w"].count, 37);
+        }
+    }
+
+    #[test]
+    fn shape_changes_and_nonfinite_sums_are_errors() {
+        let mut m = Imatrix::default();
+        m.add("w", &[1.0; 8], 4).unwrap();
+        assert!(m
+            .add("w", &[1.0; 9], 3)
+            .unwrap_err()
+            .to_string()
+            .contains("3 columns, earlier batches had 4"));
+        assert!(m
+            .add("v", &[1.0; 7], 4)
+            .unwrap_err()
+            .to_string()
+            .contains("not a whole number of rows"));
+        assert!(m
+            .add("w", &[f32::MAX; 4], 4)
+            .unwrap_err()
+            .to_string()
+            .contains("no longer finite"));
+    }
+}
