@@ -108,6 +108,25 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from simpo_q.train.loop import train
+    from simpo_q.train.recipe import load_recipe
+
+    out = train(load_recipe(args.recipe, args.set), quiet=args.quiet)
+    if not args.quiet:
+        print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from simpo_q.train.plan import plan, render
+    from simpo_q.train.recipe import load_recipe
+
+    r = load_recipe(args.recipe, args.set)
+    print(render(plan(r, args.gpus, args.gpu_mem), args.gpus, args.gpu_mem))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="simpo-q",
@@ -172,6 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("file")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=_inspect)
+
+    t = sub.add_parser("train", help="SimPO training from a YAML recipe (torchrun for FSDP2)")
+    t.add_argument("recipe")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    t.set_defaults(func=_train)
+
+    pl = sub.add_parser("plan", help="per-GPU memory and step time of a recipe")
+    pl.add_argument("recipe")
+    pl.add_argument("--gpus", type=int, default=8)
+    pl.add_argument("--gpu-mem", type=float, default=80.0)
+    pl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    pl.set_defaults(func=_plan)
 
     d = sub.add_parser("demo", help="the main job on the embedded default (tiny pretrained Gemma-2)")
     d.add_argument("--out", default="out/demo")

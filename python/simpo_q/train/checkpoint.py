@@ -1,0 +1,55 @@
+"""Sharded checkpoints (torch.distributed.checkpoint) that resume exactly, and the final
+model as a Hugging Face directory gathered tensor by tensor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+
+
+def save_checkpoint(path: Path, model, opt, sched, step: int) -> None:
+    msd, osd = get_state_dict(model, opt)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(path))
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        torch.save({"step": step, "scheduler": sched.state_dict()}, path / "trainer_state.pt")
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def load_checkpoint(path: Path, model, opt, sched) -> int:
+    msd, osd = get_state_dict(model, opt)
+    state = {"model": msd, "optim": osd}
+    dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    ts = torch.load(path / "trainer_state.pt", weights_only=False)
+    sched.load_state_dict(ts["scheduler"])
+    return int(ts["step"])
+
+
+def full_state_dict(model) -> dict[str, torch.Tensor]:
+    """The full (unsharded) weights on rank 0 ({} elsewhere), HF names, CPU."""
+    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k.removeprefix("hf."): v for k, v in sd.items()}
+
+
+def save_final(model, tok, out: Path, rank: int, dtype: str = "bfloat16") -> None:
+    sd = full_state_dict(model)
+    if rank == 0:
+        hf = model.hf if hasattr(model, "hf") else model
+        sd.pop("lm_head.weight", None)  # tied to the embedding
+        out.mkdir(parents=True, exist_ok=True)
+        hf.config.use_cache = True
+        hf.save_pretrained(str(out), state_dict={k: v.to(getattr(torch, dtype)) for k, v in sd.items()},
+                           safe_serialization=True)
+        tok.save_pretrained(str(out))
+    if dist.is_initialized():
+        dist.barrier()

@@ -1,0 +1,226 @@
+"""The SimPO training loop: one process, or FSDP2 over every rank under torchrun (world size
+> 1), from the same recipe. AdamW with fp32 master weights, cosine schedule with warmup,
+gradient accumulation, clipping, optional bf16 compute, gradient checkpointing, eager
+attention; sharded checkpoints that resume with the same data order; metrics reduced over
+all ranks, to a progress bar and a JSON-lines file."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from simpo_q.train.data import collate, epoch_batches, read_rows, tokenize_pairs
+from simpo_q.train.loss import average_logps, simpo_loss, token_logps
+from simpo_q.train.recipe import Recipe
+
+
+class SimPOModel(torch.nn.Module):
+    """The HF model with the chunked SimPO head as its forward, so that under FSDP2 the root's
+    parameters (the tied embedding/head, the final norm) are unsharded while the head runs."""
+
+    def __init__(self, hf):
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, input_ids, attention_mask, labels, chunk_tokens: int = 1024):
+        out = self.hf.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        softcap = getattr(self.hf.config, "final_logit_softcapping", None)
+        lp, rows = token_logps(out.last_hidden_state, self.hf.lm_head.weight, labels, softcap=softcap,
+                               chunk_tokens=chunk_tokens)
+        return average_logps(lp, rows, input_ids.shape[0])
+
+
+def _dist() -> tuple[int, int]:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo" if not torch.cuda.is_available() else "nccl")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _device() -> torch.device:
+    if torch.cuda.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        d = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(d)
+        return d
+    return torch.device("cuda" if torch.cuda.is_available() and not dist.is_initialized() else "cpu")
+
+
+def build_model(r: Recipe, device, world: int):
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(r.model, dtype=torch.float32, attn_implementation="eager")
+    for m in hf.modules():  # dropout off, as the official trainer
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    if r.gradient_checkpointing:
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = SimPOModel(hf).to(device)
+    if world > 1:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mesh = init_device_mesh(device.type, (world,))
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if r.bf16 else torch.float32,
+                                  reduce_dtype=torch.float32)
+        for layer in hf.model.layers:
+            fully_shard(layer, mesh=mesh, mp_policy=mp)
+        fully_shard(model, mesh=mesh, mp_policy=mp)  # root: embedding = head, final norm
+    return model
+
+
+def lr_lambda(total: int, warmup: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup) if warmup else 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return f
+
+
+def _reduce(vals: dict[str, float], world: int) -> dict[str, float]:
+    if world == 1:
+        return vals
+    t = torch.tensor(list(vals.values()), dtype=torch.float64)
+    dist.all_reduce(t)
+    return {k: float(v) / world for k, v in zip(vals, t.tolist(), strict=True)}
+
+
+def train(r: Recipe, *, quiet: bool = False) -> Path:
+    from tqdm.auto import tqdm
+    from transformers import AutoTokenizer
+
+    from simpo_q.train.checkpoint import load_checkpoint, save_checkpoint, save_final
+
+    rank, world = _dist()
+    if r.threads:
+        torch.set_num_threads(r.threads)
+    torch.manual_seed(r.seed)
+    device = _device()
+    out = Path(r.output_dir)
+    tok = AutoTokenizer.from_pretrained(r.model)
+    pairs, bad = tokenize_pairs(read_rows(r.data), tok, max_length=r.max_length,
+                                max_prompt_length=r.max_prompt_length)
+    if rank == 0 and not quiet:
+        skipped = ", ".join(f"{n} {why}" for why, n in bad.items()) or "none"
+        print(f"{r.data}: {len(pairs)} usable pairs; skipped: {skipped}", file=sys.stderr)
+    if not pairs:
+        raise ValueError(f"{r.data}: no usable preference pairs")
+    eval_pairs = []
+    if r.eval_data:
+        eval_pairs, _ = tokenize_pairs(read_rows(r.eval_data), tok, max_length=r.max_length,
+                                       max_prompt_length=r.max_prompt_length)
+    elif r.eval_fraction > 0:
+        n_eval = max(1, int(len(pairs) * r.eval_fraction))
+        pairs, eval_pairs = pairs[n_eval:], pairs[:n_eval]
+    per_rank = r.per_device_train_batch_size * r.gradient_accumulation_steps
+    global_batch = per_rank * world
+    lengths = [len(p) for p in pairs]
+    steps_per_epoch = len(pairs) // global_batch
+    if steps_per_epoch == 0:
+        raise ValueError(f"{r.data}: {len(pairs)} pairs, fewer than one global batch of {global_batch}")
+    total = r.max_steps if r.max_steps > 0 else math.ceil(steps_per_epoch * r.num_train_epochs)
+    warmup = math.ceil(total * r.warmup_ratio)
+
+    model = build_model(r, device, world)
+    opt = torch.optim.AdamW(model.parameters(), lr=r.learning_rate, betas=(0.9, 0.999), eps=1e-8,
+                            weight_decay=r.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, warmup))
+    step = load_checkpoint(out / "checkpoint", model, opt, sched) if (out / "checkpoint").exists() else 0
+    metrics_path = out / "metrics.jsonl"
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    if r.eval_steps and eval_pairs and step == 0:
+        ev = evaluate(model, eval_pairs, r, device, tok.pad_token_id or 0, world)
+        if rank == 0:
+            with open(metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": 0, **{f"eval_{k}": v for k, v in ev.items()}}) + "\n")
+    bar = tqdm(total=total, initial=step, desc="simpo", disable=quiet or rank != 0, file=sys.stderr)
+    t0, tokens = time.perf_counter(), 0
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    while step < total:
+        epoch, k = divmod(step, steps_per_epoch)
+        batch = epoch_batches(len(pairs), lengths, global_batch, r.seed, epoch)[k]
+        mine = batch[rank * per_rank:(rank + 1) * per_rank]
+        sums: dict[str, float] = {}
+        for micro in range(r.gradient_accumulation_steps):
+            ids = mine[micro * r.per_device_train_batch_size:(micro + 1) * r.per_device_train_batch_size]
+            b = collate([pairs[i] for i in ids], pad)
+            b = {k2: v.to(device) for k2, v in b.items()}
+            if world > 1:
+                model.set_requires_gradient_sync(micro == r.gradient_accumulation_steps - 1)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=r.bf16 and world == 1):
+                logps = model(b["input_ids"], b["attention_mask"], b["labels"], r.chunk_tokens)
+            n = len(ids)
+            c, rj = logps[:n], logps[n:]
+            losses, rc, rr = simpo_loss(c, rj, beta=r.beta, gamma_beta_ratio=r.gamma_beta_ratio,
+                                        label_smoothing=r.label_smoothing, loss_type=r.loss_type)
+            loss = losses.sum() / per_rank
+            if r.sft_weight:
+                loss = loss + r.sft_weight * (-c.mean()) * n / per_rank
+            loss.backward()
+            tokens += int(b["attention_mask"].sum())
+            for key, v in (("loss", losses.sum()), ("rewards/chosen", rc.sum()), ("rewards/rejected", rr.sum()),
+                           ("rewards/margins", (rc - rr).sum()), ("rewards/accuracies", (rc > rr).float().sum()),
+                           ("logps/chosen", c.detach().sum()), ("logps/rejected", rj.detach().sum())):
+                sums[key] = sums.get(key, 0.0) + float(v) / per_rank
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), r.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        m = _reduce(sums, world)
+        m.update(step=step, lr=sched.get_last_lr()[0], grad_norm=float(grad_norm.full_tensor()
+                 if hasattr(grad_norm, "full_tensor") else grad_norm))
+        if rank == 0:
+            with open(metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(m) + "\n")
+            rate = tokens * world / (time.perf_counter() - t0)
+            bar.set_postfix(loss=f"{m['loss']:.3f}", margin=f"{m['rewards/margins']:.3f}",
+                            acc=f"{m['rewards/accuracies']:.2f}", tok_s=f"{rate:.0f}")
+            bar.update(1)
+        if r.eval_steps and eval_pairs and step % r.eval_steps == 0:
+            ev = evaluate(model, eval_pairs, r, device, pad, world)
+            if rank == 0:
+                with open(metrics_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps({"step": step, **{f"eval_{k}": v for k, v in ev.items()}}) + "\n")
+        if r.save_steps and step % r.save_steps == 0:
+            save_checkpoint(out / "checkpoint", model, opt, sched, step)
+        if 0 < r.stop_after_steps <= step and step < total:
+            bar.close()
+            return out
+    bar.close()
+    save_checkpoint(out / "checkpoint", model, opt, sched, step)
+    save_final(model, tok, out / "final", rank, r.save_dtype)
+    return out
+
+
+@torch.no_grad()
+def evaluate(model, pairs, r: Recipe, device, pad: int, world: int = 1) -> dict[str, float]:
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    mine = pairs[rank::world]
+    sums = {"rewards/accuracies": 0.0, "rewards/margins": 0.0, "loss": 0.0}
+    for s in range(0, len(mine), r.per_device_train_batch_size):
+        chunk = mine[s:s + r.per_device_train_batch_size]
+        b = {k: v.to(device) for k, v in collate(chunk, pad).items()}
+        logps = model(b["input_ids"], b["attention_mask"], b["labels"], r.chunk_tokens)
+        n = len(chunk)
+        losses, rc, rr = simpo_loss(logps[:n], logps[n:], beta=r.beta, gamma_beta_ratio=r.gamma_beta_ratio,
+                                    label_smoothing=r.label_smoothing, loss_type=r.loss_type)
+        sums["rewards/accuracies"] += float((rc > rr).float().sum())
+        sums["rewards/margins"] += float((rc - rr).sum())
+        sums["loss"] += float(losses.sum())
+    n = torch.tensor([float(len(mine))], dtype=torch.float64)
+    t = torch.tensor(list(sums.values()), dtype=torch.float64)
+    if world > 1:
+        dist.all_reduce(t)
+        dist.all_reduce(n)
+    return {k: float(v) / float(n) for k, v in zip(sums, t.tolist(), strict=True)}

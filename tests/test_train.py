@@ -1,0 +1,223 @@
+"""SimPO: the objective against the official formula and TRL, the chunked log-probabilities
+against the full-logits computation, FSDP2 on two CPU processes against one process,
+kill-and-resume, and learning on the bundled pairs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from simpo_q._native import SimpoQError
+from simpo_q.tiny import cached_tiny_model
+from simpo_q.train import naive_sequence_logps, sequence_logps, simpo_loss
+from simpo_q.train.data import collate, read_rows, tokenize_pairs
+from simpo_q.train.recipe import load_recipe
+
+REPO = Path(__file__).parent.parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def model_dir() -> Path:
+    return cached_tiny_model(REPO / ".cache", pretrain_steps=200, quiet=True)
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "hinge"])
+@pytest.mark.parametrize("ls", [0.0, 0.1])
+def test_simpo_loss_is_the_official_formula(loss_type: str, ls: float) -> None:
+    g = torch.Generator().manual_seed(0)
+    c, r = -torch.rand(64, generator=g) * 3, -torch.rand(64, generator=g) * 3
+    beta, ratio = 10.0, 0.5
+    losses, rc, rr = simpo_loss(c, r, beta=beta, gamma_beta_ratio=ratio, label_smoothing=ls, loss_type=loss_type)
+    d = c - r - ratio
+    want = (-(1 - ls) * F.logsigmoid(beta * d) - ls * F.logsigmoid(-beta * d)) if loss_type == "sigmoid" \
+        else torch.relu(1 - beta * d)
+    assert torch.allclose(losses, want, rtol=0, atol=1e-6)
+    assert torch.equal(rc, beta * c) and torch.equal(rr, beta * r)
+    with pytest.raises(ValueError, match="loss_type"):
+        simpo_loss(c, r, beta=1, gamma_beta_ratio=0, loss_type="ipo")
+
+
+def test_simpo_loss_equals_trl_cpo_simpo() -> None:
+    from trl.experimental.cpo import CPOTrainer
+
+    g = torch.Generator().manual_seed(1)
+    c, r = -torch.rand(32, generator=g) * 2, -torch.rand(32, generator=g) * 2
+    for beta, ratio, ls in [(10.0, 0.5, 0.0), (2.0, 0.25, 0.05)]:
+        fake = SimpleNamespace(alpha=0.0, loss_type="simpo", simpo_gamma=beta * ratio, beta=beta, label_smoothing=ls,
+                               accelerator=SimpleNamespace(device="cpu"), cpo_alpha=0.0)
+        tl, tc, tr = CPOTrainer.cpo_loss(fake, c, r)
+        ol, oc, orr = simpo_loss(c, r, beta=beta, gamma_beta_ratio=ratio, label_smoothing=ls)
+        assert torch.allclose(ol, tl, atol=1e-6) and torch.allclose(oc, tc) and torch.allclose(orr, tr)
+
+
+@pytest.mark.parametrize("softcap", [30.0, None])
+def test_sequence_logps_equals_full_logits(model_dir: Path, softcap) -> None:
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager")
+    m.config.final_logit_softcapping = softcap
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(0, 3000, (4, 48), generator=g)
+    att = torch.ones_like(ids)
+    att[3, 33:] = 0
+    labels = ids.clone()
+    labels[:, :12] = -100
+    labels[3, 33:] = -100
+    w = torch.tensor([1.0, -2.0, 0.5, 3.0])
+    grads = []
+    vals = []
+    for fn in (lambda: sequence_logps(m, ids, att, labels, chunk_tokens=13),
+               lambda: naive_sequence_logps(m, ids, att, labels)):
+        m.zero_grad()
+        v = fn()
+        (v * w).sum().backward()
+        vals.append(v.detach())
+        grads.append({n: p.grad.clone() for n, p in m.named_parameters()})
+    assert torch.allclose(vals[0], vals[1], rtol=1e-5, atol=1e-6)
+    for n in grads[1]:
+        ref = grads[1][n]
+        assert float((grads[0][n] - ref).abs().max()) <= 1e-5 * float(ref.abs().max()) + 1e-9, n
+
+
+def test_tokenization_follows_the_official_layout(model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    rows = [{"prompt": "Hi?", "chosen": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Yes."}],
+             "rejected": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "No."}]}]
+    (pair,), bad = tokenize_pairs(rows, tok, max_length=512, max_prompt_length=256)
+    assert not bad
+    assert pair.prompt[0] == tok.bos_token_id and pair.prompt.count(tok.bos_token_id) == 1
+    assert tok.decode(pair.prompt) == "<bos><start_of_turn>user\nHi?<end_of_turn>\n"
+    assert tok.decode(pair.chosen) == "<start_of_turn>model\nYes.<end_of_turn>\n<eos>"
+    b = collate([pair], tok.pad_token_id)
+    scored = b["labels"][0][b["labels"][0] != -100].tolist()
+    assert scored == pair.chosen and b["input_ids"].shape[0] == 2
+
+
+def test_bad_rows_are_counted_and_truncation_is_keep_end(model_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+
+    def row(c, r, prompt="Q?"):
+        return {"prompt": prompt, "chosen": [{"role": "user", "content": prompt}, {"role": "assistant", "content": c}],
+                "rejected": [{"role": "user", "content": prompt}, {"role": "assistant", "content": r}]}
+
+    rows = [row("a", "b"), {"prompt": "x"}, row("", "b"), row("same", "same"), row("a " * 300, "b", "long " * 50)]
+    pairs, bad = tokenize_pairs(rows, tok, max_length=64, max_prompt_length=40)
+    assert bad == {"missing or malformed prompt/chosen/rejected": 1, "empty response": 1, "identical responses": 1}
+    long = pairs[1]
+    assert len(long.prompt) == 40 and len(long.chosen) == 24 and len(long.rejected) <= 24
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "a"}\n{oops\n')
+    with pytest.raises(SimpoQError, match=r"bad.jsonl:2: not valid JSON"):
+        read_rows(tmp_path / "bad.jsonl")
+
+
+def _run(args: list[str], env_extra=None) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", **(env_extra or {}))
+    r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+
+
+def _weights(out: Path) -> dict[str, np.ndarray]:
+    from safetensors.torch import load_file
+
+    return {k: v.float().numpy() for k, v in load_file(str(out / "final" / "model.safetensors")).items()}
+
+
+def _recipe(model_dir: Path, out: Path, *extra: str) -> list[str]:
+    return ["--set", f"model={model_dir}", "--set", f"output_dir={out}", "--set", "eval_steps=0",
+            "--set", "save_dtype=float32",
+            "--set", "threads=1", *extra]
+
+
+def test_fsdp2_two_processes_equal_one(model_dir: Path, tmp_path: Path) -> None:
+    """Same global batch (8 pairs: 2 ranks x 2 pairs x 2 accumulation vs 1 x 4 x 2), FSDP2 on
+    gloo against one process. Losses and gradient norms agree to ~1e-6; AdamW then turns the
+    reduction-order noise of gradients that cancel to near zero into steps of up to ~lr/10,
+    so the learning rate is kept small enough (3e-5) for the 1e-5 weight bound to be meaningful,
+    and the update as a whole must agree to 1e-3 relative."""
+    common = ["--set", "max_steps=3", "--set", "gradient_accumulation_steps=2", "--set", "learning_rate=3e-5"]
+    _run([sys.executable, "-m", "simpo_q", "--quiet", "train", str(REPO / "recipes" / "tiny.yaml"),
+          *_recipe(model_dir, tmp_path / "one", *common, "--set", "per_device_train_batch_size=4")])
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "-m",
+          "simpo_q", "--quiet", "train", str(REPO / "recipes" / "tiny.yaml"),
+          *_recipe(model_dir, tmp_path / "two", *common, "--set", "per_device_train_batch_size=2")])
+    a, b, w0 = _weights(tmp_path / "one"), _weights(tmp_path / "two"), _weights_of(model_dir)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.max(np.abs(a[k] - b[k])) <= 1e-5, k
+    da = np.concatenate([(a[k] - w0[k]).ravel() for k in a])
+    db = np.concatenate([(b[k] - w0[k]).ravel() for k in a])
+    assert np.abs(da).max() > 2e-5, "training did not move the weights"
+    assert np.linalg.norm(da - db) / np.linalg.norm(da) < 1e-3
+    ma = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    mb = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    for x, y in zip(ma, mb, strict=True):
+        assert abs(x["loss"] - y["loss"]) < 1e-5 and abs(x["grad_norm"] - y["grad_norm"]) < 1e-4 * x["grad_norm"]
+
+
+def _weights_of(d: Path) -> dict[str, np.ndarray]:
+    from safetensors.torch import load_file
+
+    return {k: v.float().numpy() for k, v in load_file(str(d / "model.safetensors")).items()}
+
+
+def test_killed_and_resumed_run_ends_with_the_same_weights(model_dir: Path, tmp_path: Path) -> None:
+    base = [sys.executable, "-m", "simpo_q", "--quiet", "train", str(REPO / "recipes" / "tiny.yaml")]
+    common = ["--set", "max_steps=6", "--set", "save_steps=3"]
+    _run([*base, *_recipe(model_dir, tmp_path / "full", *common)])
+    _run([*base, *_recipe(model_dir, tmp_path / "cut", *common, "--set", "stop_after_steps=3")])
+    assert not (tmp_path / "cut" / "final").exists()
+    _run([*base, *_recipe(model_dir, tmp_path / "cut", *common)])
+    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+
+
+def test_reward_accuracy_and_margin_rise_on_held_out_pairs(model_dir: Path, tmp_path: Path) -> None:
+    r = load_recipe(REPO / "recipes" / "tiny.yaml", [f"model={model_dir}", f"output_dir={tmp_path / 'run'}",
+                                                      "threads=2"])
+    from simpo_q.train.loop import train
+
+    train(r, quiet=True)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    ev = [x for x in rows if "eval_rewards/accuracies" in x]
+    tr = [x for x in rows if "loss" in x]
+    assert ev[0]["step"] == 0 and ev[-1]["step"] == r.max_steps
+    assert ev[-1]["eval_rewards/margins"] > ev[0]["eval_rewards/margins"] + 0.3
+    assert ev[-1]["eval_rewards/accuracies"] > ev[0]["eval_rewards/accuracies"]
+    first = np.mean([x["rewards/accuracies"] for x in tr[:10]])
+    last = np.mean([x["rewards/accuracies"] for x in tr[-10:]])
+    assert last > first
+    assert (tmp_path / "run" / "final" / "model.safetensors").exists()
+
+
+def test_plan_prints_memory_and_time(capsys) -> None:
+    from simpo_q.cli import main as cli
+
+    assert cli(["plan", str(REPO / "recipes" / "gemma-2-9b-it-simpo.yaml"), "--gpus", "8", "--gpu-mem", "80"]) == 0
+    out = capsys.readouterr().out
+    assert "9.24B parameters" in out and "optimizer AdamW" in out and "estimated step time" in out
+    assert "fits" in out
+
+
+def test_recipe_errors(tmp_path: Path) -> None:
+    (tmp_path / "r.yaml").write_text("beta: 2\nwat: 1\n")
+    with pytest.raises(SimpoQError, match=r"r.yaml: unknown recipe key 'wat'"):
+        load_recipe(tmp_path / "r.yaml")
+    (tmp_path / "r.yaml").write_text("beta: 2\n")
+    with pytest.raises(SimpoQError, match=r"--set beta: cannot use 'x'|beta: cannot use 'x'"):
+        load_recipe(tmp_path / "r.yaml", ["beta=x"])
+    shutil.rmtree(tmp_path)
