@@ -43,7 +43,9 @@ class _ChunkedTokenLogp(torch.autograd.Function):
         h, weight, target = ctx.saved_tensors
         softcap, chunk = ctx.softcap, ctx.chunk
         grad_h = torch.empty_like(h) if ctx.needs_input_grad[0] else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] else None
+        grad_w = None
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         for s in range(0, h.shape[0], chunk):
             hc = h[s:s + chunk]
             raw = (hc @ weight.t()).float()
