@@ -17,7 +17,6 @@ import time
 
 def child(kind: str, vocab: int, tokens: int, hidden: int, chunk: int) -> None:
     import torch
-
     from simpo_q.train.loss import average_logps, token_logps
 
     torch.manual_seed(0)
