@@ -87,12 +87,13 @@ def quantize_model(inp: str | os.PathLike, out: str | os.PathLike, ftype: str = 
     input_types = {p.name: p.qtype for p in source}
     types = plan_types(ftype, [(p.name, p.shape) for p in source], overrides, input_types)
     plan = []
+    reader = open_gguf(inp) if inp.is_file() else None
     for name in sorted(by_name, key=weights_map_key):
         p = by_name[name]
         t = types[name]
-        if t == p.qtype and inp.is_file():
+        if t == p.qtype and reader is not None:
             # unchanged type: copied byte for byte, as llama-quantize does
-            r = open_gguf(inp)
+            r = reader
             plan.append(Planned(name, p.shape, t, lambda n=name, r=r: r.tensor_bytes(n), raw=True))
         else:
             plan.append(Planned(name, p.shape, t, p.load, imatrix=_vector(imat, imat_file, name, p.shape, t, quiet)))

@@ -15,6 +15,10 @@ def pretrain(model_dir: Path, text: str, *, steps: int, seed: int, quiet: bool =
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     ids = tok(text, add_special_tokens=False).input_ids
