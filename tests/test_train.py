@@ -221,3 +221,54 @@ def test_recipe_errors(tmp_path: Path) -> None:
     with pytest.raises(SimpoQError, match=r"--set beta: cannot use 'x'|beta: cannot use 'x'"):
         load_recipe(tmp_path / "r.yaml", ["beta=x"])
     shutil.rmtree(tmp_path)
+
+
+def test_parquet_and_datasets_inputs_equal_jsonl(model_dir: Path, tmp_path: Path) -> None:
+    import datasets
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    src = REPO / "python" / "simpo_q" / "data" / "preferences.jsonl"
+    rows = read_rows(src)
+    ds = datasets.Dataset.from_list(rows)
+    ds.to_parquet(str(tmp_path / "p.parquet"))
+    datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "hfdir"))
+    want, _ = tokenize_pairs(rows, tok, max_length=256, max_prompt_length=192)
+    for path in (tmp_path / "p.parquet", tmp_path / "hfdir"):
+        got, _ = tokenize_pairs(read_rows(path), tok, max_length=256, max_prompt_length=192)
+        assert got == want, path
+
+
+def test_gradient_checkpointing_changes_nothing(model_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from simpo_q.train.loop import SimPOModel
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    pairs, _ = tokenize_pairs(read_rows(REPO / "python" / "simpo_q" / "data" / "preferences.jsonl")[:4], tok,
+                              max_length=256, max_prompt_length=192)
+    b = collate(pairs, tok.pad_token_id)
+    grads = []
+    for ckpt in (False, True):
+        hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager")
+        if ckpt:
+            hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        hf.train()
+        m = SimPOModel(hf)
+        lp = m(b["input_ids"], b["attention_mask"], b["labels"], 64)
+        losses, _, _ = simpo_loss(lp[:4], lp[4:], beta=2.0, gamma_beta_ratio=0.5)
+        losses.mean().backward()
+        grads.append({n: p.grad.clone() for n, p in m.named_parameters()})
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-8), n
+
+
+def test_bf16_run_trains(model_dir: Path, tmp_path: Path) -> None:
+    from simpo_q.train.loop import train
+
+    r = load_recipe(REPO / "recipes" / "tiny.yaml", [f"model={model_dir}", f"output_dir={tmp_path / 'b'}",
+                                                      "bf16=true", "max_steps=3", "eval_steps=0",
+                                                      "gradient_checkpointing=true"])
+    train(r, quiet=True)
+    rows = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(np.isfinite(x["loss"]) for x in rows)
