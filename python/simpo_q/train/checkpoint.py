@@ -35,6 +35,18 @@ def load_checkpoint(path: Path, model, opt, sched) -> int:
     return int(ts["step"])
 
 
+def iter_full_state_dict(model):
+    """(HF name, full CPU tensor) one tensor at a time, for the quantizer or a final save.
+
+    Under FSDP2 every rank must iterate (each tensor is an all-gather); rank 0 receives the
+    tensors and the other ranks get None. Only one unsharded tensor exists at a time."""
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    for name, t in model.state_dict().items():
+        full = t.full_tensor() if hasattr(t, "full_tensor") else t
+        yield name.removeprefix("hf."), (full.detach().to("cpu", copy=True) if rank == 0 else None)
+        del full
+
+
 def full_state_dict(model) -> dict[str, torch.Tensor]:
     """The full (unsharded) weights on rank 0 ({} elsewhere), HF names, CPU."""
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -42,14 +54,16 @@ def full_state_dict(model) -> dict[str, torch.Tensor]:
 
 
 def save_final(model, tok, out: Path, rank: int, dtype: str = "bfloat16") -> None:
-    sd = full_state_dict(model)
+    sd = {}
+    for k, v in iter_full_state_dict(model):  # every rank takes part in each gather
+        if v is not None:
+            sd[k] = v.to(getattr(torch, dtype))
     if rank == 0:
         hf = model.hf if hasattr(model, "hf") else model
         sd.pop("lm_head.weight", None)  # tied to the embedding
         out.mkdir(parents=True, exist_ok=True)
         hf.config.use_cache = True
-        hf.save_pretrained(str(out), state_dict={k: v.to(getattr(torch, dtype)) for k, v in sd.items()},
-                           safe_serialization=True)
+        hf.save_pretrained(str(out), state_dict=sd, safe_serialization=True)
         tok.save_pretrained(str(out))
     if dist.is_initialized():
         dist.barrier()
