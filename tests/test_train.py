@@ -240,9 +240,8 @@ def test_parquet_and_datasets_inputs_equal_jsonl(model_dir: Path, tmp_path: Path
 
 
 def test_gradient_checkpointing_changes_nothing(model_dir: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from simpo_q.train.loop import SimPOModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     pairs, _ = tokenize_pairs(read_rows(REPO / "python" / "simpo_q" / "data" / "preferences.jsonl")[:4], tok,
