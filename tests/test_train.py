@@ -271,3 +271,26 @@ def test_bf16_run_trains(model_dir: Path, tmp_path: Path) -> None:
     train(r, quiet=True)
     rows = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(np.isfinite(x["loss"]) for x in rows)
+
+
+def test_pipeline_quantizes_the_weights_in_memory(model_dir: Path, tmp_path: Path) -> None:
+    """train → imatrix → GGUF from the in-memory fp32 weights equals quantizing the saved
+    fp32 final directory with the same importance matrix: no intermediate file involved."""
+    from simpo_q.gguf import metadata_dict, open_gguf
+    from simpo_q.pipeline import run_pipeline
+    from simpo_q.quantize_model import quantize_model
+
+    r = load_recipe(REPO / "recipes" / "tiny.yaml", [f"model={model_dir}", f"output_dir={tmp_path / 'run'}",
+                                                      "max_steps=4", "eval_steps=0", "save_dtype=float32"])
+    calib = REPO / "python" / "simpo_q" / "data" / "calibration.txt"
+    out = run_pipeline(r, tmp_path / "m.gguf", imatrix=calib, imatrix_ctx=128, imatrix_chunks=2, quiet=True)
+    assert out is not None and (tmp_path / "Modelfile").exists() and (tmp_path / "NOTICE").exists()
+    ref = quantize_model(tmp_path / "run" / "final", tmp_path / "ref.gguf", imatrix=tmp_path / "m.imatrix.gguf",
+                         quiet=True)
+    a, b = open_gguf(out), open_gguf(ref)
+    assert [t[:3] for t in a.tensors] == [t[:3] for t in b.tensors]
+    for name, *_ in b.tensors:
+        assert np.array_equal(a.tensor_bytes(name), b.tensor_bytes(name)), name
+    ma = metadata_dict(a)
+    assert ma["quantize.imatrix.chunks_count"] == 2 and ma["general.file_type"] == 11
+    assert (tmp_path / "run" / "final" / "tokenizer.model").exists()

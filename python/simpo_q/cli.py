@@ -127,6 +127,15 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pipeline(args: argparse.Namespace) -> int:
+    from simpo_q.pipeline import run_pipeline
+    from simpo_q.train.recipe import load_recipe
+
+    run_pipeline(load_recipe(args.recipe, args.set), args.out, ftype=args.type, imatrix=args.imatrix,
+                 imatrix_ctx=args.ctx, imatrix_chunks=args.chunks, ollama=not args.no_ollama, quiet=args.quiet)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="simpo-q",
@@ -196,6 +205,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("recipe")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     t.set_defaults(func=_train)
+
+    pp = sub.add_parser("pipeline", help="train (SimPO) -> imatrix -> quantized GGUF from the weights in memory")
+    pp.add_argument("recipe")
+    pp.add_argument("out")
+    pp.add_argument("--type", default="Q3_K_S")
+    pp.add_argument("--imatrix", help="calibration text (or an imatrix file)")
+    pp.add_argument("--ctx", type=int, default=512)
+    pp.add_argument("--chunks", type=int, default=None)
+    pp.add_argument("--no-ollama", action="store_true", help="do not write the Modelfile and NOTICE")
+    pp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    pp.set_defaults(func=_pipeline)
 
     pl = sub.add_parser("plan", help="per-GPU memory and step time of a recipe")
     pl.add_argument("recipe")

@@ -16,13 +16,13 @@ from simpo_q.convert import converted_metadata, hf_plan
 from simpo_q.gguf import open_gguf
 from simpo_q.gguf_out import Planned, tensor_bytes, write_gguf
 from simpo_q.policy import FILE_TYPES, Overrides, plan_types, weights_map_key
-from simpo_q.sources import HFDirectory
+from simpo_q.sources import HFDirectory, StateDictSource
 
 FLOAT_INPUTS = ("F32", "F16", "BF16")
 
 
-def _from_hf(path: Path):
-    src = HFDirectory(path)
+def _from_hf(path):
+    src = path if isinstance(path, StateDictSource) else HFDirectory(path)
     plan = hf_plan(src, lambda name, shape: "F32")
     n_params = sum(int(np.prod(p.shape)) for p in plan)
     return converted_metadata(src, 0, n_params), plan
@@ -68,26 +68,32 @@ def _importance(imatrix, inp: Path, out: Path, quiet: bool, ctx: int, chunks: in
     return m, str(saved)
 
 
-def quantize_model(inp: str | os.PathLike, out: str | os.PathLike, ftype: str = "Q3_K_S", *,
+def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathLike, ftype: str = "Q3_K_S", *,
                    overrides: Overrides | None = None, dry_run: bool = False, ollama: bool = False,
                    quiet: bool = False, threads: int | None = None, imatrix=None, imatrix_ctx: int = 512,
                    imatrix_chunks: int | None = None) -> Path | None:
-    inp = Path(inp)
     ftype = ftype.upper()
     if ftype not in FILE_TYPES:
         raise SimpoQError(f"--type: unknown file type {ftype!r}; supported: {', '.join(FILE_TYPES)}")
-    if inp.is_dir():
+    if isinstance(inp, StateDictSource):
         metadata, source = _from_hf(inp)
-    elif inp.is_file():
-        metadata, source = _from_gguf(inp)
+        inp, from_gguf = inp.path, False  # the directory gives config, tokenizer and the imatrix model
     else:
-        raise SimpoQError(f"{inp}: no such file or directory")
+        inp = Path(inp)
+        if inp.is_dir():
+            metadata, source = _from_hf(inp)
+            from_gguf = False
+        elif inp.is_file():
+            metadata, source = _from_gguf(inp)
+            from_gguf = True
+        else:
+            raise SimpoQError(f"{inp}: no such file or directory")
     imat, imat_file = _importance(imatrix, inp, Path(out), quiet, imatrix_ctx, imatrix_chunks)
     by_name = {p.name: p for p in source}
     input_types = {p.name: p.qtype for p in source}
     types = plan_types(ftype, [(p.name, p.shape) for p in source], overrides, input_types)
     plan = []
-    reader = open_gguf(inp) if inp.is_file() else None
+    reader = open_gguf(inp) if from_gguf else None
     for name in sorted(by_name, key=weights_map_key):
         p = by_name[name]
         t = types[name]

@@ -108,3 +108,26 @@ def _header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
             raise SimpoQError(f"{path}: corrupt entry for {name!r}: {b - a} bytes for {dtype} {list(shape)}")
         out[name] = (dtype, shape)
     return out
+
+
+class StateDictSource:
+    """An in-memory model (HF tensor names → tensors, e.g. the trained weights) with the
+    config and tokenizer of a Hugging Face directory: the same interface as HFDirectory, so
+    trained weights go straight to the quantizer without an intermediate file."""
+
+    def __init__(self, model_dir: str | os.PathLike, tensors: dict):
+        self.path = Path(model_dir)
+        self.config = json.loads((self.path / "config.json").read_text(encoding="utf-8"))
+        self._t = {k: v for k, v in tensors.items() if k != "lm_head.weight"}
+
+    def names(self) -> list[str]:
+        return sorted(self._t)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._t[name].shape)
+
+    def load(self, name: str) -> np.ndarray:
+        t = self._t[name]
+        if hasattr(t, "detach"):
+            t = t.detach().float().cpu().numpy()
+        return np.ascontiguousarray(t, dtype=np.float32)

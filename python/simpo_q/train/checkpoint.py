@@ -17,8 +17,12 @@ from torch.distributed.checkpoint.state_dict import (
 
 
 def save_checkpoint(path: Path, model, opt, sched, step: int) -> None:
+    import warnings
+
     msd, osd = get_state_dict(model, opt)
-    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(path))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(path))
     if not dist.is_initialized() or dist.get_rank() == 0:
         torch.save({"step": step, "scheduler": sched.state_dict()}, path / "trainer_state.pt")
     if dist.is_initialized():
@@ -28,7 +32,11 @@ def save_checkpoint(path: Path, model, opt, sched, step: int) -> None:
 def load_checkpoint(path: Path, model, opt, sched) -> int:
     msd, osd = get_state_dict(model, opt)
     state = {"model": msd, "optim": osd}
-    dcp.load(state, checkpoint_id=str(path))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=str(path))
     set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
     ts = torch.load(path / "trainer_state.pt", weights_only=False)
     sched.load_state_dict(ts["scheduler"])
@@ -53,7 +61,14 @@ def full_state_dict(model) -> dict[str, torch.Tensor]:
     return {k.removeprefix("hf."): v for k, v in sd.items()}
 
 
-def save_final(model, tok, out: Path, rank: int, dtype: str = "bfloat16") -> None:
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "chat_template.jinja", "generation_config.json")
+
+
+def save_final(model, tok, out: Path, rank: int, dtype: str = "bfloat16", source: str | None = None) -> None:
+    """The trained model as a Hugging Face directory; the tokenizer files are copied from the
+    source model as they are (save_pretrained would drop tokenizer.model and the typed
+    added tokens that llama.cpp's conversion relies on)."""
     sd = {}
     for k, v in iter_full_state_dict(model):  # every rank takes part in each gather
         if v is not None:
@@ -64,6 +79,14 @@ def save_final(model, tok, out: Path, rank: int, dtype: str = "bfloat16") -> Non
         out.mkdir(parents=True, exist_ok=True)
         hf.config.use_cache = True
         hf.save_pretrained(str(out), state_dict=sd, safe_serialization=True)
-        tok.save_pretrained(str(out))
+        src = Path(source) if source else None
+        if src is not None and (src / "tokenizer_config.json").exists():
+            import shutil
+
+            for name in TOKENIZER_FILES:
+                if (src / name).exists():
+                    shutil.copy2(src / name, out / name)
+        else:
+            tok.save_pretrained(str(out))
     if dist.is_initialized():
         dist.barrier()

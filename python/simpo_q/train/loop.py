@@ -94,13 +94,18 @@ def _reduce(vals: dict[str, float], world: int) -> dict[str, float]:
     return {k: float(v) / world for k, v in zip(vals, t.tolist(), strict=True)}
 
 
-def train(r: Recipe, *, quiet: bool = False) -> Path:
+def train(r: Recipe, *, quiet: bool = False, keep_model: bool = False):
+    """Runs the recipe; returns the output directory, or (directory, model) with keep_model."""
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer
 
     from simpo_q.train.checkpoint import load_checkpoint, save_checkpoint, save_final
 
     rank, world = _dist()
+    if quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     if r.threads:
         torch.set_num_threads(r.threads)
     torch.manual_seed(r.seed)
@@ -171,7 +176,7 @@ def train(r: Recipe, *, quiet: bool = False) -> Path:
             for key, v in (("loss", losses.sum()), ("rewards/chosen", rc.sum()), ("rewards/rejected", rr.sum()),
                            ("rewards/margins", (rc - rr).sum()), ("rewards/accuracies", (rc > rr).float().sum()),
                            ("logps/chosen", c.detach().sum()), ("logps/rejected", rj.detach().sum())):
-                sums[key] = sums.get(key, 0.0) + float(v) / per_rank
+                sums[key] = sums.get(key, 0.0) + float(v.detach()) / per_rank
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), r.max_grad_norm)
         opt.step()
         sched.step()
@@ -196,11 +201,11 @@ def train(r: Recipe, *, quiet: bool = False) -> Path:
             save_checkpoint(out / "checkpoint", model, opt, sched, step)
         if 0 < r.stop_after_steps <= step and step < total:
             bar.close()
-            return out
+            return (out, model) if keep_model else out
     bar.close()
     save_checkpoint(out / "checkpoint", model, opt, sched, step)
-    save_final(model, tok, out / "final", rank, r.save_dtype)
-    return out
+    save_final(model, tok, out / "final", rank, r.save_dtype, r.model)
+    return (out, model) if keep_model else out
 
 
 @torch.no_grad()
