@@ -1,6 +1,6 @@
 """The one path into a GGUF: a planned list of tensors (name, shape, type, a way to get
 float32 data) streamed through the native quantizer into the native writer. `convert`,
-`quantize` (and later the trained-model pipeline) differ only in their plan and metadata."""
+`quantize` and the trained-model `pipeline` differ only in their plan and metadata."""
 
 from __future__ import annotations
 
