@@ -29,6 +29,7 @@ def _from_hf(path):
 
 
 def _from_gguf(path: Path):
+    """(metadata, planned float32 loaders, the open reader) of an F32/F16/BF16 GGUF."""
     r = open_gguf(path)
     plan = []
     for name, dims, qtype, _, _ in r.tensors:
@@ -42,7 +43,7 @@ def _from_gguf(path: Path):
             return simpo_q.dequantize(raw, qtype, shape[-1]).reshape(shape)
 
         plan.append(Planned(name, shape, qtype, load))
-    return [(k, t, v) for k, t, v in r.metadata], plan
+    return [(k, t, v) for k, t, v in r.metadata], plan, r
 
 
 def _importance(imatrix, inp: Path, out: Path, quiet: bool, ctx: int, chunks: int | None):
@@ -75,17 +76,16 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
     ftype = ftype.upper()
     if ftype not in FILE_TYPES:
         raise SimpoQError(f"--type: unknown file type {ftype!r}; supported: {', '.join(FILE_TYPES)}")
+    reader = None  # set for a GGUF input, whose unchanged tensors are copied byte for byte
     if isinstance(inp, StateDictSource):
         metadata, source = _from_hf(inp)
-        inp, from_gguf = inp.path, False  # the directory gives config, tokenizer and the imatrix model
+        inp = inp.path  # the directory gives config, tokenizer and the imatrix model
     else:
         inp = Path(inp)
         if inp.is_dir():
             metadata, source = _from_hf(inp)
-            from_gguf = False
         elif inp.is_file():
-            metadata, source = _from_gguf(inp)
-            from_gguf = True
+            metadata, source, reader = _from_gguf(inp)
         else:
             raise SimpoQError(f"{inp}: no such file or directory")
     imat, imat_file = _importance(imatrix, inp, Path(out), quiet, imatrix_ctx, imatrix_chunks)
@@ -93,14 +93,12 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
     input_types = {p.name: p.qtype for p in source}
     types = plan_types(ftype, [(p.name, p.shape) for p in source], overrides, input_types)
     plan = []
-    reader = open_gguf(inp) if from_gguf else None
     for name in sorted(by_name, key=weights_map_key):
         p = by_name[name]
         t = types[name]
         if t == p.qtype and reader is not None:
             # unchanged type: copied byte for byte, as llama-quantize does
-            r = reader
-            plan.append(Planned(name, p.shape, t, lambda n=name, r=r: r.tensor_bytes(n), raw=True))
+            plan.append(Planned(name, p.shape, t, lambda n=name, r=reader: r.tensor_bytes(n), raw=True))
         else:
             plan.append(Planned(name, p.shape, t, p.load, imatrix=_vector(imat, imat_file, name, p.shape, t, quiet)))
     md = [(k, t, v) for k, t, v in metadata if k not in ("general.quantization_version", "general.file_type",

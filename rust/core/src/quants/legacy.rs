@@ -3,6 +3,7 @@
 #![allow(non_snake_case)]
 
 use super::common::{c_f32_to_i32, make_qkx3_quants, make_qx_quants};
+use super::QuantType;
 use crate::fp16::{
     ggml_compute_fp16_to_fp32 as fp16_to_fp32, ggml_compute_fp32_to_fp16 as fp32_to_fp16,
 };
@@ -193,92 +194,95 @@ pub(crate) fn pack_q5_1_block(yb: &mut [u8], d: f32, the_min: f32, L: &[u8; QK])
     yb[4..8].copy_from_slice(&qh.to_le_bytes());
 }
 
-pub fn quantize_row_q4_0_impl(x: &[f32], y: &mut [u8], n_per_row: usize, quant_weights: &[f32]) {
-    let sigma2 = row_sigma2(x, n_per_row);
+/// The body of ggml's per-block loop in `quantize_row_q{4,5}_{0,1}_impl`: importance weights
+/// from the row's sigma2, then one search — make_qx_quants for the _0 types (levels offset
+/// as ggml stores them), make_qkx3_quants for the _1 types. The fast paths reuse it for the
+/// blocks left over after their 8-lane groups.
+#[inline]
+pub(crate) fn quantize_block_impl(
+    qtype: QuantType,
+    xb: &[f32],
+    yb: &mut [u8],
+    qw: &[f32],
+    sigma2: f32,
+) {
     let mut weight = [0f32; QK];
-    let mut L = [0i8; QK];
-    for (ib, (xb, yb)) in x[..n_per_row]
-        .chunks_exact(QK)
-        .zip(y.chunks_exact_mut(Q4_0_BYTES))
-        .enumerate()
-    {
-        importance_weights(xb, &quant_weights[QK * ib..], sigma2, &mut weight);
-        let d = make_qx_quants(QK, 8, xb, &mut L, 1, Some(&weight));
-        pack_q4_0_block(yb, d, &L);
+    importance_weights(xb, qw, sigma2, &mut weight);
+    match qtype {
+        QuantType::Q4_0 | QuantType::Q5_0 => {
+            let mut L = [0i8; QK];
+            let nmax = if qtype == QuantType::Q4_0 { 8 } else { 16 };
+            let d = make_qx_quants(QK, nmax, xb, &mut L, 1, Some(&weight));
+            if qtype == QuantType::Q4_0 {
+                pack_q4_0_block(yb, d, &L);
+            } else {
+                pack_q5_0_block(yb, d, &L);
+            }
+        }
+        QuantType::Q4_1 | QuantType::Q5_1 => {
+            let mut L = [0u8; QK];
+            let mut laux = [0u8; QK];
+            let mut min = 0.0f32;
+            let nmax = if qtype == QuantType::Q4_1 { 15 } else { 31 };
+            let d = make_qkx3_quants(
+                QK,
+                nmax,
+                xb,
+                Some(&weight),
+                &mut L,
+                &mut min,
+                &mut laux,
+                -0.9,
+                0.05,
+                36,
+                false,
+            );
+            if qtype == QuantType::Q4_1 {
+                pack_q4_1_block(yb, d, min, &L);
+            } else {
+                pack_q5_1_block(yb, d, min, &L);
+            }
+        }
+        _ => unreachable!("{} is not a legacy 32-block type", qtype.name()),
     }
+}
+
+fn quantize_row_legacy_impl(
+    qtype: QuantType,
+    x: &[f32],
+    y: &mut [u8],
+    n_per_row: usize,
+    quant_weights: &[f32],
+) {
+    let sigma2 = row_sigma2(x, n_per_row);
+    let blocks = x[..n_per_row]
+        .chunks_exact(QK)
+        .zip(y.chunks_exact_mut(qtype.type_size()));
+    for (ib, (xb, yb)) in blocks.enumerate() {
+        quantize_block_impl(
+            qtype,
+            xb,
+            yb,
+            &quant_weights[QK * ib..QK * (ib + 1)],
+            sigma2,
+        );
+    }
+}
+
+pub fn quantize_row_q4_0_impl(x: &[f32], y: &mut [u8], n_per_row: usize, quant_weights: &[f32]) {
+    quantize_row_legacy_impl(QuantType::Q4_0, x, y, n_per_row, quant_weights)
 }
 
 pub fn quantize_row_q5_0_impl(x: &[f32], y: &mut [u8], n_per_row: usize, quant_weights: &[f32]) {
-    let sigma2 = row_sigma2(x, n_per_row);
-    let mut weight = [0f32; QK];
-    let mut L = [0i8; QK];
-    for (ib, (xb, yb)) in x[..n_per_row]
-        .chunks_exact(QK)
-        .zip(y.chunks_exact_mut(Q5_0_BYTES))
-        .enumerate()
-    {
-        importance_weights(xb, &quant_weights[QK * ib..], sigma2, &mut weight);
-        let d = make_qx_quants(QK, 16, xb, &mut L, 1, Some(&weight));
-        pack_q5_0_block(yb, d, &L);
-    }
+    quantize_row_legacy_impl(QuantType::Q5_0, x, y, n_per_row, quant_weights)
 }
 
 pub fn quantize_row_q4_1_impl(x: &[f32], y: &mut [u8], n_per_row: usize, quant_weights: &[f32]) {
-    let sigma2 = row_sigma2(x, n_per_row);
-    let mut weight = [0f32; QK];
-    let mut L = [0u8; QK];
-    let mut laux = [0u8; QK];
-    for (ib, (xb, yb)) in x[..n_per_row]
-        .chunks_exact(QK)
-        .zip(y.chunks_exact_mut(Q4_1_BYTES))
-        .enumerate()
-    {
-        importance_weights(xb, &quant_weights[QK * ib..], sigma2, &mut weight);
-        let mut min = 0.0f32;
-        let d = make_qkx3_quants(
-            QK,
-            15,
-            xb,
-            Some(&weight),
-            &mut L,
-            &mut min,
-            &mut laux,
-            -0.9,
-            0.05,
-            36,
-            false,
-        );
-        pack_q4_1_block(yb, d, min, &L);
-    }
+    quantize_row_legacy_impl(QuantType::Q4_1, x, y, n_per_row, quant_weights)
 }
 
 pub fn quantize_row_q5_1_impl(x: &[f32], y: &mut [u8], n_per_row: usize, quant_weights: &[f32]) {
-    let sigma2 = row_sigma2(x, n_per_row);
-    let mut weight = [0f32; QK];
-    let mut L = [0u8; QK];
-    let mut laux = [0u8; QK];
-    for (ib, (xb, yb)) in x[..n_per_row]
-        .chunks_exact(QK)
-        .zip(y.chunks_exact_mut(Q5_1_BYTES))
-        .enumerate()
-    {
-        importance_weights(xb, &quant_weights[QK * ib..], sigma2, &mut weight);
-        let mut min = 0.0f32;
-        let d = make_qkx3_quants(
-            QK,
-            31,
-            xb,
-            Some(&weight),
-            &mut L,
-            &mut min,
-            &mut laux,
-            -0.9,
-            0.05,
-            36,
-            false,
-        );
-        pack_q5_1_block(yb, d, min, &L);
-    }
+    quantize_row_legacy_impl(QuantType::Q5_1, x, y, n_per_row, quant_weights)
 }
 
 pub fn dequantize_row_q4_0(x: &[u8], y: &mut [f32], k: usize) {

@@ -1,7 +1,7 @@
 //! IQ4_NL with 8 blocks of a row in 8 lanes (ggml's `quantize_row_iq4_nl_impl`, ntry 7).
 //! Leftover blocks take the scalar port, which works block by block.
 
-use super::lanes::best_index_lanes;
+use super::lanes::{best_index_lanes, signed_absmax_lanes};
 use crate::fp16::ggml_compute_fp32_to_fp16 as fp32_to_fp16;
 use crate::quants::common::GROUP_MAX_EPS;
 use crate::quants::iq4_nl::{quantize_row_iq4_nl_impl, BLOCK_BYTES, KVALUES_IQ4NL, QK4_NL};
@@ -35,15 +35,7 @@ pub fn quantize_iq4_nl_fast(x: &[f32], y: &mut [u8], quant_weights: Option<&[f32
                 };
             }
         }
-        let mut amax = [0f32; G];
-        let mut max = [0f32; G];
-        for row in &xt {
-            for j in 0..G {
-                let take = row[j].abs() > amax[j];
-                amax[j] = if take { row[j].abs() } else { amax[j] };
-                max[j] = if take { row[j] } else { max[j] };
-            }
-        }
+        let (amax, max) = signed_absmax_lanes(&xt);
         let search = |id: &[f32; G]| {
             let mut sumqx = [0f32; G];
             let mut sumq2 = [0f32; G];

@@ -13,6 +13,25 @@ fn nearest_int(fval: f32) -> i32 {
     (val.to_bits() as i32 & 0x007f_ffff) - 0x0040_0000
 }
 
+/// Per group: the largest |x| and the signed value that first reaches it (strict >, from 0),
+/// the maximum every ggml search starts from.
+#[inline(always)]
+pub fn signed_absmax_lanes<const N: usize, const G: usize>(
+    xt: &[[f32; G]; N],
+) -> ([f32; G], [f32; G]) {
+    let mut amax = [0f32; G];
+    let mut max = [0f32; G];
+    for row in xt {
+        for j in 0..G {
+            let ax = row[j].abs();
+            let take = ax > amax[j];
+            amax[j] = if take { ax } else { amax[j] };
+            max[j] = if take { row[j] } else { max[j] };
+        }
+    }
+    (amax, max)
+}
+
 /// `make_qx_quants(N, nmax, x_j, L_j, 1, w_j)` for G groups at once. Writes `l_out[j][i]`
 /// (with the +nmax offset, as ggml) and returns each group's scale.
 #[inline(always)]
@@ -23,16 +42,7 @@ pub fn make_qx_quants_lanes<const N: usize, const G: usize>(
     l_out: &mut [[i8; N]; G],
 ) -> [f32; G] {
     let nmaxf = nmax as f32;
-    let mut amax = [0f32; G];
-    let mut max = [0f32; G];
-    for row in xt.iter() {
-        for j in 0..G {
-            let ax = row[j].abs();
-            let take = ax > amax[j];
-            amax[j] = if take { ax } else { amax[j] };
-            max[j] = if take { row[j] } else { max[j] };
-        }
-    }
+    let (amax, max) = signed_absmax_lanes(xt);
 
     let sums = |iscale: &[f32; G]| {
         let mut sumlx = [0f32; G];
@@ -101,16 +111,7 @@ pub fn make_q3_quants_lanes<const N: usize, const G: usize>(
     xt: &[[f32; G]; N],
     l_out: &mut [[i8; N]; G],
 ) -> [f32; G] {
-    let mut amax = [0f32; G];
-    let mut max = [0f32; G];
-    for row in xt.iter() {
-        for j in 0..G {
-            let ax = row[j].abs();
-            let take = ax > amax[j];
-            amax[j] = if take { ax } else { amax[j] };
-            max[j] = if take { row[j] } else { max[j] };
-        }
-    }
+    let (amax, max) = signed_absmax_lanes(xt);
     let mut iscale = [0f32; G];
     for j in 0..G {
         iscale[j] = -(nmax as f32) / max[j];

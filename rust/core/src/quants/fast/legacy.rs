@@ -5,7 +5,7 @@
 use super::lanes::{make_qkx_quants_lanes, make_qx_quants_lanes};
 use crate::quants::legacy::{
     importance_weights, pack_q4_0_block, pack_q4_1_block, pack_q5_0_block, pack_q5_1_block,
-    row_sigma2, QK,
+    quantize_block_impl, row_sigma2, QK,
 };
 use crate::quants::QuantType;
 
@@ -68,57 +68,14 @@ pub fn quantize_row_legacy_impl_fast(
             }
         }
     }
-    // Blocks past the last full group: the scalar port on a one-row view would see the
-    // wrong sigma2, so run the per-block step of the scalar code with the row's sigma2.
-    let done = groups * G;
-    if done * QK < n {
-        tail_blocks(qtype, x, y, quant_weights, sigma2, done);
-    }
-}
-
-fn tail_blocks(qtype: QuantType, x: &[f32], y: &mut [u8], qw: &[f32], sigma2: f32, from: usize) {
-    use crate::quants::common::{make_qkx3_quants, make_qx_quants};
-    let bs = qtype.type_size();
-    for ib in from..x.len() / QK {
-        let xb = &x[QK * ib..QK * (ib + 1)];
-        let yb = &mut y[bs * ib..bs * (ib + 1)];
-        let mut w = [0f32; QK];
-        importance_weights(xb, &qw[QK * ib..], sigma2, &mut w);
-        match qtype {
-            QuantType::Q4_0 | QuantType::Q5_0 => {
-                let mut l = [0i8; QK];
-                let nmax = if qtype == QuantType::Q4_0 { 8 } else { 16 };
-                let d = make_qx_quants(QK, nmax, xb, &mut l, 1, Some(&w));
-                if qtype == QuantType::Q4_0 {
-                    pack_q4_0_block(yb, d, &l);
-                } else {
-                    pack_q5_0_block(yb, d, &l);
-                }
-            }
-            _ => {
-                let mut l = [0u8; QK];
-                let mut laux = [0u8; QK];
-                let mut min = 0.0f32;
-                let nmax = if qtype == QuantType::Q4_1 { 15 } else { 31 };
-                let d = make_qkx3_quants(
-                    QK,
-                    nmax,
-                    xb,
-                    Some(&w),
-                    &mut l,
-                    &mut min,
-                    &mut laux,
-                    -0.9,
-                    0.05,
-                    36,
-                    false,
-                );
-                if qtype == QuantType::Q4_1 {
-                    pack_q4_1_block(yb, d, min, &l);
-                } else {
-                    pack_q5_1_block(yb, d, min, &l);
-                }
-            }
-        }
+    // Blocks past the last full group: the scalar per-block step, with the row's sigma2.
+    for ib in groups * G..n / QK {
+        quantize_block_impl(
+            qtype,
+            &x[QK * ib..QK * (ib + 1)],
+            &mut y[bs * ib..bs * (ib + 1)],
+            &quant_weights[QK * ib..QK * (ib + 1)],
+            sigma2,
+        );
     }
 }

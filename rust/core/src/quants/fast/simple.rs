@@ -3,6 +3,7 @@
 //! Q8_0's `roundf` is rebuilt from `trunc` so it vectorizes: x − trunc(x) is exact, so
 //! comparing it with 0.5 rounds halves away from zero exactly as roundf does.
 
+use super::lanes::signed_absmax_lanes;
 use crate::fp16::ggml_compute_fp32_to_fp16 as fp32_to_fp16;
 use crate::quants::common::c_f32_to_i32;
 use crate::quants::{quantize_row_reference, QuantType};
@@ -89,16 +90,7 @@ fn q8_0(xt: &[[f32; G]; QK], yg: &mut [u8]) {
 /// Q4_0 / Q5_0: d = (signed absmax) / div; q = min(qmax, (int8)(x·id + bias)).
 #[inline(always)]
 fn q_0(xt: &[[f32; G]; QK], yg: &mut [u8], div: f32, bias: f32, qmax: i8, five: bool) {
-    let mut amax = [0f32; G];
-    let mut max = [0f32; G];
-    for row in xt {
-        for j in 0..G {
-            let a = row[j].abs();
-            let take = amax[j] < a;
-            amax[j] = if take { a } else { amax[j] };
-            max[j] = if take { row[j] } else { max[j] };
-        }
-    }
+    let (_, max) = signed_absmax_lanes(xt);
     let mut d = [0f32; G];
     let mut id = [0f32; G];
     for j in 0..G {
