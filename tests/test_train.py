@@ -294,3 +294,99 @@ def test_pipeline_quantizes_the_weights_in_memory(model_dir: Path, tmp_path: Pat
     ma = metadata_dict(a)
     assert ma["quantize.imatrix.chunks_count"] == 2 and ma["general.file_type"] == 11
     assert (tmp_path / "run" / "final" / "tokenizer.model").exists()
+
+
+def test_pipeline_imatrix_is_the_trained_models(model_dir: Path, tmp_path: Path) -> None:
+    """The pipeline collects importance on the model in memory: the same sums and counts as
+    llama-imatrix's procedure run on the saved fp32 final directory."""
+    from simpo_q import imatrix as im
+    from simpo_q.pipeline import run_pipeline
+
+    r = load_recipe(REPO / "recipes" / "tiny.yaml", [f"model={model_dir}", f"output_dir={tmp_path / 'run'}",
+                                                      "max_steps=2", "eval_steps=0", "save_dtype=float32"])
+    calib = REPO / "python" / "simpo_q" / "data" / "calibration.txt"
+    run_pipeline(r, tmp_path / "m.gguf", imatrix=calib, imatrix_ctx=128, imatrix_chunks=3, quiet=True)
+    got = im.load(tmp_path / "m.imatrix.gguf")
+    ref = im.collect(tmp_path / "run" / "final", calib, ctx=128, chunks=3, quiet=True)
+    base = im.collect(model_dir, calib, ctx=128, chunks=3, quiet=True)
+    assert got.names() == ref.names() and len(got) == 7 * 2 and got.chunk_count == 3
+    moved = 0.0
+    for n in ref.names():
+        (a, ca), (b, cb), (c, _) = got.entry(n), ref.entry(n), base.entry(n)
+        assert ca == cb == 3 * 128
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=0)
+        moved = max(moved, float(np.max(np.abs(b - c) / np.maximum(c, 1e-9))))
+    assert moved > 1e-4, "the statistics are the untrained model's"
+
+
+def test_pipeline_under_fsdp2_streams_weights_to_rank_0(model_dir: Path, tmp_path: Path) -> None:
+    """Two FSDP2 ranks: importance collected on the sharded model (chunks split over the
+    ranks, 5 chunks so one rank runs a padding forward), weights gathered one at a time into
+    rank 0's quantizer. The GGUF equals quantizing the saved fp32 model with that imatrix, and
+    the imatrix equals a one-process collection up to summation order."""
+    from simpo_q import imatrix as im
+    from simpo_q.gguf import open_gguf
+    from simpo_q.quantize_model import quantize_model
+
+    calib = REPO / "python" / "simpo_q" / "data" / "calibration.txt"
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29537", "-m",
+          "simpo_q", "--quiet", "pipeline", str(REPO / "recipes" / "tiny.yaml"), str(tmp_path / "m.gguf"),
+          "--imatrix", str(calib), "--ctx", "128", "--chunks", "5",
+          *_recipe(model_dir, tmp_path / "run", "--set", "max_steps=2", "--set", "per_device_train_batch_size=2")])
+    got = im.load(tmp_path / "m.imatrix.gguf")
+    ref = im.collect(tmp_path / "run" / "final", calib, ctx=128, chunks=5, quiet=True)
+    assert got.names() == ref.names() and got.chunk_count == 5
+    for n in ref.names():
+        (a, ca), (b, cb) = got.entry(n), ref.entry(n)
+        assert ca == cb == 5 * 128
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    want = quantize_model(tmp_path / "run" / "final", tmp_path / "ref.gguf", imatrix=tmp_path / "m.imatrix.gguf",
+                          quiet=True)
+    a, b = open_gguf(tmp_path / "m.gguf"), open_gguf(want)
+    assert [t[:3] for t in a.tensors] == [t[:3] for t in b.tensors]
+    for name, *_ in b.tensors:
+        assert np.array_equal(a.tensor_bytes(name), b.tensor_bytes(name)), name
+    assert (tmp_path / "Modelfile").exists() and (tmp_path / "NOTICE").exists()
+
+
+def test_pipeline_checks_the_imatrix_argument_before_training(model_dir: Path, tmp_path: Path) -> None:
+    from simpo_q._native import SimpoQError
+    from simpo_q.pipeline import run_pipeline
+
+    r = load_recipe(REPO / "recipes" / "tiny.yaml", [f"model={model_dir}", f"output_dir={tmp_path / 'run'}"])
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    for bad, msg in ((tmp_path / "nope.txt", "not found"), (empty, "empty")):
+        with pytest.raises(SimpoQError, match=msg):
+            run_pipeline(r, tmp_path / "m.gguf", imatrix=bad, quiet=True)
+    assert not (tmp_path / "run").exists()
+
+
+def test_final_directory_is_never_partial(model_dir: Path, tmp_path: Path) -> None:
+    """A save that fails half way (here: after the weights, before the tokenizer) leaves no
+    `final` directory and no temporary one; a later save replaces an earlier one whole."""
+    from simpo_q.train.checkpoint import save_final
+    from simpo_q.train.loop import SimPOModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = SimPOModel(hf)
+    out = tmp_path / "final"
+    real = hf.save_pretrained
+
+    def dies_after_weights(path, **kw):
+        real(path, **kw)
+        raise OSError("disk full")
+
+    hf.save_pretrained = dies_after_weights
+    with pytest.raises(OSError, match="disk full"):
+        save_final(model, tok, out, 0, "float32", str(model_dir))
+    assert list(tmp_path.iterdir()) == []
+    hf.save_pretrained = real
+    save_final(model, tok, out, 0, "float32", str(model_dir))
+    (out / "stale-file").write_text("from an earlier save")
+    save_final(model, tok, out, 0, "float32", str(model_dir))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+    assert not (out / "stale-file").exists() and (out / "tokenizer.model").exists()
+    assert np.array_equal(_weights_of(out)["model.norm.weight"], hf.model.norm.weight.detach().numpy())

@@ -61,57 +61,125 @@ def chunk_tokens(tok, text: str, ctx: int, chunks: int | None, where: str) -> li
 def collect(model_dir: str | os.PathLike, text_file: str | os.PathLike, *, ctx: int = 512,
             chunks: int | None = None, device: str = "cpu", dtype: str = "float32",
             quiet: bool = False, into: Imatrix | None = None) -> Imatrix:
+    """Loads a Hugging Face directory and collects its importance matrix over `text_file`."""
     import torch
-    from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     from simpo_q.sources import HFDirectory
 
     src = HFDirectory(model_dir)  # clear errors for a bad directory before loading torch state
-    text = read_text(text_file)
+    read_text(text_file)
     if quiet:
         hf_logging.disable_progress_bar()
     tok = AutoTokenizer.from_pretrained(str(src.path))
-    batches = chunk_tokens(tok, text, ctx, chunks, str(text_file))
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     model = AutoModelForCausalLM.from_pretrained(str(src.path), dtype=torch_dtype, attn_implementation="eager")
     model.to(device).eval()
-    acc = into if into is not None else Imatrix(ctx)
-    hooks = []
-    for i, layer in enumerate(model.model.layers):
+    return collect_from_model(model, tok, text_file, ctx=ctx, chunks=chunks, quiet=quiet, into=into)
+
+
+def collect_from_model(model, tok, text_file: str | os.PathLike, *, ctx: int = 512, chunks: int | None = None,
+                       quiet: bool = False, into: Imatrix | None = None) -> Imatrix | None:
+    """The importance matrix of a model already in memory: a Hugging Face causal LM, or the
+    trainer's SimPOModel, sharded by FSDP2 or not. Under torch.distributed every rank must
+    call this: rank r runs chunks r, r+world, …, and the sums and counts are added across
+    ranks onto rank 0, which gets the Imatrix (the other ranks get None). The running
+    perplexity is llama-imatrix's: each chunk's second half."""
+    import torch
+    import torch.distributed as dist
+    from tqdm.auto import tqdm
+
+    from simpo_q.train.loop import SimPOModel
+
+    text = read_text(text_file)
+    run = model if isinstance(model, SimPOModel) else SimPOModel(model)
+    hf = run.hf
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    device = next(hf.parameters()).device
+    batches = chunk_tokens(tok, text, ctx, chunks, str(text_file))
+    # one process adds straight into `into`, row after row, as llama-imatrix continues a file
+    local = into if into is not None and world == 1 else Imatrix(ctx)
+    active = [True]  # off for the padding forwards that keep the ranks' collectives in step
+    hooks, widths = [], {}
+    for i, layer in enumerate(hf.model.layers):
         for hf_name, gguf in LINEARS.items():
             mod = layer.get_submodule(hf_name)
             name = f"blk.{i}.{gguf}.weight"
+            widths[name] = mod.in_features
 
             def hook(_m, args, name=name):
-                x = args[0].detach().reshape(-1, args[0].shape[-1])
-                x = x.to(device="cpu", dtype=torch.float32).contiguous()
-                acc.add(name, x.numpy())  # a view of x: no copy; Rust reads it with the GIL released
+                if active[0]:
+                    x = args[0].detach().reshape(-1, args[0].shape[-1])
+                    x = x.to(device="cpu", dtype=torch.float32).contiguous()
+                    local.add(name, x.numpy())  # a view of x: no copy; Rust reads it with the GIL released
 
             hooks.append(mod.register_forward_pre_hook(hook))
-    nll, count = 0.0, 0
+    first = ctx // 2
+    labels = torch.full((1, ctx), -100, dtype=torch.long)
+    was_training = run.training
+    run.eval()
+    nll = torch.zeros(2, dtype=torch.float64)  # Σ -log p, tokens scored
+    steps = -(-len(batches) // world)
     t0 = time.perf_counter()
-    bar = tqdm(batches, desc="imatrix", unit="chunk", disable=quiet, file=sys.stderr)
+    bar = tqdm(range(steps), desc="imatrix", unit="chunk", disable=quiet or rank != 0, file=sys.stderr)
     try:
         with torch.no_grad():
-            for n, ids in enumerate(bar, 1):
-                x = torch.tensor([ids], device=device)
-                logits = model(x).logits[0].float()
-                # llama-imatrix's running perplexity: the second half of each chunk
-                first = ctx // 2
-                lp = torch.log_softmax(logits[first:-1], dim=-1)
-                tgt = x[0, first + 1:]
-                nll -= float(lp.gather(1, tgt[:, None]).sum())
-                count += len(tgt)
-                rate = n * ctx / (time.perf_counter() - t0)
-                bar.set_postfix(ppl=f"{math.exp(nll / count):.3f}", tok_s=f"{rate:.0f}")
+            for s in bar:
+                k = s * world + rank
+                active[0] = k < len(batches)
+                x = torch.tensor([batches[min(k, len(batches) - 1)]])
+                lab = labels.clone()
+                lab[0, first + 1:] = x[0, first + 1:]
+                avg = run(x.to(device), torch.ones_like(x).to(device), lab.to(device), ctx)
+                if active[0]:
+                    n_scored = ctx - first - 1
+                    nll += torch.tensor([-float(avg[0]) * n_scored, n_scored], dtype=torch.float64)
+                done = min(len(batches), (s + 1) * world)
+                bar.set_postfix(ppl=f"{math.exp(nll[0] / nll[1]):.3f}",
+                                tok_s=f"{done * ctx / (time.perf_counter() - t0):.0f}")
     finally:
         for h in hooks:
             h.remove()
-    acc.chunk_count = acc.chunk_count + len(batches)
-    acc.datasets = [*acc.datasets, str(text_file)]
+        run.train(was_training)
+    if world == 1:
+        local.chunk_count = local.chunk_count + len(batches)
+        local.datasets = [*local.datasets, str(text_file)]
+        return local
+    acc = _reduce_ranks(local, widths, device)
+    if acc is None:
+        return None
+    acc.chunk_count = len(batches)
+    acc.datasets = [str(text_file)]
+    if into is not None:
+        into.merge(acc)
+        return into
     return acc
+
+
+def _reduce_ranks(local: Imatrix, widths: dict[str, int], device) -> Imatrix | None:
+    """Adds every rank's sums and counts onto rank 0 in one flat all-reduce each."""
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+
+    names = sorted(widths)
+    have = set(local.names())
+    sums = np.concatenate([local.entry(n)[0] if n in have else np.zeros(widths[n], np.float32) for n in names])
+    counts = [local.entry(n)[1] if n in have else 0 for n in names]
+    s = torch.from_numpy(sums).to(device)
+    c = torch.tensor(counts, dtype=torch.float64, device=device)  # exact for any real token count
+    dist.reduce(s, dst=0)
+    dist.reduce(c, dst=0)
+    if dist.get_rank() != 0:
+        return None
+    out = Imatrix(local.chunk_size)
+    s_np, c_np, at = s.cpu().numpy(), c.cpu().numpy(), 0
+    for n, cnt in zip(names, c_np, strict=True):
+        if cnt > 0:
+            out.set_entry(n, np.ascontiguousarray(s_np[at:at + widths[n]]), int(cnt))
+        at += widths[n]
+    return out
 
 
 def load(path: str | os.PathLike) -> Imatrix:

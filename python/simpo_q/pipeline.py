@@ -1,6 +1,10 @@
 """The whole job: SimPO training, an importance matrix on calibration text, and a k-quant
 GGUF (+ Ollama Modelfile and NOTICE) written from the trained weights as they are in memory
-— tensor by tensor into the native quantizer, with no intermediate F32/F16 file."""
+— tensor by tensor into the native quantizer, with no intermediate F32/F16 file.
+
+Under FSDP2 the importance matrix is collected by all ranks on the sharded model (each runs
+its share of the chunks, the sums are added onto rank 0), and the weights reach rank 0's
+quantizer one gathered tensor at a time: no rank ever holds the whole unsharded model."""
 
 from __future__ import annotations
 
@@ -11,27 +15,50 @@ from pathlib import Path
 from simpo_q._native import SimpoQError
 
 
+def _check_imatrix_arg(imatrix) -> None:
+    """Before hours of training: the --imatrix argument must be readable."""
+    from simpo_q import imatrix as im
+
+    if imatrix is None or not isinstance(imatrix, (str, os.PathLike)):
+        return
+    p = Path(imatrix)
+    if not p.is_file():
+        raise SimpoQError(f"{p}: --imatrix file not found")
+    if not im.is_imatrix_file(p):
+        im.read_text(p)
+
+
 def run_pipeline(recipe, out: str | os.PathLike, *, ftype: str = "Q3_K_S", imatrix=None, imatrix_ctx: int = 512,
                  imatrix_chunks: int | None = None, ollama: bool = True, quiet: bool = False) -> Path | None:
+    """Returns the GGUF's path on rank 0, None on the other ranks."""
     import torch.distributed as dist
+    from transformers import AutoTokenizer
 
+    from simpo_q import imatrix as im
     from simpo_q.quantize_model import quantize_model
-    from simpo_q.sources import StateDictSource
-    from simpo_q.train.checkpoint import iter_full_state_dict
     from simpo_q.train.loop import train
+    from simpo_q.train.weights import ModelWeights, serve_weights
 
+    _check_imatrix_arg(imatrix)
+    out = Path(out)
     run_dir, model = train(recipe, quiet=quiet, keep_model=True)
     final = Path(run_dir) / "final"
     if not (final / "config.json").exists():
         raise SimpoQError(f"{final}: the training run did not finish (stop_after_steps?)")
-    # Under FSDP2 every rank takes part in gathering; rank 0 holds the full fp32 weights.
-    weights = {k: v for k, v in iter_full_state_dict(model) if v is not None}
     rank = dist.get_rank() if dist.is_initialized() else 0
+    if imatrix is not None and isinstance(imatrix, (str, os.PathLike)) and not im.is_imatrix_file(imatrix):
+        tok = AutoTokenizer.from_pretrained(str(final))
+        m = im.collect_from_model(model, tok, imatrix, ctx=imatrix_ctx, chunks=imatrix_chunks, quiet=quiet)
+        if rank == 0:
+            assert m is not None
+            imatrix = out.with_name(out.name.removesuffix(".gguf") + ".imatrix.gguf")
+            m.save(str(imatrix), "gguf")
     if rank != 0:
+        serve_weights(model)
         return None
-    src = StateDictSource(final, weights)
-    path = quantize_model(src, out, ftype, imatrix=imatrix, imatrix_ctx=imatrix_ctx, imatrix_chunks=imatrix_chunks,
-                          ollama=ollama, quiet=quiet)
+    with ModelWeights(final, model) as src:
+        path = quantize_model(src, out, ftype, imatrix=imatrix, imatrix_ctx=imatrix_ctx,
+                              imatrix_chunks=imatrix_chunks, ollama=ollama, quiet=quiet)
     if not quiet:
         print(f"pipeline: trained {final}, wrote {path}", file=sys.stderr)
     return path

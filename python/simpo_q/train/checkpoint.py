@@ -68,7 +68,10 @@ TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
 def save_final(model, tok, out: Path, rank: int, dtype: str = "bfloat16", source: str | None = None) -> None:
     """The trained model as a Hugging Face directory; the tokenizer files are copied from the
     source model as they are (save_pretrained would drop tokenizer.model and the typed
-    added tokens that llama.cpp's conversion relies on)."""
+    added tokens that llama.cpp's conversion relies on). Written under `OUT.partial` and
+    renamed at the end, so a killed save never leaves a directory that looks finished."""
+    import shutil
+
     sd = {}
     for k, v in iter_full_state_dict(model):  # every rank takes part in each gather
         if v is not None:
@@ -76,17 +79,31 @@ def save_final(model, tok, out: Path, rank: int, dtype: str = "bfloat16", source
     if rank == 0:
         hf = model.hf if hasattr(model, "hf") else model
         sd.pop("lm_head.weight", None)  # tied to the embedding
-        out.mkdir(parents=True, exist_ok=True)
-        hf.config.use_cache = True
-        hf.save_pretrained(str(out), state_dict=sd, safe_serialization=True)
-        src = Path(source) if source else None
-        if src is not None and (src / "tokenizer_config.json").exists():
-            import shutil
-
-            for name in TOKENIZER_FILES:
-                if (src / name).exists():
-                    shutil.copy2(src / name, out / name)
-        else:
-            tok.save_pretrained(str(out))
+        tmp = out.with_name(out.name + ".partial")
+        if tmp.exists():  # left by an earlier killed save
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        try:
+            hf.config.use_cache = True
+            hf.save_pretrained(str(tmp), state_dict=sd, safe_serialization=True)
+            src = Path(source) if source else None
+            if src is not None and (src / "tokenizer_config.json").exists():
+                for name in TOKENIZER_FILES:
+                    if (src / name).exists():
+                        shutil.copy2(src / name, tmp / name)
+            else:
+                tok.save_pretrained(str(tmp))
+            if out.exists():
+                old = out.with_name(out.name + ".old")
+                if old.exists():
+                    shutil.rmtree(old)
+                out.rename(old)
+                tmp.rename(out)
+                shutil.rmtree(old)
+            else:
+                tmp.rename(out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     if dist.is_initialized():
         dist.barrier()
