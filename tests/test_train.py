@@ -390,3 +390,45 @@ def test_final_directory_is_never_partial(model_dir: Path, tmp_path: Path) -> No
     assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
     assert not (out / "stale-file").exists() and (out / "tokenizer.model").exists()
     assert np.array_equal(_weights_of(out)["model.norm.weight"], hf.model.norm.weight.detach().numpy())
+
+
+def _saved_bytes_of_forward(model, b) -> int:
+    seen: dict[int, int] = {}
+    params = {p.untyped_storage()._cdata for p in model.parameters()}
+
+    def pack(x):
+        s = x.untyped_storage()
+        if s._cdata not in params:
+            seen[s._cdata] = s.nbytes()
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        model(b["input_ids"], b["attention_mask"], b["labels"], 64)
+    return sum(seen.values())
+
+
+def test_trainer_model_really_checkpoints(model_dir: Path) -> None:
+    """The trainer's model keeps only each layer's input for backward when the recipe asks for
+    gradient checkpointing (from_pretrained returns eval mode, where HF silently skips it),
+    and the meta-device count `plan` relies on equals what the real model keeps."""
+    from simpo_q.train.loop import build_model
+    from simpo_q.train.plan import saved_bytes
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    pairs, _ = tokenize_pairs(read_rows(REPO / "python" / "simpo_q" / "data" / "preferences.jsonl")[:4], tok,
+                              max_length=128, max_prompt_length=96)
+    b = collate(pairs[:2], tok.pad_token_id)
+    seqs, t = b["input_ids"].shape
+    kept = {}
+    for ckpt in (False, True):
+        r = load_recipe(REPO / "recipes" / "tiny.yaml", [f"model={model_dir}", f"gradient_checkpointing={ckpt}"])
+        kept[ckpt] = _saved_bytes_of_forward(build_model(r, torch.device("cpu"), 1), b)
+    c = json.loads((model_dir / "config.json").read_text())
+    shape = (c["hidden_size"], c["intermediate_size"], c["num_attention_heads"], c["num_key_value_heads"],
+             c["head_dim"], seqs, t, False)
+    assert kept[True] < kept[False] / 4
+    # the model's own bytes minus the head's (the chunked head saves a little outside the layers)
+    for ckpt in (False, True):
+        counted = saved_bytes(*shape, ckpt, c["num_hidden_layers"])
+        assert counted <= kept[ckpt] <= counted + seqs * t * c["hidden_size"] * 4, (ckpt, counted, kept[ckpt])

@@ -62,18 +62,49 @@ def build_model(r: Recipe, device, world: int):
             m.p = 0.0
     if r.gradient_checkpointing:
         hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = SimPOModel(hf).to(device)
-    if world > 1:
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    hf.train()  # from_pretrained gives eval mode, in which HF skips gradient checkpointing
+    model = SimPOModel(hf)
+    if world == 1:
+        return model.to(device)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        mesh = init_device_mesh(device.type, (world,))
-        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if r.bf16 else torch.float32,
-                                  reduce_dtype=torch.float32)
-        for layer in hf.model.layers:
-            fully_shard(layer, mesh=mesh, mp_policy=mp)
-        fully_shard(model, mesh=mesh, mp_policy=mp)  # root: embedding = head, final norm
+    mesh = init_device_mesh(device.type, (world,))
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if r.bf16 else torch.float32,
+                              reduce_dtype=torch.float32)
+    # sharded where it lies: fully_shard moves each group's parameters to the mesh's device
+    # and keeps only this rank's shard, so the unsharded model never sits on one GPU
+    for layer in hf.model.layers:
+        fully_shard(layer, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp)  # root: embedding = head, final norm
     return model
+
+
+def peak_memory(device: torch.device) -> int:
+    """This rank's peak so far: bytes allocated by tensors on a GPU; on CPU the process's
+    peak resident size (VmHWM), which includes the interpreter and libraries."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Starts `peak_memory` afresh (after loading, whose transient copies are not training's)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")  # Linux: reset VmHWM to the current resident size
+    except OSError:
+        pass
 
 
 def lr_lambda(total: int, warmup: int):
@@ -148,6 +179,7 @@ def train(r: Recipe, *, quiet: bool = False, keep_model: bool = False):
         if rank == 0:
             with open(metrics_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": 0, **{f"eval_{k}": v for k, v in ev.items()}}) + "\n")
+    reset_peak_memory(device)
     bar = tqdm(total=total, initial=step, desc="simpo", disable=quiet or rank != 0, file=sys.stderr)
     t0, tokens = time.perf_counter(), 0
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -156,6 +188,7 @@ def train(r: Recipe, *, quiet: bool = False, keep_model: bool = False):
         batch = epoch_batches(len(pairs), lengths, global_batch, r.seed, epoch)[k]
         mine = batch[rank * per_rank:(rank + 1) * per_rank]
         sums: dict[str, float] = {}
+        t_step, step_tokens = time.perf_counter(), 0
         for micro in range(r.gradient_accumulation_steps):
             ids = mine[micro * r.per_device_train_batch_size:(micro + 1) * r.per_device_train_batch_size]
             b = collate([pairs[i] for i in ids], pad)
@@ -172,7 +205,7 @@ def train(r: Recipe, *, quiet: bool = False, keep_model: bool = False):
             if r.sft_weight:
                 loss = loss + r.sft_weight * (-c.mean()) * n / per_rank
             loss.backward()
-            tokens += int(b["attention_mask"].sum())
+            step_tokens += int(b["attention_mask"].sum())
             for key, v in (("loss", losses.sum()), ("rewards/chosen", rc.sum()), ("rewards/rejected", rr.sum()),
                            ("rewards/margins", (rc - rr).sum()), ("rewards/accuracies", (rc > rr).float().sum()),
                            ("logps/chosen", c.detach().sum()), ("logps/rejected", rj.detach().sum())):
@@ -182,9 +215,12 @@ def train(r: Recipe, *, quiet: bool = False, keep_model: bool = False):
         sched.step()
         opt.zero_grad(set_to_none=True)
         step += 1
-        m = _reduce(sums, world)
+        tokens += step_tokens
+        m = _reduce({**sums, "tokens": float(step_tokens)}, world)
         m.update(step=step, lr=sched.get_last_lr()[0], grad_norm=float(grad_norm.full_tensor()
-                 if hasattr(grad_norm, "full_tensor") else grad_norm))
+                 if hasattr(grad_norm, "full_tensor") else grad_norm),
+                 tokens=round(m["tokens"] * world), step_seconds=time.perf_counter() - t_step,
+                 peak_memory_gib=peak_memory(device) / 2**30)
         if rank == 0:
             with open(metrics_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(m) + "\n")
@@ -211,7 +247,15 @@ def train(r: Recipe, *, quiet: bool = False, keep_model: bool = False):
 @torch.no_grad()
 def evaluate(model, pairs, r: Recipe, device, pad: int, world: int = 1) -> dict[str, float]:
     rank = dist.get_rank() if dist.is_initialized() else 0
-    mine = pairs[rank::world]
+    was_training = model.training
+    model.eval()
+    try:
+        return _evaluate(model, pairs[rank::world], r, device, pad, world)
+    finally:
+        model.train(was_training)
+
+
+def _evaluate(model, mine, r: Recipe, device, pad: int, world: int) -> dict[str, float]:
     sums = {"rewards/accuracies": 0.0, "rewards/margins": 0.0, "loss": 0.0}
     for s in range(0, len(mine), r.per_device_train_batch_size):
         chunk = mine[s:s + r.per_device_train_batch_size]
