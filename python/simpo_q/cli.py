@@ -123,7 +123,7 @@ def _plan(args: argparse.Namespace) -> int:
     from simpo_q.train.recipe import load_recipe
 
     r = load_recipe(args.recipe, args.set)
-    print(render(plan(r, args.gpus, args.gpu_mem), args.gpus, args.gpu_mem))
+    print(render(plan(r, args.gpus, args.gpu_mem, tflops=args.tflops, mfu=args.mfu), args.gpus, args.gpu_mem))
     return 0
 
 
@@ -221,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("recipe")
     pl.add_argument("--gpus", type=int, default=8)
     pl.add_argument("--gpu-mem", type=float, default=80.0)
+    pl.add_argument("--tflops", type=float, default=989.0, help="peak bf16 TFLOP/s of one GPU (H100 SXM: 989)")
+    pl.add_argument("--mfu", type=float, default=0.35, help="assumed fraction of the peak reached")
     pl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     pl.set_defaults(func=_plan)
 

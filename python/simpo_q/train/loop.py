@@ -53,30 +53,62 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() and not dist.is_initialized() else "cpu")
 
 
-def build_model(r: Recipe, device, world: int):
-    from transformers import AutoModelForCausalLM
+def _load_hf(r: Recipe, meta: bool):
+    """The Hugging Face model in fp32, in train mode (from_pretrained gives eval mode, in which
+    HF skips gradient checkpointing), eager attention, dropout off as the official trainer.
+    With `meta`, only its skeleton: shapes, no memory."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    hf = AutoModelForCausalLM.from_pretrained(r.model, dtype=torch.float32, attn_implementation="eager")
-    for m in hf.modules():  # dropout off, as the official trainer
+    if meta:
+        cfg = AutoConfig.from_pretrained(r.model)
+        with torch.device("meta"):
+            hf = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="eager")
+    else:
+        hf = AutoModelForCausalLM.from_pretrained(r.model, dtype=torch.float32, attn_implementation="eager")
+    for m in hf.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
     if r.gradient_checkpointing:
         hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    hf.train()  # from_pretrained gives eval mode, in which HF skips gradient checkpointing
-    model = SimPOModel(hf)
+    hf.train()
+    return hf
+
+
+def build_model(r: Recipe, device, world: int):
+    """One process: the model on `device`. Under FSDP2: only rank 0 reads the checkpoint; the
+    other ranks build a meta skeleton, and every tensor reaches its shards from rank 0 one at a
+    time, so the host holds one unsharded model, not one per rank."""
     if world == 1:
-        return model.to(device)
+        return SimPOModel(_load_hf(r, meta=False)).to(device)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.tensor import DTensor, distribute_tensor
 
+    rank = dist.get_rank()
+    source = SimPOModel(_load_hf(r, meta=False)) if rank == 0 else None
+    model = SimPOModel(_load_hf(r, meta=True))
     mesh = init_device_mesh(device.type, (world,))
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if r.bf16 else torch.float32,
                               reduce_dtype=torch.float32)
-    # sharded where it lies: fully_shard moves each group's parameters to the mesh's device
-    # and keeps only this rank's shard, so the unsharded model never sits on one GPU
-    for layer in hf.model.layers:
+    for layer in model.hf.model.layers:
         fully_shard(layer, mesh=mesh, mp_policy=mp)
     fully_shard(model, mesh=mesh, mp_policy=mp)  # root: embedding = head, final norm
+    model.to_empty(device=device)
+    full = dict(source.named_parameters(remove_duplicate=False)) if source is not None else {}
+    full.update(dict(source.named_buffers()) if source is not None else {})
+    with torch.no_grad():
+        for name, p in [*model.named_parameters(), *model.named_buffers()]:
+            src = full[name].to(device) if rank == 0 else None
+            if isinstance(p, DTensor):
+                if src is None:
+                    src = torch.empty(p.shape, dtype=p.dtype, device=device)
+                p.to_local().copy_(distribute_tensor(src, mesh, p.placements, src_data_rank=0).to_local())
+            else:  # buffers (rotary frequencies: not in the checkpoint, computed by rank 0's model)
+                if src is None:
+                    src = torch.empty_like(p)
+                dist.broadcast(src, src=0)
+                p.copy_(src)
+    del full, source
     return model
 
 
