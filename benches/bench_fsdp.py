@@ -107,12 +107,11 @@ def main() -> None:
     import torch
     import torch.distributed as dist
     from simpo_q.train.loop import _dist, train
-    from simpo_q.train.plan import plan, render
     from simpo_q.train.recipe import Recipe
 
     a.max_prompt_length = a.max_prompt_length or a.max_length * 1800 // 2048
     rank, world = _dist()
-    shape = f"L{a.layers}-H{a.hidden}-I{a.intermediate}-A{a.heads}x{a.head_dim}-KV{a.kv_heads}-V{a.vocab}"
+    shape = shape_name(a)
     work = Path(a.work)
     model, data = work / f"gemma2-{shape}", work / f"pairs-{a.max_length}.jsonl"
     if rank == 0:
@@ -148,8 +147,21 @@ def main() -> None:
     mine = torch.tensor([peak, reserved], dtype=torch.float64)
     if world > 1:
         dist.all_reduce(mine, op=dist.ReduceOp.MAX)
-    if rank != 0:
-        return
+    if rank == 0:
+        report(a, r, run, mine, world, wall, cuda)
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def shape_name(a) -> str:
+    return f"L{a.layers}-H{a.hidden}-I{a.intermediate}-A{a.heads}x{a.head_dim}-KV{a.kv_heads}-V{a.vocab}"
+
+
+def report(a, r, run: Path, mine, world: int, wall: float, cuda: bool) -> None:
+    import torch
+    from simpo_q.train.plan import plan, render
+
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [x for x in rows if "step_seconds" in x][1:]
     tokens = sum(x["tokens"] for x in steps)
@@ -157,7 +169,7 @@ def main() -> None:
     p = plan(r, world, a.gpu_mem)
     device = torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores)"
     result = {
-        "device": device, "world": world, "shape": shape, "params": p["params"], "bf16": r.bf16,
+        "device": device, "world": world, "shape": shape_name(a), "params": p["params"], "bf16": r.bf16,
         "gradient_checkpointing": r.gradient_checkpointing, "max_length": r.max_length,
         "pairs_per_micro_batch": r.per_device_train_batch_size, "accum": r.gradient_accumulation_steps,
         "steps_timed": len(steps), "tokens_per_s": tokens / seconds, "step_seconds": seconds / len(steps),

@@ -272,3 +272,18 @@ def test_nan_negative_and_truncated_files(collected, tmp_path) -> None:
     (tmp_path / "t.gguf").write_bytes(raw[: len(raw) // 2])
     with pytest.raises(SimpoQError, match=r"t.gguf: truncated"):
         im.load(tmp_path / "t.gguf")
+
+
+def test_set_entry_takes_reduced_statistics_and_refuses_bad_ones(collected) -> None:
+    """set_entry is how the ranks' sums come back together: a copy built entry by entry is the
+    same matrix; sums that cannot be sums of squares are refused, naming the weight."""
+    m = Imatrix(collected.chunk_size)
+    for n in collected.names():
+        s, c = collected.entry(n)
+        m.set_entry(n, s, c)
+    assert m.names() == collected.names()
+    for n in m.names():
+        assert np.array_equal(m.importance(n), collected.importance(n))
+    for bad in (np.array([1.0, -1.0], np.float32), np.array([np.nan], np.float32), np.zeros(0, np.float32)):
+        with pytest.raises(SimpoQError, match="blk.0.attn_q.weight"):
+            m.set_entry("blk.0.attn_q.weight", bad, 4)

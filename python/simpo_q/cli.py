@@ -241,6 +241,24 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         print(f"simpo-q: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        _end_distributed()
+
+
+def _end_distributed() -> None:
+    """Under torchrun: wait for every rank, then close the process group. A rank that exits
+    while a peer still talks to it (rank 0 writing the final model or the GGUF) would
+    otherwise die in the communication library's threads ("terminate called without an
+    active exception")."""
+    if "torch" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -9,8 +9,6 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
     get_state_dict,
     set_state_dict,
 )
@@ -53,12 +51,6 @@ def iter_full_state_dict(model):
         full = t.full_tensor() if hasattr(t, "full_tensor") else t
         yield name.removeprefix("hf."), (full.detach().to("cpu", copy=True) if rank == 0 else None)
         del full
-
-
-def full_state_dict(model) -> dict[str, torch.Tensor]:
-    """The full (unsharded) weights on rank 0 ({} elsewhere), HF names, CPU."""
-    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return {k.removeprefix("hf."): v for k, v in sd.items()}
 
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",

@@ -42,6 +42,26 @@ fn data(rng: &mut Rng, kind: usize, n: usize) -> Vec<f32> {
                 } // outliers
                 7 => 0.0,
                 8 => (rng.next() % 255) as f32 - 127.0 + 0.5, // half ties
+                // ±0 mixed with values of one sign: the block's minimum (or maximum) is a zero
+                // whose sign depends on which zero a search meets first
+                10 | 11 => {
+                    let sign = if kind == 10 { 1.0 } else { -1.0 };
+                    match rng.next() % 3 {
+                        0 => 0.0,
+                        1 => -0.0,
+                        _ => sign * rng.uniform(),
+                    }
+                }
+                12 => [0.0, -0.0][(rng.next() % 2) as usize], // nothing but zeros of both signs
+                13 => {
+                    // NaN and infinities among ordinary values
+                    match rng.next() % 11 {
+                        0 => f32::NAN,
+                        1 => f32::INFINITY,
+                        2 => f32::NEG_INFINITY,
+                        _ => z,
+                    }
+                }
                 _ => z * 10f32.powi((i / 16 % 20) as i32 - 14), // mixed scales
             }
         })
@@ -85,7 +105,7 @@ fn fast_paths_equal_the_scalar_port() {
             &[32, 96, 352, 512, 1056]
         };
         for &n in lens {
-            for kind in 0..10 {
+            for kind in 0..14 {
                 let x = data(&mut rng, kind, n);
                 for wkind in 0..6 {
                     let w = (wkind < 5).then(|| weights(&mut rng, wkind, n));

@@ -39,7 +39,7 @@ fn signed_absmax(x: &[f32]) -> f32 {
 }
 
 #[inline]
-fn min_max(x: &[f32]) -> (f32, f32) {
+pub(crate) fn min_max(x: &[f32]) -> (f32, f32) {
     let mut min = f32::MAX;
     let mut max = -f32::MAX;
     for &v in x {

@@ -1,11 +1,13 @@
-//! The reference paths of the 32-value block types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) with 8
-//! blocks in 8 lanes. The per-block maximum searches keep ggml's order (first index wins);
-//! Q8_0's `roundf` is rebuilt from `trunc` so it vectorizes: x − trunc(x) is exact, so
-//! comparing it with 0.5 rounds halves away from zero exactly as roundf does.
+//! The reference paths of the 32-value block types: Q8_0, Q4_0 and Q5_0 with 8 blocks in 8
+//! lanes; Q4_1 and Q5_1 one block at a time (see `q_1_block`). The per-block maximum
+//! searches keep ggml's order (first index wins); Q8_0's `roundf` is rebuilt from `trunc` so
+//! it vectorizes: x − trunc(x) is exact, so comparing it with 0.5 rounds halves away from
+//! zero exactly as roundf does.
 
 use super::lanes::signed_absmax_lanes;
 use crate::fp16::ggml_compute_fp32_to_fp16 as fp32_to_fp16;
 use crate::quants::common::c_f32_to_i32;
+use crate::quants::legacy::min_max;
 use crate::quants::{quantize_row_reference, QuantType};
 
 const G: usize = 8;
@@ -31,6 +33,13 @@ fn put_f16(y: &mut [u8], at: usize, v: f32) {
 #[inline(always)]
 pub fn quantize_row_simple_ref_fast(qtype: QuantType, x: &[f32], y: &mut [u8]) {
     let bs = qtype.type_size();
+    if matches!(qtype, QuantType::Q4_1 | QuantType::Q5_1) {
+        let (qmax, five) = if qtype == QuantType::Q4_1 { (15.0, false) } else { (31.0, true) };
+        for (xb, yb) in x.chunks_exact(QK).zip(y.chunks_exact_mut(bs)) {
+            q_1_block(xb, yb, qmax, five);
+        }
+        return;
+    }
     let nb = x.len() / QK;
     let groups = nb / G;
     for g in 0..groups {
@@ -46,8 +55,6 @@ pub fn quantize_row_simple_ref_fast(qtype: QuantType, x: &[f32], y: &mut [u8]) {
             QuantType::Q8_0 => q8_0(&xt, yg),
             QuantType::Q4_0 => q_0(&xt, yg, -8.0, 8.5, 15, false),
             QuantType::Q5_0 => q_0(&xt, yg, -16.0, 16.5, 31, true),
-            QuantType::Q4_1 => q_1(&xt, yg, 15.0, false),
-            QuantType::Q5_1 => q_1(&xt, yg, 31.0, true),
             _ => unreachable!(),
         }
     }
@@ -103,43 +110,57 @@ fn q_0(xt: &[[f32; G]; QK], yg: &mut [u8], div: f32, bias: f32, qmax: i8, five: 
             q[i][j] = qmax.min(c_f32_to_i32(xt[i][j] * id[j] + bias) as i8) as u8;
         }
     }
-    pack(yg, &d, None, &q, five);
+    pack(yg, &d, &q, five);
 }
 
-/// Q4_1 / Q5_1: d = (max − min) / qmax, m = min; q = (x − min)·id + 0.5 truncated.
+/// Q4_1 / Q5_1, one block at a time: d = (max − min) / qmax, m = min, q = (x − min)·id + 0.5
+/// truncated. A block's 32 values are four 8-wide vectors as they lie, so no transposition:
+/// minimum and maximum are taken per lane, then across lanes. That order differs from ggml's
+/// left-to-right scan only in which of two equal values wins, which changes the bits only
+/// for ±0 (NaN never wins either way), so a zero result is taken again in ggml's order.
 #[inline(always)]
-fn q_1(xt: &[[f32; G]; QK], yg: &mut [u8], qmax: f32, five: bool) {
-    let mut min = [f32::MAX; G];
-    let mut max = [-f32::MAX; G];
-    for row in xt {
-        for j in 0..G {
-            min[j] = if row[j] < min[j] { row[j] } else { min[j] };
-            max[j] = if row[j] > max[j] { row[j] } else { max[j] };
+fn q_1_block(xb: &[f32], yb: &mut [u8], qmax: f32, five: bool) {
+    let mut mn = [f32::MAX; G];
+    let mut mx = [-f32::MAX; G];
+    for c in xb.chunks_exact(G) {
+        for l in 0..G {
+            mn[l] = if c[l] < mn[l] { c[l] } else { mn[l] };
+            mx[l] = if c[l] > mx[l] { c[l] } else { mx[l] };
         }
     }
-    let mut d = [0f32; G];
-    let mut id = [0f32; G];
-    for j in 0..G {
-        d[j] = (max[j] - min[j]) / qmax;
-        id[j] = if d[j] != 0.0 { 1.0 / d[j] } else { 0.0 };
+    let (mut min, mut max) = (f32::MAX, -f32::MAX);
+    for l in 0..G {
+        min = if mn[l] < min { mn[l] } else { min };
+        max = if mx[l] > max { mx[l] } else { max };
     }
-    let mut q = [[0u8; G]; QK];
-    for i in 0..QK {
-        for j in 0..G {
-            let v = c_f32_to_i32((xt[i][j] - min[j]) * id[j] + 0.5);
-            q[i][j] = if five {
-                v as u8
-            } else {
-                15i8.min(v as i8) as u8
-            };
+    if min == 0.0 || max == 0.0 {
+        (min, max) = min_max(xb);
+    }
+    let d = (max - min) / qmax;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut q = [0u8; QK];
+    for (qi, &v) in q.iter_mut().zip(xb) {
+        let l = c_f32_to_i32((v - min) * id + 0.5);
+        *qi = if five { l as u8 } else { 15i8.min(l as i8) as u8 };
+    }
+    put_f16(yb, 0, d);
+    put_f16(yb, 2, min);
+    let qs = if five { 8 } else { 4 };
+    for i in 0..QK / 2 {
+        yb[qs + i] = (q[i] & 0x0F) | ((q[i + QK / 2] & 0x0F) << 4);
+    }
+    if five {
+        let mut qh = 0u32;
+        for i in 0..QK {
+            qh |= (((q[i] & 0x10) >> 4) as u32) << i;
         }
+        yb[4..8].copy_from_slice(&qh.to_le_bytes());
     }
-    pack(yg, &d, Some(&min), &q, five);
 }
 
 #[inline(always)]
-fn pack(yg: &mut [u8], d: &[f32; G], m: Option<&[f32; G]>, q: &[[u8; G]; QK], five: bool) {
-    let head = if m.is_some() { 4 } else { 2 };
+fn pack(yg: &mut [u8], d: &[f32; G], q: &[[u8; G]; QK], five: bool) {
+    let head = 2;
     let qs = head + if five { 4 } else { 0 };
     let bs = qs + QK / 2;
     // Nibbles and high bits combined across the 8 lanes first (vectorizes), then each
@@ -157,9 +178,6 @@ fn pack(yg: &mut [u8], d: &[f32; G], m: Option<&[f32; G]>, q: &[[u8; G]; QK], fi
     for j in 0..G {
         let yb = &mut yg[bs * j..bs * (j + 1)];
         put_f16(yb, 0, d[j]);
-        if let Some(m) = m {
-            put_f16(yb, 2, m[j]);
-        }
         for i in 0..QK / 2 {
             yb[qs + i] = nib[i][j];
         }
