@@ -53,15 +53,6 @@ fn data(rng: &mut Rng, kind: usize, n: usize) -> Vec<f32> {
                     }
                 }
                 12 => [0.0, -0.0][(rng.next() % 2) as usize], // nothing but zeros of both signs
-                13 => {
-                    // NaN and infinities among ordinary values
-                    match rng.next() % 11 {
-                        0 => f32::NAN,
-                        1 => f32::INFINITY,
-                        2 => f32::NEG_INFINITY,
-                        _ => z,
-                    }
-                }
                 _ => z * 10f32.powi((i / 16 % 20) as i32 - 14), // mixed scales
             }
         })
@@ -105,7 +96,8 @@ fn fast_paths_equal_the_scalar_port() {
             &[32, 96, 352, 512, 1056]
         };
         for &n in lens {
-            for kind in 0..14 {
+            // non-finite data never gets here: quantize() refuses it first
+            for kind in 0..13 {
                 let x = data(&mut rng, kind, n);
                 for wkind in 0..6 {
                     let w = (wkind < 5).then(|| weights(&mut rng, wkind, n));

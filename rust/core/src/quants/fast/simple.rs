@@ -34,9 +34,26 @@ fn put_f16(y: &mut [u8], at: usize, v: f32) {
 pub fn quantize_row_simple_ref_fast(qtype: QuantType, x: &[f32], y: &mut [u8]) {
     let bs = qtype.type_size();
     if matches!(qtype, QuantType::Q4_1 | QuantType::Q5_1) {
-        let (qmax, five) = if qtype == QuantType::Q4_1 { (15.0, false) } else { (31.0, true) };
-        for (xb, yb) in x.chunks_exact(QK).zip(y.chunks_exact_mut(bs)) {
-            q_1_block(xb, yb, qmax, five);
+        let (qmax, five) = if qtype == QuantType::Q4_1 {
+            (15.0, false)
+        } else {
+            (31.0, true)
+        };
+        let mut xs = x.chunks_exact(QK * G);
+        let mut ys = y.chunks_exact_mut(bs * G);
+        for (xg, yg) in (&mut xs).zip(&mut ys) {
+            let (min, max) = q_1_min_max(xg);
+            for (j, (xb, yb)) in xg.chunks_exact(QK).zip(yg.chunks_exact_mut(bs)).enumerate() {
+                q_1_block(xb, yb, min[j], max[j], qmax, five);
+            }
+        }
+        for (xb, yb) in xs
+            .remainder()
+            .chunks_exact(QK)
+            .zip(ys.into_remainder().chunks_exact_mut(bs))
+        {
+            let (min, max) = min_max(xb);
+            q_1_block(xb, yb, min, max, qmax, five);
         }
         return;
     }
@@ -113,46 +130,62 @@ fn q_0(xt: &[[f32; G]; QK], yg: &mut [u8], div: f32, bias: f32, qmax: i8, five: 
     pack(yg, &d, &q, five);
 }
 
-/// Q4_1 / Q5_1, one block at a time: d = (max − min) / qmax, m = min, q = (x − min)·id + 0.5
-/// truncated. A block's 32 values are four 8-wide vectors as they lie, so no transposition:
-/// minimum and maximum are taken per lane, then across lanes. That order differs from ggml's
-/// left-to-right scan only in which of two equal values wins, which changes the bits only
-/// for ±0 (NaN never wins either way), so a zero result is taken again in ggml's order.
+/// Minimum and maximum of 8 consecutive blocks, without transposing them: each block's 32
+/// values are four 8-wide vectors as they lie, reduced per lane, and the lanes are then
+/// reduced for all 8 blocks side by side. That order differs from ggml's left-to-right scan
+/// only in which of two equal values wins, which changes the bits only for ±0, so a zero
+/// result is taken again in ggml's order.
 #[inline(always)]
-fn q_1_block(xb: &[f32], yb: &mut [u8], qmax: f32, five: bool) {
-    let mut mn = [f32::MAX; G];
-    let mut mx = [-f32::MAX; G];
-    for c in xb.chunks_exact(G) {
-        for l in 0..G {
-            mn[l] = if c[l] < mn[l] { c[l] } else { mn[l] };
-            mx[l] = if c[l] > mx[l] { c[l] } else { mx[l] };
+fn q_1_min_max(xg: &[f32]) -> ([f32; G], [f32; G]) {
+    let mut mn = [[f32::MAX; G]; G];
+    let mut mx = [[-f32::MAX; G]; G];
+    for (b, xb) in xg.chunks_exact(QK).enumerate() {
+        for c in xb.chunks_exact(G) {
+            for l in 0..G {
+                mn[b][l] = if c[l] < mn[b][l] { c[l] } else { mn[b][l] };
+                mx[b][l] = if c[l] > mx[b][l] { c[l] } else { mx[b][l] };
+            }
         }
     }
-    let (mut min, mut max) = (f32::MAX, -f32::MAX);
+    let mut min = [f32::MAX; G];
+    let mut max = [-f32::MAX; G];
     for l in 0..G {
-        min = if mn[l] < min { mn[l] } else { min };
-        max = if mx[l] > max { mx[l] } else { max };
+        for b in 0..G {
+            min[b] = if mn[b][l] < min[b] { mn[b][l] } else { min[b] };
+            max[b] = if mx[b][l] > max[b] { mx[b][l] } else { max[b] };
+        }
     }
-    if min == 0.0 || max == 0.0 {
-        (min, max) = min_max(xb);
+    for (b, xb) in xg.chunks_exact(QK).enumerate() {
+        if min[b] == 0.0 || max[b] == 0.0 {
+            (min[b], max[b]) = min_max(xb);
+        }
     }
+    (min, max)
+}
+
+/// Q4_1 / Q5_1, one block: d = (max − min) / qmax, m = min, q = (x − min)·id + 0.5 truncated.
+#[inline(always)]
+fn q_1_block(xb: &[f32], yb: &mut [u8], min: f32, max: f32, qmax: f32, five: bool) {
     let d = (max - min) / qmax;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    let mut q = [0u8; QK];
+    // Levels kept in i32 lanes: ggml's (int8_t) cast then MIN(15, ·) is a sign extension of
+    // the low byte and a signed minimum, both vector instructions at this width; only the
+    // low five bits are ever stored.
+    let mut q = [0i32; QK];
     for (qi, &v) in q.iter_mut().zip(xb) {
         let l = c_f32_to_i32((v - min) * id + 0.5);
-        *qi = if five { l as u8 } else { 15i8.min(l as i8) as u8 };
+        *qi = if five { l } else { ((l << 24) >> 24).min(15) };
     }
     put_f16(yb, 0, d);
     put_f16(yb, 2, min);
     let qs = if five { 8 } else { 4 };
     for i in 0..QK / 2 {
-        yb[qs + i] = (q[i] & 0x0F) | ((q[i + QK / 2] & 0x0F) << 4);
+        yb[qs + i] = ((q[i] & 0x0F) | ((q[i + QK / 2] & 0x0F) << 4)) as u8;
     }
     if five {
         let mut qh = 0u32;
-        for i in 0..QK {
-            qh |= (((q[i] & 0x10) >> 4) as u32) << i;
+        for (i, &l) in q.iter().enumerate() {
+            qh |= (((l & 0x10) >> 4) as u32) << i;
         }
         yb[4..8].copy_from_slice(&qh.to_le_bytes());
     }
