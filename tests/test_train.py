@@ -432,3 +432,35 @@ def test_trainer_model_really_checkpoints(model_dir: Path) -> None:
     for ckpt in (False, True):
         counted = saved_bytes(*shape, ckpt, c["num_hidden_layers"])
         assert counted <= kept[ckpt] <= counted + seqs * t * c["hidden_size"] * 4, (ckpt, counted, kept[ckpt])
+
+
+def test_pipeline_failure_on_rank_0_ends_every_rank(model_dir: Path, tmp_path: Path) -> None:
+    """Rank 0's quantizer refuses an importance matrix of another model while the other rank
+    waits to serve weights: the run ends (non-zero, the reason printed), nobody hangs, and no
+    GGUF is left behind."""
+    from simpo_q._native import Imatrix
+
+    other = Imatrix(128)
+    other.set_entry("blk.0.attn_q.weight", np.ones(7, np.float32), 128)
+    other.save(str(tmp_path / "other.imatrix.gguf"), "gguf")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29539",
+                        "-m", "simpo_q", "--quiet", "pipeline", str(REPO / "recipes" / "tiny.yaml"),
+                        str(tmp_path / "m.gguf"), "--imatrix", str(tmp_path / "other.imatrix.gguf"),
+                        *_recipe(model_dir, tmp_path / "run", "--set", "max_steps=1",
+                                 "--set", "per_device_train_batch_size=2")],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode != 0
+    assert "7 columns, the tensor has 256" in p.stderr
+    assert not (tmp_path / "m.gguf").exists()
+    assert not [f for f in tmp_path.iterdir() if f.name.startswith("m.gguf")]
+
+
+def test_pipeline_checks_the_file_type_before_training(model_dir: Path, tmp_path: Path) -> None:
+    from simpo_q._native import SimpoQError
+    from simpo_q.pipeline import run_pipeline
+
+    r = load_recipe(REPO / "recipes" / "tiny.yaml", [f"model={model_dir}", f"output_dir={tmp_path / 'run'}"])
+    with pytest.raises(SimpoQError, match="unknown file type 'Q9_K'"):
+        run_pipeline(r, tmp_path / "m.gguf", ftype="Q9_K", quiet=True)
+    assert not (tmp_path / "run").exists()

@@ -237,19 +237,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
+        rc = int(args.func(args))
     except (ValueError, OSError) as e:
+        # no barrier on failure: this rank exits non-zero and torchrun stops the others
         print(f"simpo-q: error: {e}", file=sys.stderr)
         return 2
-    finally:
-        _end_distributed()
+    _end_distributed()
+    return rc
 
 
 def _end_distributed() -> None:
-    """Under torchrun: wait for every rank, then close the process group. A rank that exits
-    while a peer still talks to it (rank 0 writing the final model or the GGUF) would
-    otherwise die in the communication library's threads ("terminate called without an
-    active exception")."""
+    """Under torchrun, after a command succeeded: wait for every rank, then close the process
+    group. A rank that exits while a peer still talks to it (rank 0 writing the final model
+    or the GGUF) would otherwise die in the communication library's threads ("terminate
+    called without an active exception")."""
     if "torch" not in sys.modules:
         return
     import torch.distributed as dist

@@ -15,10 +15,13 @@ from pathlib import Path
 from simpo_q._native import SimpoQError
 
 
-def _check_imatrix_arg(imatrix) -> None:
-    """Before hours of training: the --imatrix argument must be readable."""
+def _check_args(ftype: str, imatrix) -> None:
+    """Before hours of training: the file type must exist and --imatrix must be readable."""
     from simpo_q import imatrix as im
+    from simpo_q.policy import FILE_TYPES
 
+    if ftype.upper() not in FILE_TYPES:
+        raise SimpoQError(f"--type: unknown file type {ftype!r}; supported: {', '.join(FILE_TYPES)}")
     if imatrix is None or not isinstance(imatrix, (str, os.PathLike)):
         return
     p = Path(imatrix)
@@ -39,7 +42,7 @@ def run_pipeline(recipe, out: str | os.PathLike, *, ftype: str = "Q3_K_S", imatr
     from simpo_q.train.loop import train
     from simpo_q.train.weights import ModelWeights, serve_weights
 
-    _check_imatrix_arg(imatrix)
+    _check_args(ftype, imatrix)
     out = Path(out)
     run_dir, model = train(recipe, quiet=quiet, keep_model=True)
     final = Path(run_dir) / "final"
