@@ -109,6 +109,8 @@ def main() -> None:
     from simpo_q.train.loop import _dist, train
     from simpo_q.train.recipe import Recipe
 
+    if a.steps < 2:
+        ap.error("--steps must be at least 2 (the first step is not timed)")
     a.max_prompt_length = a.max_prompt_length or a.max_length * 1800 // 2048
     rank, world = _dist()
     shape = shape_name(a)

@@ -464,3 +464,17 @@ def test_pipeline_checks_the_file_type_before_training(model_dir: Path, tmp_path
     with pytest.raises(SimpoQError, match="unknown file type 'Q9_K'"):
         run_pipeline(r, tmp_path / "m.gguf", ftype="Q9_K", quiet=True)
     assert not (tmp_path / "run").exists()
+
+
+def test_computed_buffers_equal_the_loaded_models(model_dir: Path) -> None:
+    """Under FSDP2 the ranks build the model on the meta device; its buffers (rotary
+    frequencies, embedding scale: not in the checkpoint) are recomputed, and must be exactly
+    what from_pretrained gives."""
+    from simpo_q.train.loop import _load_hf, computed_buffers
+
+    r = load_recipe(REPO / "recipes" / "tiny.yaml", [f"model={model_dir}"])
+    real = dict(_load_hf(r, meta=False).named_buffers())
+    got = computed_buffers(_load_hf(r, meta=True))
+    assert got.keys() == real.keys() and len(got) >= 3
+    for k in real:
+        assert torch.equal(got[k], real[k]), k

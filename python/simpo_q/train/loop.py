@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from simpo_q._native import SimpoQError
 from simpo_q.train.data import collate, epoch_batches, read_rows, tokenize_pairs
 from simpo_q.train.loss import average_logps, simpo_loss, token_logps
 from simpo_q.train.recipe import Recipe
@@ -74,19 +75,50 @@ def _load_hf(r: Recipe, meta: bool):
     return hf
 
 
+def computed_buffers(hf) -> dict[str, torch.Tensor]:
+    """The values of a meta skeleton's buffers (Gemma-2: the rotary frequencies and the
+    embedding scale, computed at construction and absent from checkpoints), on CPU: each
+    owning module is copied with its buffers made real and its parameters left on the meta
+    device, and Hugging Face's own initializer fills them (on meta parameters it does
+    nothing)."""
+    import copy
+
+    out = {}
+    for mname, m in hf.named_modules():
+        own = dict(m.named_buffers(recurse=False))
+        if not own:
+            continue
+        c = copy.deepcopy(m)
+        for bname, b in own.items():
+            c._buffers[bname] = torch.empty(b.shape, dtype=b.dtype, device="cpu")
+        hf._init_weights(c)
+        for bname in own:
+            out[f"{mname}.{bname}" if mname else bname] = c._buffers[bname]
+    return out
+
+
 def build_model(r: Recipe, device, world: int):
-    """One process: the model on `device`. Under FSDP2: only rank 0 reads the checkpoint; the
-    other ranks build a meta skeleton, and every tensor reaches its shards from rank 0 one at a
-    time, so the host holds one unsharded model, not one per rank."""
+    """One process: the model on `device`. Under FSDP2 every rank builds a meta skeleton and
+    shards it, and each tensor reaches its shards from rank 0, which reads the checkpoint one
+    tensor at a time (widened exactly to fp32): no rank, host or GPU, ever holds the whole
+    unsharded model. Buffers (computed, not stored) are rebuilt on every rank."""
     if world == 1:
         return SimPOModel(_load_hf(r, meta=False)).to(device)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     from torch.distributed.tensor import DTensor, distribute_tensor
 
+    from simpo_q.sources import HFDirectory
+
     rank = dist.get_rank()
-    source = SimPOModel(_load_hf(r, meta=False)) if rank == 0 else None
     model = SimPOModel(_load_hf(r, meta=True))
+    buffers = computed_buffers(model.hf)
+    src = HFDirectory(r.model) if rank == 0 else None
+    if src is not None:
+        stored = set(src.names())
+        missing = [n for n, _ in model.named_parameters() if n.removeprefix("hf.") not in stored]
+        if missing:
+            raise SimpoQError(f"{r.model}: no tensor {missing[0].removeprefix('hf.')!r} in the checkpoint")
     mesh = init_device_mesh(device.type, (world,))
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if r.bf16 else torch.float32,
                               reduce_dtype=torch.float32)
@@ -94,21 +126,17 @@ def build_model(r: Recipe, device, world: int):
         fully_shard(layer, mesh=mesh, mp_policy=mp)
     fully_shard(model, mesh=mesh, mp_policy=mp)  # root: embedding = head, final norm
     model.to_empty(device=device)
-    full = dict(source.named_parameters(remove_duplicate=False)) if source is not None else {}
-    full.update(dict(source.named_buffers()) if source is not None else {})
     with torch.no_grad():
-        for name, p in [*model.named_parameters(), *model.named_buffers()]:
-            src = full[name].to(device) if rank == 0 else None
-            if isinstance(p, DTensor):
-                if src is None:
-                    src = torch.empty(p.shape, dtype=p.dtype, device=device)
-                p.to_local().copy_(distribute_tensor(src, mesh, p.placements, src_data_rank=0).to_local())
-            else:  # buffers (rotary frequencies: not in the checkpoint, computed by rank 0's model)
-                if src is None:
-                    src = torch.empty_like(p)
-                dist.broadcast(src, src=0)
-                p.copy_(src)
-    del full, source
+        for name, p in model.named_parameters():
+            if src is None:
+                t = torch.empty(p.shape, dtype=p.dtype, device=device)
+            else:
+                t = torch.from_numpy(src.load(name.removeprefix("hf."))).to(device)
+            assert isinstance(p, DTensor)
+            p.to_local().copy_(distribute_tensor(t, mesh, p.placements, src_data_rank=0).to_local())
+            del t
+        for name, b in model.named_buffers():
+            b.copy_(buffers[name.removeprefix("hf.")].to(device=device, dtype=b.dtype))
     return model
 
 
