@@ -42,8 +42,9 @@ def vm(key: str) -> int:
 
 
 def build_model(out: Path, a) -> None:
+    from simpo_q.safetensors_out import write_weights
     from simpo_q.tiny import TinyConfig, cached_tiny_model
-    from simpo_q.tiny.builder import f32_to_bf16_bytes, hf_config, init_tensor, tensor_specs, write_weights
+    from simpo_q.tiny.builder import f32_to_bf16_bytes, hf_config, init_tensor, tensor_specs
 
     if (out / ".complete").exists():
         return

@@ -220,6 +220,10 @@ def test_recipe_errors(tmp_path: Path) -> None:
     (tmp_path / "r.yaml").write_text("beta: 2\n")
     with pytest.raises(SimpoQError, match=r"--set beta: cannot use 'x'|beta: cannot use 'x'"):
         load_recipe(tmp_path / "r.yaml", ["beta=x"])
+    with pytest.raises(SimpoQError, match=r"r.yaml: save_dtype: 'bf16' is not one of bfloat16"):
+        load_recipe(tmp_path / "r.yaml", ["save_dtype=bf16"])
+    with pytest.raises(SimpoQError, match=r"r.yaml: loss_type: 'ipo' is not one of sigmoid, hinge"):
+        load_recipe(tmp_path / "r.yaml", ["loss_type=ipo"])
     shutil.rmtree(tmp_path)
 
 
@@ -365,6 +369,7 @@ def test_pipeline_checks_the_imatrix_argument_before_training(model_dir: Path, t
 def test_final_directory_is_never_partial(model_dir: Path, tmp_path: Path) -> None:
     """A save that fails half way (here: after the weights, before the tokenizer) leaves no
     `final` directory and no temporary one; a later save replaces an earlier one whole."""
+    import simpo_q.train.checkpoint as ck
     from simpo_q.train.checkpoint import save_final
     from simpo_q.train.loop import SimPOModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -373,17 +378,19 @@ def test_final_directory_is_never_partial(model_dir: Path, tmp_path: Path) -> No
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = SimPOModel(hf)
     out = tmp_path / "final"
-    real = hf.save_pretrained
+    real = ck._write_tokenizer
 
-    def dies_after_weights(path, **kw):
-        real(path, **kw)
+    def dies_after_weights(tok, source, path):
+        assert (path / "model.safetensors").exists()
         raise OSError("disk full")
 
-    hf.save_pretrained = dies_after_weights
-    with pytest.raises(OSError, match="disk full"):
-        save_final(model, tok, out, 0, "float32", str(model_dir))
+    ck._write_tokenizer = dies_after_weights
+    try:
+        with pytest.raises(OSError, match="disk full"):
+            save_final(model, tok, out, 0, "float32", str(model_dir))
+    finally:
+        ck._write_tokenizer = real
     assert list(tmp_path.iterdir()) == []
-    hf.save_pretrained = real
     save_final(model, tok, out, 0, "float32", str(model_dir))
     (out / "stale-file").write_text("from an earlier save")
     save_final(model, tok, out, 0, "float32", str(model_dir))
@@ -478,3 +485,37 @@ def test_computed_buffers_equal_the_loaded_models(model_dir: Path) -> None:
     assert got.keys() == real.keys() and len(got) >= 3
     for k in real:
         assert torch.equal(got[k], real[k]), k
+
+
+def test_final_directory_streams_in_shards_that_hf_loads(model_dir: Path, tmp_path: Path) -> None:
+    """The streamed final model, split into several files with Hugging Face's index, loads
+    with from_pretrained as the weights in memory rounded to bf16, and says bf16 in its
+    config; the tied head is not stored."""
+    import json as _json
+
+    import simpo_q.train.checkpoint as ck
+    from simpo_q.train.checkpoint import save_final
+    from simpo_q.train.loop import SimPOModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager")
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 1e-2)  # something other than the source's bf16 values
+    old = ck.SHARD_BYTES
+    ck.SHARD_BYTES = 1_000_000
+    try:
+        save_final(SimPOModel(hf), AutoTokenizer.from_pretrained(model_dir), tmp_path / "final", 0, "bfloat16",
+                   str(model_dir))
+    finally:
+        ck.SHARD_BYTES = old
+    out = tmp_path / "final"
+    index = _json.loads((out / "model.safetensors.index.json").read_text())
+    files = sorted(set(index["weight_map"].values()))
+    assert len(files) > 1 and all((out / f).exists() for f in files)
+    assert "lm_head.weight" not in index["weight_map"]
+    assert _json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    back = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    got = dict(back.named_parameters())
+    for n, p in hf.named_parameters():
+        assert torch.equal(got[n], p.detach().to(torch.bfloat16).float()), n

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
@@ -57,45 +58,83 @@ TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
                    "added_tokens.json", "chat_template.jinja", "generation_config.json")
 
 
-def save_final(model, tok, out: Path, rank: int, dtype: str = "bfloat16", source: str | None = None) -> None:
-    """The trained model as a Hugging Face directory; the tokenizer files are copied from the
-    source model as they are (save_pretrained would drop tokenizer.model and the typed
-    added tokens that llama.cpp's conversion relies on). Written under `OUT.partial` and
-    renamed at the end, so a killed save never leaves a directory that looks finished."""
+SHARD_BYTES = 5_000_000_000  # per safetensors file, as Hugging Face's default shards
+_SAFETENSORS_DTYPE = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    t = t.contiguous()
+    if t.dtype in (torch.bfloat16, torch.float16):
+        t = t.view(torch.int16)  # numpy has no bfloat16; the bytes are what matter
+    return t.numpy().tobytes()
+
+
+def _write_tokenizer(tok, source: str | None, out: Path) -> None:
+    """The tokenizer files copied from the source model as they are (save_pretrained would
+    drop tokenizer.model and the typed added tokens that llama.cpp's conversion relies on)."""
     import shutil
 
-    sd = {}
-    for k, v in iter_full_state_dict(model):  # every rank takes part in each gather
-        if v is not None:
-            sd[k] = v.to(getattr(torch, dtype))
-    if rank == 0:
-        hf = model.hf if hasattr(model, "hf") else model
-        sd.pop("lm_head.weight", None)  # tied to the embedding
-        tmp = out.with_name(out.name + ".partial")
-        if tmp.exists():  # left by an earlier killed save
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        try:
-            hf.config.use_cache = True
-            hf.save_pretrained(str(tmp), state_dict=sd, safe_serialization=True)
-            src = Path(source) if source else None
-            if src is not None and (src / "tokenizer_config.json").exists():
-                for name in TOKENIZER_FILES:
-                    if (src / name).exists():
-                        shutil.copy2(src / name, tmp / name)
-            else:
-                tok.save_pretrained(str(tmp))
-            if out.exists():
-                old = out.with_name(out.name + ".old")
-                if old.exists():
-                    shutil.rmtree(old)
-                out.rename(old)
-                tmp.rename(out)
+    src = Path(source) if source else None
+    if src is not None and (src / "tokenizer_config.json").exists():
+        for name in TOKENIZER_FILES:
+            if (src / name).exists():
+                shutil.copy2(src / name, out / name)
+    else:
+        tok.save_pretrained(str(out))
+
+
+def save_final(model, tok, out: Path, rank: int, dtype: str = "bfloat16", source: str | None = None) -> None:
+    """The trained model as a Hugging Face directory, streamed: each weight is gathered (every
+    rank takes part), converted to `dtype` and written to the safetensors file(s) before the
+    next, so rank 0 never holds the whole model. Written under `OUT.partial` and renamed at
+    the end, so a killed save never leaves a directory that looks finished."""
+    import copy
+    import shutil
+
+    from simpo_q.safetensors_out import write_weights
+
+    if dtype not in _SAFETENSORS_DTYPE:
+        raise ValueError(f"save_dtype: {dtype!r} is not one of {', '.join(_SAFETENSORS_DTYPE)}")
+    td = getattr(torch, dtype)
+    names = [k.removeprefix("hf.") for k in model.state_dict()]
+    gathered = iter_full_state_dict(model)  # one all-gather per tensor, in this order, on every rank
+    if rank != 0:
+        for _ in gathered:
+            pass
+        dist.barrier()
+        return
+    sd = model.state_dict()
+    specs = [(n, tuple(sd[k].shape), "") for n, k in zip(names, sd, strict=True) if n != "lm_head.weight"]
+    total = sum(int(np.prod(sh)) for _, sh, _ in specs) * td.itemsize
+    shards = max(1, -(-total // SHARD_BYTES))
+    hf = model.hf if hasattr(model, "hf") else model
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():  # left by an earlier killed save
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        tensors = ((n, _tensor_bytes(t.to(td))) for n, t in gathered if n != "lm_head.weight")
+        write_weights(tmp, specs, tensors, shards, _SAFETENSORS_DTYPE[dtype])
+        for _ in gathered:  # the tied head, if it comes last: the other ranks gather it too
+            pass
+        cfg = copy.deepcopy(hf.config)
+        cfg.use_cache = True
+        cfg.dtype = td
+        cfg.save_pretrained(str(tmp))
+        if getattr(hf, "generation_config", None) is not None:
+            hf.generation_config.save_pretrained(str(tmp))
+        _write_tokenizer(tok, source, tmp)
+        if out.exists():
+            old = out.with_name(out.name + ".old")
+            if old.exists():
                 shutil.rmtree(old)
-            else:
-                tmp.rename(out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if dist.is_initialized():
         dist.barrier()

@@ -87,6 +87,10 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> Recipe:
             raise SimpoQError(f"--set {k}: unknown recipe key")
         values[k] = _coerce(fields[k], v, "--set")
     r = Recipe(**values)
+    # checked now, not after hours of training
+    for key, allowed in (("loss_type", ("sigmoid", "hinge")), ("save_dtype", ("bfloat16", "float16", "float32"))):
+        if getattr(r, key) not in allowed:
+            raise SimpoQError(f"{p}: {key}: {getattr(r, key)!r} is not one of {', '.join(allowed)}")
     base = p.parent
     for k in ("model", "data", "eval_data"):
         v = getattr(r, k)
