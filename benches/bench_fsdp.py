@@ -7,8 +7,9 @@ model's tokenizer, whose ids all fit the vocabulary) and so is the data: every p
 enough to be truncated to exactly `--max-length` tokens, so the measured tokens are the
 plan's padded upper bound.
 
-    # a GPU machine: bf16 compute, eager attention, gradient checkpointing, as the 9B recipe
-    torchrun --nproc_per_node=1 benches/bench_fsdp.py --layers 2
+    # one GPU: FSDP2 on one rank, bf16 compute, eager attention, gradient checkpointing, as
+    # the 9B recipe (without --fsdp-always one rank trains without FSDP, under autocast)
+    torchrun --nproc_per_node=1 benches/bench_fsdp.py --layers 2 --fsdp-always
     # this CPU machine (gloo), scaled down, fp32:
     .venv/bin/python -m torch.distributed.run --nproc_per_node=2 benches/bench_fsdp.py \\
         --hidden 1024 --intermediate 4096 --heads 8 --kv-heads 4 --head-dim 128 --vocab 32000 \\
@@ -99,6 +100,7 @@ def main() -> None:
     ap.add_argument("--chunk-tokens", type=int, default=1024)
     ap.add_argument("--no-bf16", action="store_true")
     ap.add_argument("--no-checkpointing", action="store_true")
+    ap.add_argument("--fsdp-always", action="store_true", help="FSDP2 even with one rank (one GPU)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--gpu-mem", type=float, default=80.0)
     ap.add_argument("--work", default=str(REPO / ".cache" / "bench-fsdp"))
@@ -113,7 +115,7 @@ def main() -> None:
     if a.steps < 2:
         ap.error("--steps must be at least 2 (the first step is not timed)")
     a.max_prompt_length = a.max_prompt_length or a.max_length * 1800 // 2048
-    rank, world = _dist()
+    rank, world = _dist(force=a.fsdp_always)
     shape = shape_name(a)
     work = Path(a.work)
     model, data = work / f"gemma2-{shape}", work / f"pairs-{a.max_length}.jsonl"
@@ -133,7 +135,7 @@ def main() -> None:
                learning_rate=8e-7, warmup_ratio=0.1, max_steps=a.steps + 1, stop_after_steps=a.steps,
                per_device_train_batch_size=a.batch, gradient_accumulation_steps=a.accum,
                bf16=not a.no_bf16, gradient_checkpointing=not a.no_checkpointing,
-               chunk_tokens=a.chunk_tokens, threads=a.threads)
+               chunk_tokens=a.chunk_tokens, threads=a.threads, fsdp="always" if a.fsdp_always else "auto")
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -148,11 +150,11 @@ def main() -> None:
         peak = vm("VmHWM") - base
         reserved = peak
     mine = torch.tensor([peak, reserved], dtype=torch.float64)
-    if world > 1:
+    if dist.is_initialized():
         dist.all_reduce(mine, op=dist.ReduceOp.MAX)
     if rank == 0:
         report(a, r, run, mine, world, wall, cuda)
-    if world > 1:
+    if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
 
@@ -173,7 +175,7 @@ def report(a, r, run: Path, mine, world: int, wall: float, cuda: bool) -> None:
     device = torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores)"
     result = {
         "device": device, "world": world, "shape": shape_name(a), "params": p["params"], "bf16": r.bf16,
-        "gradient_checkpointing": r.gradient_checkpointing, "max_length": r.max_length,
+        "gradient_checkpointing": r.gradient_checkpointing, "fsdp": r.fsdp, "max_length": r.max_length,
         "pairs_per_micro_batch": r.per_device_train_batch_size, "accum": r.gradient_accumulation_steps,
         "steps_timed": len(steps), "tokens_per_s": tokens / seconds, "step_seconds": seconds / len(steps),
         "tokens_per_step": tokens / len(steps), "plan_tokens_per_step": p["tokens_per_step"],

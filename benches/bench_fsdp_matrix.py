@@ -1,6 +1,7 @@
 """`simpo-q plan` against measured runs on this CPU machine: bench_fsdp.py under torchrun for a
-few scaled-down Gemma-2 shapes (one process and two FSDP2 ranks on gloo, fp32 and bf16, with
-and without gradient checkpointing), printed as a Markdown table for BENCHMARKS.md.
+few scaled-down Gemma-2 shapes (one process, with and without FSDP2, and two FSDP2 ranks on
+gloo, fp32 and bf16, with and without gradient checkpointing), printed as a Markdown table
+for BENCHMARKS.md.
 
     .venv/bin/python benches/bench_fsdp_matrix.py
 
@@ -29,14 +30,15 @@ RUNS = [
     (1, [*W1024, "--max-length", "512", "--batch", "2", "--no-bf16"]),
     (2, [*W768, "--max-length", "512", "--batch", "2", "--no-bf16"]),
     (2, [*W1024, "--max-length", "512", "--batch", "2"]),
+    (1, [*W1024, "--max-length", "512", "--batch", "2", "--fsdp-always"]),
 ]
 
 
 def main() -> None:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1")
-    print("| ranks | shape | tokens/seq x seqs | dtype | checkpointing | measured peak (GiB) | plan (GiB) "
+    print("| ranks | FSDP2 | shape | tokens/seq x seqs | dtype | checkpointing | measured peak (GiB) | plan (GiB) "
           "| plan error | tokens/s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for k, (ranks, args) in enumerate(RUNS):
             out = Path(tmp) / f"{k}.json"
@@ -47,7 +49,8 @@ def main() -> None:
             if p.returncode != 0:
                 raise SystemExit(f"{' '.join(cmd)} failed:\n{p.stderr[-20000:]}")
             r = json.loads(out.read_text())
-            print(f"| {ranks} | {r['shape']} | {r['max_length']} x {2 * r['pairs_per_micro_batch']} | "
+            fsdp = "yes" if ranks > 1 or r["fsdp"] == "always" else "no"
+            print(f"| {ranks} | {fsdp} | {r['shape']} | {r['max_length']} x {2 * r['pairs_per_micro_batch']} | "
                   f"{'bf16' if r['bf16'] else 'fp32'} | {'yes' if r['gradient_checkpointing'] else 'no'} | "
                   f"{r['peak_gib']:.3f} | {r['plan_gib']:.3f} | {r['plan_memory_error']:+.1%} | "
                   f"{r['tokens_per_s']:.0f} |", flush=True)

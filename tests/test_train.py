@@ -519,3 +519,18 @@ def test_final_directory_streams_in_shards_that_hf_loads(model_dir: Path, tmp_pa
     got = dict(back.named_parameters())
     for n, p in hf.named_parameters():
         assert torch.equal(got[n], p.detach().to(torch.bfloat16).float()), n
+
+
+def test_fsdp2_on_one_process_equals_plain(model_dir: Path, tmp_path: Path) -> None:
+    """`fsdp: always` runs the FSDP2 path (meta skeleton, shards, DTensor gradients) on a
+    single process, outside torchrun too, as on a one-GPU machine; it trains to the weights
+    of the plain single process."""
+    base = [sys.executable, "-m", "simpo_q", "--quiet", "train", str(REPO / "recipes" / "tiny.yaml")]
+    common = ["--set", "max_steps=2", "--set", "learning_rate=3e-5"]
+    _run([*base, *_recipe(model_dir, tmp_path / "plain", *common)])
+    _run([*base, *_recipe(model_dir, tmp_path / "fsdp", *common, "--set", "fsdp=always")])
+    a, b, w0 = _weights(tmp_path / "plain"), _weights(tmp_path / "fsdp"), _weights_of(model_dir)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.max(np.abs(a[k] - b[k])) <= 1e-5, k
+    assert max(float(np.abs(a[k] - w0[k]).max()) for k in a) > 2e-5, "training did not move the weights"

@@ -38,8 +38,17 @@ class SimPOModel(torch.nn.Module):
         return average_logps(lp, rows, input_ids.shape[0])
 
 
-def _dist() -> tuple[int, int]:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+def _dist(force: bool = False) -> tuple[int, int]:
+    """(rank, world); starts the process group under torchrun with several ranks, or with
+    `force` (FSDP2 on a single process, e.g. one GPU) even outside torchrun."""
+    if not dist.is_initialized() and (int(os.environ.get("WORLD_SIZE", "1")) > 1 or force):
+        if "MASTER_ADDR" not in os.environ:  # one process, not started by torchrun
+            import socket
+
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1")
         dist.init_process_group("gloo" if not torch.cuda.is_available() else "nccl")
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -97,12 +106,12 @@ def computed_buffers(hf) -> dict[str, torch.Tensor]:
     return out
 
 
-def build_model(r: Recipe, device, world: int):
+def build_model(r: Recipe, device, world: int, fsdp: bool | None = None):
     """One process: the model on `device`. Under FSDP2 every rank builds a meta skeleton and
     shards it, and each tensor reaches its shards from rank 0, which reads the checkpoint one
     tensor at a time (widened exactly to fp32): no rank, host or GPU, ever holds the whole
     unsharded model. Buffers (computed, not stored) are rebuilt on every rank."""
-    if world == 1:
+    if not (world > 1 if fsdp is None else fsdp):
         return SimPOModel(_load_hf(r, meta=False)).to(device)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -192,7 +201,8 @@ def train(r: Recipe, *, quiet: bool = False, keep_model: bool = False):
 
     from simpo_q.train.checkpoint import load_checkpoint, save_checkpoint, save_final
 
-    rank, world = _dist()
+    rank, world = _dist(force=r.fsdp == "always")
+    fsdp = world > 1 or r.fsdp == "always"
     if quiet:
         from transformers.utils import logging as hf_logging
 
@@ -226,7 +236,7 @@ def train(r: Recipe, *, quiet: bool = False, keep_model: bool = False):
     total = r.max_steps if r.max_steps > 0 else math.ceil(steps_per_epoch * r.num_train_epochs)
     warmup = math.ceil(total * r.warmup_ratio)
 
-    model = build_model(r, device, world)
+    model = build_model(r, device, world, fsdp)
     opt = torch.optim.AdamW(model.parameters(), lr=r.learning_rate, betas=(0.9, 0.999), eps=1e-8,
                             weight_decay=r.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, warmup))
@@ -253,9 +263,9 @@ def train(r: Recipe, *, quiet: bool = False, keep_model: bool = False):
             ids = mine[micro * r.per_device_train_batch_size:(micro + 1) * r.per_device_train_batch_size]
             b = collate([pairs[i] for i in ids], pad)
             b = {k2: v.to(device) for k2, v in b.items()}
-            if world > 1:
+            if fsdp:
                 model.set_requires_gradient_sync(micro == r.gradient_accumulation_steps - 1)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=r.bf16 and world == 1):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=r.bf16 and not fsdp):
                 logps = model(b["input_ids"], b["attention_mask"], b["labels"], r.chunk_tokens)
             n = len(ids)
             c, rj = logps[:n], logps[n:]

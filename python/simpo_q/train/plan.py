@@ -99,7 +99,7 @@ def plan(r: Recipe, gpus: int, gpu_mem_gb: float, tflops: float = H100_BF16_TFLO
     # of the bf16 copy of the probabilities
     scores = seqs * heads * t * t
     attn_grads = scores * (4 + 4 + b)
-    sharded = gpus > 1
+    sharded = gpus > 1 or r.fsdp == "always"
     always = {
         "parameters (fp32 shard)": 4 * params / gpus,
         "gradients (fp32 shard)": 4 * params / gpus,

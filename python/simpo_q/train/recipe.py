@@ -45,6 +45,7 @@ class Recipe:
     stop_after_steps: int = -1  # end the run (as if killed) after this many steps; for tests
     threads: int = 0
     save_dtype: str = "bfloat16"  # of the final HF directory (the checkpoint keeps fp32)
+    fsdp: str = "auto"  # "auto": FSDP2 when torchrun starts several ranks; "always": also for one
 
     @property
     def gamma(self) -> float:
@@ -88,7 +89,8 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> Recipe:
         values[k] = _coerce(fields[k], v, "--set")
     r = Recipe(**values)
     # checked now, not after hours of training
-    for key, allowed in (("loss_type", ("sigmoid", "hinge")), ("save_dtype", ("bfloat16", "float16", "float32"))):
+    for key, allowed in (("loss_type", ("sigmoid", "hinge")), ("save_dtype", ("bfloat16", "float16", "float32")),
+                         ("fsdp", ("auto", "always"))):
         if getattr(r, key) not in allowed:
             raise SimpoQError(f"{p}: {key}: {getattr(r, key)!r} is not one of {', '.join(allowed)}")
     base = p.parent
