@@ -297,6 +297,9 @@ def test_pipeline_quantizes_the_weights_in_memory(model_dir: Path, tmp_path: Pat
         assert np.array_equal(a.tensor_bytes(name), b.tensor_bytes(name)), name
     ma = metadata_dict(a)
     assert ma["quantize.imatrix.chunks_count"] == 2 and ma["general.file_type"] == 11
+    assert ma["general.name"] == "run"  # the run's name, not its "final" directory's
+    assert {k: v for k, v in ma.items() if k != "general.name"} == \
+        {k: v for k, v in metadata_dict(b).items() if k != "general.name"}
     assert (tmp_path / "run" / "final" / "tokenizer.model").exists()
 
 

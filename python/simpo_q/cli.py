@@ -132,7 +132,8 @@ def _pipeline(args: argparse.Namespace) -> int:
     from simpo_q.train.recipe import load_recipe
 
     run_pipeline(load_recipe(args.recipe, args.set), args.out, ftype=args.type, imatrix=args.imatrix,
-                 imatrix_ctx=args.ctx, imatrix_chunks=args.chunks, ollama=not args.no_ollama, quiet=args.quiet)
+                 imatrix_ctx=args.ctx, imatrix_chunks=args.chunks, ollama=not args.no_ollama, quiet=args.quiet,
+                 name=args.name)
     return 0
 
 
@@ -214,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--ctx", type=int, default=512)
     pp.add_argument("--chunks", type=int, default=None)
     pp.add_argument("--no-ollama", action="store_true", help="do not write the Modelfile and NOTICE")
+    pp.add_argument("--name", help="general.name of the GGUF (default: the recipe's output_dir name)")
     pp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     pp.set_defaults(func=_pipeline)
 

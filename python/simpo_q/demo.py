@@ -25,7 +25,8 @@ def run_demo(out: Path, cache: Path, quiet: bool = False) -> list[Path]:
                     max_prompt_length=192, learning_rate=3e-4, max_steps=40, per_device_train_batch_size=4,
                     gradient_accumulation_steps=2, chunk_tokens=256, eval_steps=20)
     gguf = run_pipeline(recipe, out / "tiny-gemma2-simpo-Q3_K_S.gguf", ftype="Q3_K_S",
-                        imatrix=REPO_RECIPE / "calibration.txt", imatrix_ctx=128, imatrix_chunks=16, quiet=quiet)
+                        imatrix=REPO_RECIPE / "calibration.txt", imatrix_ctx=128, imatrix_chunks=16, quiet=quiet,
+                        name="tiny-gemma2-simpo")
     assert gguf is not None
     written = [model, out / "simpo" / "final", out / "simpo" / "metrics.jsonl", gguf,
                gguf.with_name(gguf.name.removesuffix(".gguf") + ".imatrix.gguf"), out / "Modelfile", out / "NOTICE"]

@@ -32,8 +32,11 @@ def _check_args(ftype: str, imatrix) -> None:
 
 
 def run_pipeline(recipe, out: str | os.PathLike, *, ftype: str = "Q3_K_S", imatrix=None, imatrix_ctx: int = 512,
-                 imatrix_chunks: int | None = None, ollama: bool = True, quiet: bool = False) -> Path | None:
-    """Returns the GGUF's path on rank 0, None on the other ranks."""
+                 imatrix_chunks: int | None = None, ollama: bool = True, quiet: bool = False,
+                 name: str | None = None) -> Path | None:
+    """Returns the GGUF's path on rank 0, None on the other ranks. The GGUF's general.name is
+    `name`, by default the run's name (the recipe's output_dir), not that of its `final`
+    directory."""
     import torch.distributed as dist
     from transformers import AutoTokenizer
 
@@ -61,7 +64,8 @@ def run_pipeline(recipe, out: str | os.PathLike, *, ftype: str = "Q3_K_S", imatr
         return None
     with ModelWeights(final, model) as src:
         path = quantize_model(src, out, ftype, imatrix=imatrix, imatrix_ctx=imatrix_ctx,
-                              imatrix_chunks=imatrix_chunks, ollama=ollama, quiet=quiet)
+                              imatrix_chunks=imatrix_chunks, ollama=ollama, quiet=quiet,
+                              name=name or Path(recipe.output_dir).resolve().name)
     if not quiet:
         print(f"pipeline: trained {final}, wrote {path}", file=sys.stderr)
     return path

@@ -72,7 +72,9 @@ def _importance(imatrix, inp: Path, out: Path, quiet: bool, ctx: int, chunks: in
 def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathLike, ftype: str = "Q3_K_S", *,
                    overrides: Overrides | None = None, dry_run: bool = False, ollama: bool = False,
                    quiet: bool = False, threads: int | None = None, imatrix=None, imatrix_ctx: int = 512,
-                   imatrix_chunks: int | None = None) -> Path | None:
+                   imatrix_chunks: int | None = None, name: str | None = None) -> Path | None:
+    """`name`, when given, replaces general.name (otherwise the source directory's name)."""
+    general_name = name
     ftype = ftype.upper()
     if ftype not in FILE_TYPES:
         raise SimpoQError(f"--type: unknown file type {ftype!r}; supported: {', '.join(FILE_TYPES)}")
@@ -104,6 +106,8 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
     md = [(k, t, v) for k, t, v in metadata if k not in ("general.quantization_version", "general.file_type",
                                                           "split.no", "split.count", "split.tensors.count")]
     md += [("general.quantization_version", "u32", 2), ("general.file_type", "u32", FILE_TYPES[ftype][0])]
+    if general_name:
+        md = [(k, t, general_name if k == "general.name" else v) for k, t, v in md]
     if imat is not None:
         used = [n for n in imat.names() if n in by_name]
         if not used:
