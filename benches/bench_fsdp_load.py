@@ -11,12 +11,10 @@ from __future__ import annotations
 import sys
 
 
-def vm(key: str) -> float:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+def mib(key: str) -> float:
+    from bench_fsdp import vm  # this folder is on sys.path when run as a script
+
+    return vm(key) / 2**20
 
 
 def main() -> None:
@@ -27,10 +25,10 @@ def main() -> None:
     from simpo_q.train.recipe import Recipe
 
     rank, world = _dist()
-    base = vm("VmRSS")
+    base = mib("VmRSS")
     build_model(Recipe(model=sys.argv[1]), torch.device("cpu"), world)
-    line = (f"rank {rank} of {world}: peak during build +{vm('VmHWM') - base:.0f} MiB, "
-            f"after +{vm('VmRSS') - base:.0f} MiB")
+    line = (f"rank {rank} of {world}: peak during build +{mib('VmHWM') - base:.0f} MiB, "
+            f"after +{mib('VmRSS') - base:.0f} MiB")
     out = [None] * world
     dist.all_gather_object(out, line)
     if rank == 0:

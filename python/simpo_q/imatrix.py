@@ -69,30 +69,32 @@ def collect(model_dir: str | os.PathLike, text_file: str | os.PathLike, *, ctx: 
     from simpo_q.sources import HFDirectory
 
     src = HFDirectory(model_dir)  # clear errors for a bad directory before loading torch state
-    read_text(text_file)
+    text = read_text(text_file)
     if quiet:
         hf_logging.disable_progress_bar()
     tok = AutoTokenizer.from_pretrained(str(src.path))
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     model = AutoModelForCausalLM.from_pretrained(str(src.path), dtype=torch_dtype, attn_implementation="eager")
     model.to(device).eval()
-    return collect_from_model(model, tok, text_file, ctx=ctx, chunks=chunks, quiet=quiet, into=into)
+    return collect_from_model(model, tok, text_file, ctx=ctx, chunks=chunks, quiet=quiet, into=into, text=text)
 
 
 def collect_from_model(model, tok, text_file: str | os.PathLike, *, ctx: int = 512, chunks: int | None = None,
-                       quiet: bool = False, into: Imatrix | None = None) -> Imatrix | None:
+                       quiet: bool = False, into: Imatrix | None = None, text: str | None = None) -> Imatrix | None:
     """The importance matrix of a model already in memory: a Hugging Face causal LM, or the
     trainer's SimPOModel, sharded by FSDP2 or not. Under torch.distributed every rank must
     call this: rank r runs chunks r, r+world, …, and the sums and counts are added across
     ranks onto rank 0, which gets the Imatrix (the other ranks get None). The running
-    perplexity is llama-imatrix's: each chunk's second half."""
+    perplexity is llama-imatrix's: each chunk's second half. `text`: the file's contents, when
+    the caller has read them already."""
     import torch
     import torch.distributed as dist
     from tqdm.auto import tqdm
 
     from simpo_q.train.loop import SimPOModel
 
-    text = read_text(text_file)
+    if text is None:
+        text = read_text(text_file)
     run = model if isinstance(model, SimPOModel) else SimPOModel(model)
     hf = run.hf
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)

@@ -18,10 +18,9 @@ from simpo_q._native import SimpoQError
 def _check_args(ftype: str, imatrix) -> None:
     """Before hours of training: the file type must exist and --imatrix must be readable."""
     from simpo_q import imatrix as im
-    from simpo_q.policy import FILE_TYPES
+    from simpo_q.policy import check_file_type
 
-    if ftype.upper() not in FILE_TYPES:
-        raise SimpoQError(f"--type: unknown file type {ftype!r}; supported: {', '.join(FILE_TYPES)}")
+    check_file_type(ftype)
     if imatrix is None or not isinstance(imatrix, (str, os.PathLike)):
         return
     p = Path(imatrix)

@@ -57,12 +57,18 @@ def _fallback(name: str, t: str, ne0: int) -> str:
     return new
 
 
+def check_file_type(ftype: str) -> str:
+    """The file type's canonical (upper-case) name, or a clear error."""
+    if ftype.upper() not in FILE_TYPES:
+        raise SimpoQError(f"--type: unknown file type {ftype!r}; supported: {', '.join(FILE_TYPES)}")
+    return ftype.upper()
+
+
 def plan_types(ftype: str, tensors: list[tuple[str, tuple[int, ...]]], ov: Overrides | None = None,
                input_types: dict[str, str] | None = None) -> dict[str, str]:
     """The output type of every tensor (GGUF names, numpy shapes), in llama.cpp's order."""
     ov = ov or Overrides()
-    if ftype not in FILE_TYPES:
-        raise SimpoQError(f"--type: unknown file type {ftype!r}; supported: {', '.join(FILE_TYPES)}")
+    ftype = check_file_type(ftype)
     default = FILE_TYPES[ftype][1]
     names = sorted((n for n, _ in tensors), key=weights_map_key)
     shapes = dict(tensors)

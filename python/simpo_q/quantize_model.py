@@ -15,7 +15,7 @@ from simpo_q._native import SimpoQError
 from simpo_q.convert import converted_metadata, hf_plan
 from simpo_q.gguf import open_gguf
 from simpo_q.gguf_out import Planned, tensor_bytes, write_gguf
-from simpo_q.policy import FILE_TYPES, Overrides, plan_types, weights_map_key
+from simpo_q.policy import FILE_TYPES, Overrides, check_file_type, plan_types, weights_map_key
 from simpo_q.sources import HFDirectory, StateDictSource
 
 FLOAT_INPUTS = ("F32", "F16", "BF16")
@@ -75,9 +75,7 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
                    imatrix_chunks: int | None = None, name: str | None = None) -> Path | None:
     """`name`, when given, replaces general.name (otherwise the source directory's name)."""
     general_name = name
-    ftype = ftype.upper()
-    if ftype not in FILE_TYPES:
-        raise SimpoQError(f"--type: unknown file type {ftype!r}; supported: {', '.join(FILE_TYPES)}")
+    ftype = check_file_type(ftype)
     reader = None  # set for a GGUF input, whose unchanged tensors are copied byte for byte
     if isinstance(inp, StateDictSource):
         metadata, source = _from_hf(inp)

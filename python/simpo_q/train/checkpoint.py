@@ -96,15 +96,14 @@ def save_final(model, tok, out: Path, rank: int, dtype: str = "bfloat16", source
     if dtype not in _SAFETENSORS_DTYPE:
         raise ValueError(f"save_dtype: {dtype!r} is not one of {', '.join(_SAFETENSORS_DTYPE)}")
     td = getattr(torch, dtype)
-    names = [k.removeprefix("hf.") for k in model.state_dict()]
     gathered = iter_full_state_dict(model)  # one all-gather per tensor, in this order, on every rank
     if rank != 0:
         for _ in gathered:
             pass
         dist.barrier()
         return
-    sd = model.state_dict()
-    specs = [(n, tuple(sd[k].shape), "") for n, k in zip(names, sd, strict=True) if n != "lm_head.weight"]
+    specs = [(k.removeprefix("hf."), tuple(v.shape), "") for k, v in model.state_dict().items()
+             if k.removeprefix("hf.") != "lm_head.weight"]
     total = sum(int(np.prod(sh)) for _, sh, _ in specs) * td.itemsize
     shards = max(1, -(-total // SHARD_BYTES))
     hf = model.hf if hasattr(model, "hf") else model

@@ -19,10 +19,6 @@ from simpo_q.sources import StateDictSource
 STOP = -1
 
 
-def _names(model) -> list[str]:
-    return list(model.state_dict().keys())
-
-
 def _device(model) -> torch.device:
     return next(model.parameters()).device
 
@@ -39,7 +35,7 @@ class ModelWeights(StateDictSource):
     def __init__(self, model_dir: str | os.PathLike, model):
         self._model = model
         self._sd = model.state_dict()
-        self._keys = _names(model)
+        self._keys = list(self._sd)
         self._distributed = dist.is_initialized() and dist.get_world_size() > 1
         self._dev = _device(model)
         hf = {k.removeprefix("hf."): v for k, v in self._sd.items()}
@@ -69,7 +65,8 @@ class ModelWeights(StateDictSource):
 def serve_weights(model) -> int:
     """On ranks other than 0: take part in every gather rank 0 asks for, until it says stop.
     Returns the number of tensors gathered."""
-    sd, keys, dev = model.state_dict(), _names(model), _device(model)
+    sd = model.state_dict()
+    keys, dev = list(sd), _device(model)
     n = 0
     while True:
         msg = torch.empty(1, dtype=torch.long, device=dev)
