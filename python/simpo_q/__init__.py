@@ -7,6 +7,7 @@ Rust; this package is its typed Python face.
 from __future__ import annotations
 
 from simpo_q._native import (
+    MAX_IMPORTANCE_WEIGHT2,
     QUANT_TYPES,
     SimpoQError,
     __version__,
@@ -17,6 +18,7 @@ from simpo_q._native import (
 )
 
 __all__ = [
+    "MAX_IMPORTANCE_WEIGHT2",
     "QUANT_TYPES",
     "SimpoQError",
     "__version__",

@@ -1,5 +1,7 @@
 """Type stubs for the native core (checked by mypy.stubtest against the built module)."""
 
+import os
+from pathlib import Path
 from typing import final
 
 import numpy as np
@@ -13,6 +15,9 @@ __all__ = [
     "row_size",
     "type_info",
     "QUANT_TYPES",
+    "MAX_IMPORTANCE_WEIGHT2",
+    "write_file",
+    "remove_stale_temporaries",
     "GgufWriter",
     "GgufReader",
     "Imatrix",
@@ -20,6 +25,7 @@ __all__ = [
 
 __version__: str
 QUANT_TYPES: tuple[str, ...]
+MAX_IMPORTANCE_WEIGHT2: float
 
 class SimpoQError(ValueError):
     """Bad input to simpo-q: the message names the argument, file or tensor at fault."""
@@ -50,6 +56,13 @@ def row_size(qtype: str, n_per_row: int) -> int:
 
 def type_info(qtype: str) -> tuple[int, int, int]:
     """(ggml type id, values per block, bytes per block) of `qtype`."""
+
+def write_file(path: str | os.PathLike[str], data: bytes) -> None:
+    """The whole file through the guarded writer: temporary name, synced, renamed; a
+    directory or device at `path` is refused."""
+
+def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Removes the temporaries of `path` whose writing process no longer exists."""
 
 @final
 class GgufWriter:

@@ -6,6 +6,19 @@ import argparse
 import sys
 from pathlib import Path
 
+from simpo_q._native import SimpoQError
+
+
+def _positive(text: str) -> int:
+    """An argparse type: an integer of at least 1 (threads, context, chunks)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} must be at least 1")
+    return v
+
 
 def _tiny_model(args: argparse.Namespace) -> int:
     from simpo_q.tiny import TinyConfig, build_tiny_model
@@ -42,14 +55,14 @@ def _quantize(args: argparse.Namespace) -> int:
     tt = []
     for spec in args.tensor_type:
         if "=" not in spec:
-            raise ValueError(f"--tensor-type {spec!r}: expected PATTERN=TYPE")
+            raise SimpoQError(f"--tensor-type {spec!r}: expected PATTERN=TYPE")
         pat, t = spec.rsplit("=", 1)
         tt.append((pat, t))
     ov = Overrides(output_tensor_type=args.output_tensor_type, token_embedding_type=args.token_embedding_type,
                    tensor_types=tt, pure=args.pure)
     quantize_model(args.input, args.out, args.type, overrides=ov, dry_run=args.dry_run, ollama=args.ollama,
                    quiet=args.quiet, threads=args.threads, imatrix=args.imatrix, imatrix_ctx=args.ctx,
-                   imatrix_chunks=args.chunks)
+                   imatrix_chunks=args.chunks, force=args.force)
     return 0
 
 
@@ -66,16 +79,29 @@ def _imatrix(args: argparse.Namespace) -> int:
                   f"{r['max']:10.4g} {r['mean']:10.4g} {r['zero_fraction']:6.1%}")
         return 0
     if not args.output:
-        raise ValueError("imatrix: -o/--output is required")
+        raise SimpoQError("imatrix: -o/--output is required")
     if args.file and not args.model:
-        raise ValueError("imatrix: -f needs MODEL")
+        raise SimpoQError("imatrix: -f needs MODEL")
     if not args.file and not args.in_file:
-        raise ValueError("imatrix: give -f TEXT (with MODEL) and/or --in-file FILE")
+        raise SimpoQError("imatrix: give -f TEXT (with MODEL) and/or --in-file FILE")
     from simpo_q._native import Imatrix
+    from simpo_q.outputs import check_output
 
+    check_output(args.output, [args.model, args.file, *args.in_file])
+    if args.file:
+        if args.model:
+            from simpo_q.sources import HFDirectory
+
+            HFDirectory(args.model)  # a bad model fails before anything is loaded
+        im.read_text(args.file)
     m = Imatrix(args.ctx)
     for f in args.in_file:
-        m.merge(im.load(f))
+        try:
+            m.merge(im.load(f))
+        except SimpoQError as e:
+            # the core names the entry; the files are only known here
+            sources = ", ".join(str(x) for x in args.in_file[:args.in_file.index(f)]) or "nothing"
+            raise SimpoQError(f"{f}: cannot merge into {sources}: {e}") from e
     if args.file:
         im.collect(args.model, args.file, ctx=args.ctx, chunks=args.chunks, device=args.device, dtype=args.dtype,
                    quiet=args.quiet, into=m)
@@ -133,7 +159,7 @@ def _pipeline(args: argparse.Namespace) -> int:
 
     run_pipeline(load_recipe(args.recipe, args.set), args.out, ftype=args.type, imatrix=args.imatrix,
                  imatrix_ctx=args.ctx, imatrix_chunks=args.chunks, ollama=not args.no_ollama, quiet=args.quiet,
-                 name=args.name)
+                 name=args.name, force=args.force)
     return 0
 
 
@@ -164,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("model")
     c.add_argument("out")
     c.add_argument("--outtype", default="f16", choices=["f32", "f16", "bf16", "q8_0"])
-    c.add_argument("--threads", type=int, default=None)
+    c.add_argument("--threads", type=_positive, default=None)
     c.set_defaults(func=_convert)
 
     q = sub.add_parser("quantize", help="HF directory or F32/F16/BF16 GGUF -> k-quant GGUF")
@@ -179,18 +205,20 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--pure", action="store_true", help="no per-tensor policy: the file type's type everywhere")
     q.add_argument("--dry-run", action="store_true", help="print each tensor's type and the predicted size")
     q.add_argument("--ollama", action="store_true", help="also write a Modelfile (and NOTICE for Gemma)")
-    q.add_argument("--threads", type=int, default=None)
+    q.add_argument("--threads", type=_positive, default=None)
     q.add_argument("--imatrix", help="imatrix file (.gguf or .dat) or a calibration text to compute one from")
-    q.add_argument("--ctx", type=int, default=512, help="context per chunk when computing the imatrix")
-    q.add_argument("--chunks", type=int, default=None, help="at most N chunks when computing the imatrix")
+    q.add_argument("--ctx", type=_positive, default=512, help="context per chunk when computing the imatrix")
+    q.add_argument("--chunks", type=_positive, default=None, help="at most N chunks when computing the imatrix")
+    q.add_argument("--force", action="store_true",
+                   help="replace existing files beside OUT (OUT.imatrix.gguf, Modelfile, NOTICE)")
     q.set_defaults(func=_quantize)
 
     m = sub.add_parser("imatrix", help="collect, merge or show an importance matrix (llama-imatrix's job)")
     m.add_argument("model", nargs="?", help="Hugging Face model directory")
     m.add_argument("-f", "--file", help="calibration text")
     m.add_argument("-o", "--output", help="output file (.gguf, or .dat for the legacy format)")
-    m.add_argument("--ctx", type=int, default=512)
-    m.add_argument("--chunks", type=int, default=None)
+    m.add_argument("--ctx", type=_positive, default=512)
+    m.add_argument("--chunks", type=_positive, default=None)
     m.add_argument("--device", default="cpu", help="cpu or cuda")
     m.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     m.add_argument("--in-file", action="append", default=[], help="merge this imatrix (repeatable)")
@@ -212,16 +240,18 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("out")
     pp.add_argument("--type", default="Q3_K_S")
     pp.add_argument("--imatrix", help="calibration text (or an imatrix file)")
-    pp.add_argument("--ctx", type=int, default=512)
-    pp.add_argument("--chunks", type=int, default=None)
+    pp.add_argument("--ctx", type=_positive, default=512)
+    pp.add_argument("--chunks", type=_positive, default=None)
     pp.add_argument("--no-ollama", action="store_true", help="do not write the Modelfile and NOTICE")
+    pp.add_argument("--force", action="store_true",
+                    help="replace existing files beside OUT (OUT.imatrix.gguf, Modelfile, NOTICE)")
     pp.add_argument("--name", help="general.name of the GGUF (default: the recipe's output_dir name)")
     pp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     pp.set_defaults(func=_pipeline)
 
     pl = sub.add_parser("plan", help="per-GPU memory and step time of a recipe")
     pl.add_argument("recipe")
-    pl.add_argument("--gpus", type=int, default=8)
+    pl.add_argument("--gpus", type=_positive, default=8)
     pl.add_argument("--gpu-mem", type=float, default=80.0)
     pl.add_argument("--tflops", type=float, default=989.0, help="peak bf16 TFLOP/s of one GPU (H100 SXM: 989)")
     pl.add_argument("--mfu", type=float, default=0.35, help="assumed fraction of the peak reached")
@@ -235,17 +265,64 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(SystemExit):
+    """Raised in the main thread on SIGTERM or SIGHUP, so that every `finally` and `except
+    BaseException` on the way out runs: writers remove their temporary files."""
+
+
+def _on_signal(signum, _frame) -> None:
+    raise _Terminated(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
     try:
         rc = int(args.func(args))
-    except (ValueError, OSError) as e:
-        # no barrier on failure: this rank exits non-zero and torchrun stops the others
-        print(f"simpo-q: error: {e}", file=sys.stderr)
+    except SimpoQError as e:
+        # what the user can fix: one line. No barrier on failure: this rank exits non-zero
+        # and torchrun stops the others.
+        print(f"simpo-q: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    _end_distributed()
+    except BrokenPipeError:
+        # the reader of our output went away (`| head`): stop quietly, as Unix tools do
+        _silence_stdout()
+        return 141
+    except OSError as e:
+        # the file system refused (disk full, permission): the OS's words and the path
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"simpo-q: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("simpo-q: interrupted; nothing partial was left behind", file=sys.stderr)
+        return 130
+    except _Terminated as e:
+        print(f"simpo-q: terminated by signal {int(e.code) - 128}; nothing partial was left behind",
+              file=sys.stderr)
+        return int(e.code)
+    try:
+        _end_distributed()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141
     return rc
+
+
+def _silence_stdout() -> None:
+    """Points stdout at /dev/null, so that the interpreter's final flush does not print
+    'Broken pipe' after the reader has gone."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _end_distributed() -> None:

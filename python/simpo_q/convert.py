@@ -12,6 +12,7 @@ import numpy as np
 from simpo_q._native import SimpoQError
 from simpo_q.arch import adapter_for
 from simpo_q.gguf_out import Planned, size_label, write_gguf
+from simpo_q.outputs import check_output
 from simpo_q.sources import HFDirectory
 from simpo_q.tokenizer import tokenizer_metadata
 
@@ -61,6 +62,7 @@ def convert(model_dir: str | os.PathLike, out: str | os.PathLike, outtype: str =
         raise SimpoQError(f"--outtype: {outtype!r} is not one of {', '.join(OUTTYPES)}")
     qtype, file_type = OUTTYPES[outtype]
     src = HFDirectory(model_dir)
+    check_output(out, [model_dir])
 
     def tensor_type(name: str, shape: tuple[int, ...]) -> str:
         if len(shape) <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight"):

@@ -14,6 +14,7 @@ REPO_RECIPE = Path(__file__).parent / "data"
 
 
 def run_demo(out: Path, cache: Path, quiet: bool = False) -> list[Path]:
+    from simpo_q.outputs import imatrix_beside
     from simpo_q.pipeline import run_pipeline
     from simpo_q.tiny import cached_tiny_model
     from simpo_q.train.recipe import Recipe
@@ -26,10 +27,10 @@ def run_demo(out: Path, cache: Path, quiet: bool = False) -> list[Path]:
                     gradient_accumulation_steps=2, chunk_tokens=256, eval_steps=20)
     gguf = run_pipeline(recipe, out / "tiny-gemma2-simpo-Q3_K_S.gguf", ftype="Q3_K_S",
                         imatrix=REPO_RECIPE / "calibration.txt", imatrix_ctx=128, imatrix_chunks=16, quiet=quiet,
-                        name="tiny-gemma2-simpo")
+                        name="tiny-gemma2-simpo", force=True)  # the demo owns its output folder
     assert gguf is not None
     written = [model, out / "simpo" / "final", out / "simpo" / "metrics.jsonl", gguf,
-               gguf.with_name(gguf.name.removesuffix(".gguf") + ".imatrix.gguf"), out / "Modelfile", out / "NOTICE"]
+               imatrix_beside(gguf), out / "Modelfile", out / "NOTICE"]
     try:
         import llama_cpp
     except ImportError:

@@ -44,7 +44,10 @@ def encode(p: Planned, threads: int | None = None) -> np.ndarray:
         return np.ascontiguousarray(data, dtype=np.float32)
     rows = data.reshape(-1, p.shape[-1])
     imat = p.imatrix if p.imatrix is not None else None
-    return simpo_q.quantize(np.ascontiguousarray(rows), p.qtype, imat, threads=threads)
+    try:
+        return simpo_q.quantize(np.ascontiguousarray(rows), p.qtype, imat, threads=threads)
+    except SimpoQError as e:  # the core names the row and column; the tensor is known here
+        raise SimpoQError(f"tensor {p.name}: {e}") from e
 
 
 def write_gguf(out: str | os.PathLike, metadata: list[tuple[str, str, object]], plan: list[Planned], *,

@@ -22,12 +22,25 @@ LINEARS = {
 }
 
 
+MAX_TEXT_BYTES = 1 << 30  # llama-imatrix's usual calibration files are a few MB
+
+
 def read_text(path: str | os.PathLike) -> str:
     p = Path(path)
     try:
-        raw = p.read_bytes()
+        if not p.exists():
+            raise SimpoQError(f"{p}: no such calibration text")
+        if not p.is_file():
+            raise SimpoQError(f"{p}: not a regular file (a directory, device or pipe), not a calibration text")
+        size = p.stat().st_size
+        if size > MAX_TEXT_BYTES:
+            raise SimpoQError(f"{p}: {size} bytes; a calibration text may have at most {MAX_TEXT_BYTES}")
+        with open(p, "rb") as f:
+            raw = f.read(MAX_TEXT_BYTES + 1)
     except OSError as e:
         raise SimpoQError(f"{p}: cannot read calibration text ({e.strerror})") from e
+    if len(raw) > MAX_TEXT_BYTES:
+        raise SimpoQError(f"{p}: grew past {MAX_TEXT_BYTES} bytes while being read")
     if not raw.strip():
         raise SimpoQError(f"{p}: calibration text is empty")
     if b"\x00" in raw[:65536]:
@@ -75,6 +88,11 @@ def collect(model_dir: str | os.PathLike, text_file: str | os.PathLike, *, ctx: 
     tok = AutoTokenizer.from_pretrained(str(src.path))
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     model = AutoModelForCausalLM.from_pretrained(str(src.path), dtype=torch_dtype, attn_implementation="eager")
+    for name, p in model.named_parameters():
+        # a broken weight would surface as "activations no longer finite": name the weight
+        if not torch.isfinite(p).all():
+            raise SimpoQError(f"{src.path}: weight {name} has non-finite values (NaN or infinity); the model is "
+                              f"broken, not the calibration text")
     model.to(device).eval()
     return collect_from_model(model, tok, text_file, ctx=ctx, chunks=chunks, quiet=quiet, into=into, text=text)
 

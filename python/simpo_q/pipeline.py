@@ -15,24 +15,45 @@ from pathlib import Path
 from simpo_q._native import SimpoQError
 
 
-def _check_args(ftype: str, imatrix) -> None:
-    """Before hours of training: the file type must exist and --imatrix must be readable."""
+def _check_args(recipe, out: Path, ftype: str, imatrix, ollama: bool, force: bool, ctx: int,
+                chunks: int | None) -> None:
+    """Before hours of training: the file type must exist, --imatrix must be readable, and
+    every output must be writable, not an input, and (beside OUT) not already there."""
     from simpo_q import imatrix as im
+    from simpo_q.arch import adapter_for
+    from simpo_q.outputs import check_output, imatrix_beside
     from simpo_q.policy import check_file_type
+    from simpo_q.quantize_model import ollama_files
+    from simpo_q.sources import HFDirectory
 
     check_file_type(ftype)
-    if imatrix is None or not isinstance(imatrix, (str, os.PathLike)):
-        return
-    p = Path(imatrix)
-    if not p.is_file():
-        raise SimpoQError(f"{p}: --imatrix file not found")
-    if not im.is_imatrix_file(p):
-        im.read_text(p)
+    if ctx < 1:
+        raise SimpoQError(f"--ctx {ctx}: must be at least 1")
+    if chunks is not None and chunks < 1:
+        raise SimpoQError(f"--chunks {chunks}: must be at least 1")
+    src = HFDirectory(recipe.model)
+    text = None
+    if imatrix is not None and isinstance(imatrix, (str, os.PathLike)):
+        p = Path(imatrix)
+        if not p.is_file():
+            raise SimpoQError(f"{p}: --imatrix file not found")
+        if not im.is_imatrix_file(p):
+            im.read_text(p)
+            text = p
+    inputs = [recipe.model, recipe.data, recipe.eval_data, imatrix if isinstance(imatrix, (str, os.PathLike))
+              else None]
+    check_output(out, inputs)
+    if text is not None:
+        check_output(imatrix_beside(out), inputs, side_file=True, force=force)
+    if ollama:
+        arch = adapter_for(src.config, str(src.path / "config.json")).ARCH
+        for side in ollama_files(out, arch):
+            check_output(side, [*inputs, out], side_file=True, force=force)
 
 
 def run_pipeline(recipe, out: str | os.PathLike, *, ftype: str = "Q3_K_S", imatrix=None, imatrix_ctx: int = 512,
                  imatrix_chunks: int | None = None, ollama: bool = True, quiet: bool = False,
-                 name: str | None = None) -> Path | None:
+                 name: str | None = None, force: bool = False) -> Path | None:
     """Returns the GGUF's path on rank 0, None on the other ranks. The GGUF's general.name is
     `name`, by default the run's name (the recipe's output_dir), not that of its `final`
     directory."""
@@ -40,12 +61,13 @@ def run_pipeline(recipe, out: str | os.PathLike, *, ftype: str = "Q3_K_S", imatr
     from transformers import AutoTokenizer
 
     from simpo_q import imatrix as im
+    from simpo_q.outputs import imatrix_beside
     from simpo_q.quantize_model import quantize_model
     from simpo_q.train.loop import train
     from simpo_q.train.weights import ModelWeights, serve_weights
 
-    _check_args(ftype, imatrix)
     out = Path(out)
+    _check_args(recipe, out, ftype, imatrix, ollama, force, imatrix_ctx, imatrix_chunks)
     run_dir, model = train(recipe, quiet=quiet, keep_model=True)
     final = Path(run_dir) / "final"
     if not (final / "config.json").exists():
@@ -56,15 +78,19 @@ def run_pipeline(recipe, out: str | os.PathLike, *, ftype: str = "Q3_K_S", imatr
         m = im.collect_from_model(model, tok, imatrix, ctx=imatrix_ctx, chunks=imatrix_chunks, quiet=quiet)
         if rank == 0:
             assert m is not None
-            imatrix = out.with_name(out.name.removesuffix(".gguf") + ".imatrix.gguf")
+            imatrix = imatrix_beside(out)
             m.save(str(imatrix), "gguf")
+            if not quiet:
+                print(f"wrote {imatrix} (importance matrix, {len(m)} entries)", file=sys.stderr)
     if rank != 0:
         serve_weights(model)
         return None
     with ModelWeights(final, model) as src:
+        # the importance matrix was just written beside OUT by this run: not an existing side file
         path = quantize_model(src, out, ftype, imatrix=imatrix, imatrix_ctx=imatrix_ctx,
                               imatrix_chunks=imatrix_chunks, ollama=ollama, quiet=quiet,
-                              name=name or Path(recipe.output_dir).resolve().name)
+                              name=name or Path(recipe.output_dir).resolve().name, force=force,
+                              inputs=(recipe.model, recipe.data, recipe.eval_data))
     if not quiet:
         print(f"pipeline: trained {final}, wrote {path}", file=sys.stderr)
     return path

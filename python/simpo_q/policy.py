@@ -77,7 +77,12 @@ def plan_types(ftype: str, tensors: list[tuple[str, tuple[int, ...]]], ov: Overr
     n_layer = sum(1 for n in names if n.endswith("ffn_down.weight"))
     i_attn_v = i_ffn_down = 0
     out: dict[str, str] = {}
-    patterns = [(re.compile(p), t) for p, t in ov.tensor_types]
+    patterns = []
+    for p, t in ov.tensor_types:
+        try:
+            patterns.append((re.compile(p), t))
+        except re.error as e:
+            raise SimpoQError(f"--tensor-type {p}={t}: {p!r} is not a valid regular expression ({e})") from e
     for name in names:
         shape = shapes[name]
         if not should_quantize(name, len(shape)):

@@ -15,6 +15,7 @@ from simpo_q._native import SimpoQError
 from simpo_q.convert import converted_metadata, hf_plan
 from simpo_q.gguf import open_gguf
 from simpo_q.gguf_out import Planned, tensor_bytes, write_gguf
+from simpo_q.outputs import check_output, imatrix_beside, write_text
 from simpo_q.policy import FILE_TYPES, Overrides, check_file_type, plan_types, weights_map_key
 from simpo_q.sources import HFDirectory, StateDictSource
 
@@ -46,36 +47,62 @@ def _from_gguf(path: Path):
     return [(k, t, v) for k, t, v in r.metadata], plan, r
 
 
-def _importance(imatrix, inp: Path, out: Path, quiet: bool, ctx: int, chunks: int | None):
-    """(Imatrix, file name recorded in the GGUF) from an imatrix file, or computed from a
-    calibration text and saved beside the output as OUT.imatrix.gguf."""
+def _imatrix_kind(imatrix, inp: Path) -> str | None:
+    """None, "memory", "file" or "text" (a calibration text to collect from), checked
+    before any work: the file must be readable, and text needs a Hugging Face directory."""
     from simpo_q import imatrix as im
 
     if imatrix is None:
-        return None, None
+        return None
     if not isinstance(imatrix, (str, os.PathLike)):
-        return imatrix, "<in memory>"
+        return "memory"
     path = Path(imatrix)
-    if not path.is_file():
+    if not path.exists():
         raise SimpoQError(f"{path}: --imatrix file not found")
+    if not path.is_file():
+        raise SimpoQError(f"{path}: --imatrix is not a regular file")
     if im.is_imatrix_file(path):
-        return im.load(path), str(path)
+        return "file"
     if not inp.is_dir():
         raise SimpoQError(f"{path}: computing an importance matrix from text needs a Hugging Face directory "
                           f"as input, not {inp}")
-    m = im.collect(inp, path, ctx=ctx, chunks=chunks, quiet=quiet)
-    saved = out.with_name(out.name.removesuffix(".gguf") + ".imatrix.gguf")
+    im.read_text(path)  # a bad text fails now, not after loading the model
+    return "text"
+
+
+def _importance(imatrix, kind: str | None, inp: Path, saved: Path, quiet: bool, ctx: int, chunks: int | None):
+    """(Imatrix, file name recorded in the GGUF) from an imatrix file, or computed from a
+    calibration text and saved at `saved` (OUT.imatrix.gguf)."""
+    from simpo_q import imatrix as im
+
+    if kind is None:
+        return None, None
+    if kind == "memory":
+        return imatrix, "<in memory>"
+    if kind == "file":
+        return im.load(imatrix), str(imatrix)
+    m = im.collect(inp, imatrix, ctx=ctx, chunks=chunks, quiet=quiet)
     m.save(str(saved), "gguf")
+    if not quiet:
+        print(f"wrote {saved} (importance matrix, {len(m)} entries)", file=sys.stderr)
     return m, str(saved)
 
 
 def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathLike, ftype: str = "Q3_K_S", *,
                    overrides: Overrides | None = None, dry_run: bool = False, ollama: bool = False,
                    quiet: bool = False, threads: int | None = None, imatrix=None, imatrix_ctx: int = 512,
-                   imatrix_chunks: int | None = None, name: str | None = None) -> Path | None:
-    """`name`, when given, replaces general.name (otherwise the source directory's name)."""
+                   imatrix_chunks: int | None = None, name: str | None = None, force: bool = False,
+                   inputs: tuple = ()) -> Path | None:
+    """`name`, when given, replaces general.name (otherwise the source directory's name).
+    Files written beside OUT (OUT.imatrix.gguf, Modelfile, NOTICE) are refused when they
+    exist, unless `force`. `inputs`: further paths the output must not replace (the
+    pipeline's recipe inputs)."""
     general_name = name
     ftype = check_file_type(ftype)
+    if imatrix_ctx < 1:
+        raise SimpoQError(f"--ctx {imatrix_ctx}: must be at least 1")
+    if imatrix_chunks is not None and imatrix_chunks < 1:
+        raise SimpoQError(f"--chunks {imatrix_chunks}: must be at least 1")
     reader = None  # set for a GGUF input, whose unchanged tensors are copied byte for byte
     if isinstance(inp, StateDictSource):
         metadata, source = _from_hf(inp)
@@ -86,12 +113,27 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
             metadata, source = _from_hf(inp)
         elif inp.is_file():
             metadata, source, reader = _from_gguf(inp)
+        elif inp.exists():
+            raise SimpoQError(f"{inp}: not a regular file or a directory (a device or pipe?); give a Hugging Face "
+                              f"model directory or a GGUF file")
         else:
             raise SimpoQError(f"{inp}: no such file or directory")
-    imat, imat_file = _importance(imatrix, inp, Path(out), quiet, imatrix_ctx, imatrix_chunks)
+    # everything that can be checked is checked before the long work (the importance matrix)
+    kind = _imatrix_kind(imatrix, inp)
     by_name = {p.name: p for p in source}
     input_types = {p.name: p.qtype for p in source}
     types = plan_types(ftype, [(p.name, p.shape) for p in source], overrides, input_types)
+    arch = str(next((v for k, _, v in metadata if k == "general.architecture"), ""))
+    saved = imatrix_beside(out)
+    if not dry_run:
+        ins = [inp, imatrix if kind in ("file", "text") else None, *inputs]
+        check_output(out, ins)
+        if kind == "text":
+            check_output(saved, ins, side_file=True, force=force)
+        if ollama:
+            for side in ollama_files(Path(out), arch):
+                check_output(side, [*ins, out], side_file=True, force=force)
+    imat, imat_file = _importance(imatrix, kind, inp, saved, quiet, imatrix_ctx, imatrix_chunks)
     plan = []
     for name in sorted(by_name, key=weights_map_key):
         p = by_name[name]
@@ -127,11 +169,12 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
         return None
     out = Path(out)
     path = write_gguf(out, md, plan, quiet=quiet, threads=threads)
-    if ollama:
-        arch = next((v for k, _, v in md if k == "general.architecture"), "")
-        write_ollama_files(out, gemma=str(arch).startswith("gemma"))
     if not quiet:
         print(f"wrote {path} ({path.stat().st_size} bytes)", file=sys.stderr)
+    if ollama:
+        for f in write_ollama_files(out, arch):
+            if not quiet:
+                print(f"wrote {f}", file=sys.stderr)
     return path
 
 
@@ -170,13 +213,11 @@ GEMMA_NOTICE = ("Gemma is provided under and subject to the Gemma Terms of Use f
                 "ai.google.dev/gemma/terms\n")
 
 
-def write_ollama_files(gguf: Path, gemma: bool) -> list[Path]:
-    written = []
-    mf = gguf.parent / "Modelfile"
-    mf.write_text(MODELFILE.format(gguf=gguf.name), encoding="utf-8")
-    written.append(mf)
-    if gemma:
-        notice = gguf.parent / "NOTICE"
-        notice.write_text(GEMMA_NOTICE, encoding="utf-8")
-        written.append(notice)
-    return written
+def ollama_files(gguf: Path, arch: str) -> list[Path]:
+    """The files `--ollama` writes beside the GGUF: the Modelfile, and NOTICE for Gemma."""
+    return [gguf.parent / "Modelfile", *([gguf.parent / "NOTICE"] if arch.startswith("gemma") else [])]
+
+
+def write_ollama_files(gguf: Path, arch: str) -> list[Path]:
+    texts = {"Modelfile": MODELFILE.format(gguf=gguf.name), "NOTICE": GEMMA_NOTICE}
+    return [write_text(p, texts[p.name]) for p in ollama_files(gguf, arch)]

@@ -7,44 +7,56 @@ their stored dtype straight to float32 (bf16 and f16 widen exactly)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
 import numpy as np
 
 from simpo_q._native import SimpoQError
+from simpo_q.arch import adapter_for
 
 
 class HFDirectory:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         cfg = self.path / "config.json"
+        if not self.path.exists():
+            raise SimpoQError(f"{self.path}: no such model directory")
         if not self.path.is_dir():
             raise SimpoQError(f"{self.path}: not a directory (expected a Hugging Face model directory)")
         if not cfg.is_file():
             raise SimpoQError(f"{cfg}: missing; a Hugging Face model directory needs config.json")
-        try:
-            self.config = json.loads(cfg.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise SimpoQError(f"{cfg}: not valid JSON ({e})") from e
+        self.config = read_config(cfg)
         self.files = self._weight_files()
         self._where: dict[str, Path] = {}
         self._dtype: dict[str, str] = {}
         self._shape: dict[str, tuple[int, ...]] = {}
         for f in self.files:
             for name, (dtype, shape) in _header(f).items():
+                if name in self._where:
+                    raise SimpoQError(f"{f}: tensor {name!r} is also in {self._where[name]}")
                 self._where[name] = f
                 self._dtype[name] = dtype
                 self._shape[name] = shape
+        # every tensor present with the shape the config implies, before anything is written
+        adapter_for(self.config, str(cfg)).check_tensors(self.config, self._shape, str(self.path))
 
     def _weight_files(self) -> list[Path]:
         index = self.path / "model.safetensors.index.json"
         if index.is_file():
-            try:
-                wm = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            except (OSError, ValueError, KeyError) as e:
-                raise SimpoQError(f"{index}: not a valid safetensors index ({e})") from e
-            files = sorted({self.path / f for f in wm.values()})
+            wm = _read_json(index, "safetensors index", MAX_JSON_BYTES)
+            if not isinstance(wm, dict) or not isinstance(wm.get("weight_map"), dict):
+                raise SimpoQError(f"{index}: not a valid safetensors index (no \"weight_map\" object)")
+            names = set()
+            for tensor, f in wm["weight_map"].items():
+                # only files of this directory: a name with a path in it could reach any file
+                if not isinstance(f, str) or not f or f in (".", "..") or "/" in f or "\\" in f \
+                        or Path(f).name != f:
+                    raise SimpoQError(f"{index}: tensor {tensor!r}: shard {f!r} is not a file name in "
+                                      f"{self.path} (shards must lie in the model directory)")
+                names.add(f)
+            files = sorted(self.path / f for f in names)
             for f in files:
                 if not f.is_file():
                     raise SimpoQError(f"{f}: missing shard (listed in {index.name})")
@@ -74,6 +86,31 @@ class HFDirectory:
         return a
 
 
+MAX_JSON_BYTES = 64 << 20  # config.json and an index are kilobytes; a larger file is not one
+
+
+def _read_json(path: Path, what: str, cap: int):
+    try:
+        if not path.is_file():
+            raise SimpoQError(f"{path}: not a regular file (expected the {what})")
+        size = path.stat().st_size
+        if size > cap:
+            raise SimpoQError(f"{path}: {size} bytes, too large for a {what}")
+        return json.loads(path.read_bytes())
+    except OSError as e:
+        raise SimpoQError(f"{path}: cannot read the {what} ({e.strerror})") from e
+    except (ValueError, RecursionError) as e:
+        raise SimpoQError(f"{path}: the {what} is not valid JSON ({e})") from e
+
+
+def read_config(path: Path) -> dict:
+    """A model's config.json: a JSON object, or a one-line error naming the file."""
+    cfg = _read_json(path, "model config", MAX_JSON_BYTES)
+    if not isinstance(cfg, dict):
+        raise SimpoQError(f"{path}: the model config is a JSON {type(cfg).__name__}, not an object")
+    return cfg
+
+
 _DTYPE_SIZES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
@@ -90,8 +127,10 @@ def _header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
             raise SimpoQError(f"{path}: corrupt safetensors header (claims {n} bytes, file has {size})")
         try:
             header = json.loads(fh.read(n))
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise SimpoQError(f"{path}: corrupt safetensors header ({e})") from e
+    if not isinstance(header, dict):
+        raise SimpoQError(f"{path}: corrupt safetensors header (a JSON {type(header).__name__}, not an object)")
     out = {}
     data_len = size - 8 - n
     for name, info in header.items():
@@ -99,12 +138,19 @@ def _header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
             continue
         try:
             dtype, shape, (a, b) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
-        except (KeyError, TypeError, ValueError) as e:
-            raise SimpoQError(f"{path}: corrupt safetensors entry for {name!r}") from e
+            ok = isinstance(dtype, str) and all(type(d) is int and d >= 0 for d in shape) \
+                and type(a) is int and type(b) is int and 0 <= a <= b
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise SimpoQError(f"{path}: corrupt safetensors entry for {name!r}")
         if b > data_len:
             raise SimpoQError(f"{path}: truncated: tensor {name!r} ends at byte {b} of a {data_len}-byte data section")
-        count = int(np.prod(shape)) if shape else 1
-        if dtype in _DTYPE_SIZES and (b - a) != count * _DTYPE_SIZES[dtype]:
+        if dtype not in _DTYPE_SIZES:
+            raise SimpoQError(f"{path}: tensor {name!r} has dtype {dtype}, which simpo-q cannot read "
+                              f"(supported: {', '.join(_DTYPE_SIZES)})")
+        count = math.prod(shape)
+        if (b - a) != count * _DTYPE_SIZES[dtype]:
             raise SimpoQError(f"{path}: corrupt entry for {name!r}: {b - a} bytes for {dtype} {list(shape)}")
         out[name] = (dtype, shape)
     return out
@@ -117,7 +163,7 @@ class StateDictSource:
 
     def __init__(self, model_dir: str | os.PathLike, tensors: dict):
         self.path = Path(model_dir)
-        self.config = json.loads((self.path / "config.json").read_text(encoding="utf-8"))
+        self.config = read_config(self.path / "config.json")
         self._t = {k: v for k, v in tensors.items() if k != "lm_head.weight"}
 
     def names(self) -> list[str]:

@@ -10,8 +10,10 @@ ADAPTERS = {"Gemma2ForCausalLM": gemma2}
 
 def adapter_for(config: dict, where: str):
     archs = config.get("architectures") or []
+    if not isinstance(archs, list):
+        archs = [archs]
     for a in archs:
-        if a in ADAPTERS:
+        if isinstance(a, str) and a in ADAPTERS:
             return ADAPTERS[a]
     raise SimpoQError(
         f"{where}: unsupported architecture {archs or config.get('model_type')!r}; "

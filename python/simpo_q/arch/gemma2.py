@@ -7,6 +7,8 @@ import re
 
 import numpy as np
 
+from simpo_q._native import SimpoQError
+
 ARCH = "gemma2"
 
 _LAYER = {
@@ -37,7 +39,64 @@ def gguf_name(hf: str) -> str | None:
     m = _RE.match(hf)
     if m and m.group(2) in _LAYER:
         return f"blk.{m.group(1)}.{_LAYER[m.group(2)]}.weight"
-    raise ValueError(f"unexpected Gemma-2 tensor {hf!r}")
+    raise SimpoQError(f"unexpected Gemma-2 tensor {hf!r}")
+
+
+# what hparams_metadata writes besides the sizes: checked with them, so that a config without
+# them fails before any work
+_METADATA_INTS = ("max_position_embeddings", "sliding_window")
+_METADATA_FLOATS = ("rms_norm_eps", "attn_logit_softcapping", "final_logit_softcapping")
+_SIZES = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "head_dim",
+          "vocab_size")
+
+
+def expected_shapes(cfg: dict, where: str) -> dict[str, tuple[int, ...]]:
+    """Every tensor a Gemma-2 checkpoint must hold, with the shape its config implies."""
+    vals = {}
+    for k in (*_SIZES, "num_key_value_heads", *_METADATA_INTS):
+        v = cfg.get(k, cfg.get("num_attention_heads") if k == "num_key_value_heads" else None)
+        if type(v) is not int or v < 1:
+            raise SimpoQError(f"{where}: config {k} is {v!r}; expected a positive integer")
+        vals[k] = v
+    for k in _METADATA_FLOATS:
+        v = cfg.get(k)
+        if type(v) not in (int, float) or not np.isfinite(v) or v <= 0:
+            raise SimpoQError(f"{where}: config {k} is {v!r}; expected a positive number")
+    h, inter, heads, kv, hd = (vals["hidden_size"], vals["intermediate_size"], vals["num_attention_heads"],
+                               vals["num_key_value_heads"], vals["head_dim"])
+    if heads % kv:
+        raise SimpoQError(f"{where}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}")
+    shapes = {"model.embed_tokens.weight": (vals["vocab_size"], h), "model.norm.weight": (h,)}
+    per_layer = {
+        "input_layernorm": (h,), "self_attn.q_proj": (heads * hd, h), "self_attn.k_proj": (kv * hd, h),
+        "self_attn.v_proj": (kv * hd, h), "self_attn.o_proj": (h, heads * hd), "post_attention_layernorm": (h,),
+        "pre_feedforward_layernorm": (h,), "mlp.gate_proj": (inter, h), "mlp.up_proj": (inter, h),
+        "mlp.down_proj": (h, inter), "post_feedforward_layernorm": (h,),
+    }
+    for i in range(vals["num_hidden_layers"]):
+        for k, sh in per_layer.items():
+            shapes[f"model.layers.{i}.{k}.weight"] = sh
+    return shapes
+
+
+def check_tensors(cfg: dict, stored: dict[str, tuple[int, ...]], where: str) -> None:
+    """Refuses a checkpoint whose tensors do not match its config: a missing or unexpected
+    tensor, or one of another shape (llama.cpp would refuse the GGUF; transformers would
+    fill a missing weight with random values)."""
+    want = expected_shapes(cfg, f"{where}/config.json")
+    for name, shape in want.items():
+        if name not in stored:
+            raise SimpoQError(f"{where}: tensor {name!r} is missing (config.json has "
+                              f"{cfg['num_hidden_layers']} layers)")
+        if tuple(stored[name]) != shape:
+            raise SimpoQError(f"{where}: tensor {name!r} has shape {list(stored[name])}, config.json implies "
+                              f"{list(shape)}")
+    tied = want["model.embed_tokens.weight"]
+    for name, shape in stored.items():
+        if name == "lm_head.weight" and tuple(shape) == tied:
+            continue
+        if name not in want:
+            raise SimpoQError(f"{where}: unexpected tensor {name!r} {list(shape)} for a Gemma-2 model of this config")
 
 
 def transform(hf: str, x: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from simpo_q._native import SimpoQError
 from simpo_q.safetensors_out import write_weights
 
 GEMMA_CHAT_TEMPLATE = (
@@ -228,11 +229,11 @@ def build_tiny_model(out_dir: str | os.PathLike, cfg: TinyConfig = TinyConfig(),
                     ("heads", cfg.heads), ("kv-heads", cfg.kv_heads), ("head-dim", cfg.head_dim),
                     ("shards", cfg.shards)]:
         if v < 1:
-            raise ValueError(f"--{name} must be at least 1, got {v}")
+            raise SimpoQError(f"--{name} must be at least 1, got {v}")
     if cfg.heads % cfg.kv_heads:
-        raise ValueError(f"--heads {cfg.heads} must be a multiple of --kv-heads {cfg.kv_heads}")
+        raise SimpoQError(f"--heads {cfg.heads} must be a multiple of --kv-heads {cfg.kv_heads}")
     if cfg.vocab < 4 + len(USER_SYMBOLS) + 256 + 64:
-        raise ValueError(f"--vocab {cfg.vocab} is too small for Gemma's special tokens and byte fallback")
+        raise SimpoQError(f"--vocab {cfg.vocab} is too small for Gemma's special tokens and byte fallback")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     text = bundled_text("calibration.txt")

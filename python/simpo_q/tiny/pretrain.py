@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from simpo_q._native import SimpoQError
+
 
 def pretrain(model_dir: Path, text: str, *, steps: int, seed: int, quiet: bool = False,
              seq_len: int = 128, batch: int = 16, lr: float = 3e-3) -> dict[str, np.ndarray]:
@@ -25,7 +27,7 @@ def pretrain(model_dir: Path, text: str, *, steps: int, seed: int, quiet: bool =
     span = seq_len - 1
     n_chunks = len(ids) // span
     if n_chunks < batch:
-        raise ValueError(f"pretraining text has {len(ids)} tokens, fewer than one batch of {batch}x{seq_len}")
+        raise SimpoQError(f"pretraining text has {len(ids)} tokens, fewer than one batch of {batch}x{seq_len}")
     data = torch.tensor(ids[: n_chunks * span], dtype=torch.long).view(n_chunks, span)
     bos = torch.full((n_chunks, 1), tok.bos_token_id, dtype=torch.long)
     data = torch.cat([bos, data], dim=1)

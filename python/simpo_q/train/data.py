@@ -83,14 +83,15 @@ def tokenize_pairs(rows: list[dict], tok, *, max_length: int, max_prompt_length:
                 or not chosen or not rejected:
             bad["missing or malformed prompt/chosen/rejected"] += 1
             continue
-        try:
-            a_c, a_r = chosen[-1]["content"], rejected[-1]["content"]
-            if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
-                raise KeyError("role")
-        except (KeyError, TypeError):
+        if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                   for m in (*chosen, *rejected)):
+            bad["a message without a string role and content"] += 1
+            continue
+        a_c, a_r = chosen[-1]["content"], rejected[-1]["content"]
+        if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
             bad["last message is not an assistant turn"] += 1
             continue
-        if not str(a_c).strip() or not str(a_r).strip():
+        if not a_c.strip() or not a_r.strip():
             bad["empty response"] += 1
             continue
         if a_c.strip() == a_r.strip():

@@ -199,8 +199,12 @@ def train(r: Recipe, *, quiet: bool = False, keep_model: bool = False):
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer
 
+    from simpo_q.sources import HFDirectory
     from simpo_q.train.checkpoint import load_checkpoint, save_checkpoint, save_final
 
+    # a missing or inconsistent model fails here, in a second, not inside transformers (which
+    # would try the network for a path it does not find, or fill a missing weight randomly)
+    HFDirectory(r.model)
     rank, world = _dist(force=r.fsdp == "always")
     fsdp = world > 1 or r.fsdp == "always"
     if quiet:
@@ -215,11 +219,11 @@ def train(r: Recipe, *, quiet: bool = False, keep_model: bool = False):
     tok = AutoTokenizer.from_pretrained(r.model)
     pairs, bad = tokenize_pairs(read_rows(r.data), tok, max_length=r.max_length,
                                 max_prompt_length=r.max_prompt_length)
-    if rank == 0 and not quiet:
-        skipped = ", ".join(f"{n} {why}" for why, n in bad.items()) or "none"
-        print(f"{r.data}: {len(pairs)} usable pairs; skipped: {skipped}", file=sys.stderr)
+    skipped = ", ".join(f"{n} {why}" for why, n in bad.items()) or "none"
     if not pairs:
-        raise ValueError(f"{r.data}: no usable preference pairs")
+        raise SimpoQError(f"{r.data}: no usable preference pairs (skipped: {skipped})")
+    if rank == 0 and not quiet:
+        print(f"{r.data}: {len(pairs)} usable pairs; skipped: {skipped}", file=sys.stderr)
     eval_pairs = []
     if r.eval_data:
         eval_pairs, _ = tokenize_pairs(read_rows(r.eval_data), tok, max_length=r.max_length,
@@ -232,7 +236,7 @@ def train(r: Recipe, *, quiet: bool = False, keep_model: bool = False):
     lengths = [len(p) for p in pairs]
     steps_per_epoch = len(pairs) // global_batch
     if steps_per_epoch == 0:
-        raise ValueError(f"{r.data}: {len(pairs)} pairs, fewer than one global batch of {global_batch}")
+        raise SimpoQError(f"{r.data}: {len(pairs)} pairs, fewer than one global batch of {global_batch}")
     total = r.max_steps if r.max_steps > 0 else math.ceil(steps_per_epoch * r.num_train_epochs)
     warmup = math.ceil(total * r.warmup_ratio)
 
@@ -240,7 +244,9 @@ def train(r: Recipe, *, quiet: bool = False, keep_model: bool = False):
     opt = torch.optim.AdamW(model.parameters(), lr=r.learning_rate, betas=(0.9, 0.999), eps=1e-8,
                             weight_decay=r.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, warmup))
-    step = load_checkpoint(out / "checkpoint", model, opt, sched) if (out / "checkpoint").exists() else 0
+    step = load_checkpoint(out / "checkpoint", model, opt, sched)
+    if step and rank == 0 and not quiet:
+        print(f"{out / 'checkpoint'}: resuming from step {step}", file=sys.stderr)
     metrics_path = out / "metrics.jsonl"
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -281,14 +287,21 @@ def train(r: Recipe, *, quiet: bool = False, keep_model: bool = False):
                            ("logps/chosen", c.detach().sum()), ("logps/rejected", rj.detach().sum())):
                 sums[key] = sums.get(key, 0.0) + float(v.detach()) / per_rank
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), r.max_grad_norm)
+        gn = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        if not math.isfinite(gn) or not math.isfinite(sums["loss"]):
+            # the gradient norm is global: every rank stops here, before the update
+            last = f"the last good checkpoint is {out / 'checkpoint'}" if (out / "checkpoint").exists() \
+                else "no checkpoint was saved (set save_steps to keep one)"
+            raise SimpoQError(f"step {step + 1}: the loss ({sums['loss']:.4g}) or its gradient norm ({gn:.4g}) is not "
+                              f"finite; training stopped before the update, {last}. Lower learning_rate or check "
+                              f"the data")
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
         step += 1
         tokens += step_tokens
         m = _reduce({**sums, "tokens": float(step_tokens)}, world)
-        m.update(step=step, lr=sched.get_last_lr()[0], grad_norm=float(grad_norm.full_tensor()
-                 if hasattr(grad_norm, "full_tensor") else grad_norm),
+        m.update(step=step, lr=sched.get_last_lr()[0], grad_norm=gn,
                  tokens=round(m["tokens"] * world), step_seconds=time.perf_counter() - t_step,
                  peak_memory_gib=peak_memory(device) / 2**30)
         if rank == 0:

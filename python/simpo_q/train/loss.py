@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from simpo_q._native import SimpoQError
+
 
 def simpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, *, beta: float, gamma_beta_ratio: float,
                label_smoothing: float = 0.0, loss_type: str = "sigmoid"):
@@ -18,7 +20,7 @@ def simpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, *, beta
     elif loss_type == "hinge":
         losses = torch.relu(1 - beta * logits)
     else:
-        raise ValueError(f"loss_type: {loss_type!r} is not 'sigmoid' or 'hinge'")
+        raise SimpoQError(f"loss_type: {loss_type!r} is not 'sigmoid' or 'hinge'")
     return losses, beta * chosen_logps.detach(), beta * rejected_logps.detach()
 
 

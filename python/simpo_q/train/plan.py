@@ -22,6 +22,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+from simpo_q._native import SimpoQError
 from simpo_q.train.recipe import Recipe
 
 GIB = 2**30
@@ -36,7 +37,7 @@ def model_shape(model: str) -> dict:
         return {"hidden_size": 3584, "intermediate_size": 14336, "num_hidden_layers": 42,
                 "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 256, "vocab_size": 256000,
                 "query_pre_attn_scalar": 256}
-    raise ValueError(f"{model}: no config.json to plan from")
+    raise SimpoQError(f"{model}: no config.json to plan from")
 
 
 @lru_cache(maxsize=32)

@@ -4,6 +4,7 @@ and for FSDP2 under torchrun."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,8 +59,14 @@ def _coerce(field: dataclasses.Field, raw, where: str):
         if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null") and "None" in t):
             return None
         if t.startswith("bool"):
-            return raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes")
+            if isinstance(raw, bool):
+                return raw
+            if str(raw).lower() in ("1", "true", "yes", "0", "false", "no"):
+                return str(raw).lower() in ("1", "true", "yes")
+            raise ValueError("expected true or false")
         if t.startswith("int"):
+            if isinstance(raw, float) or (isinstance(raw, str) and not raw.strip().lstrip("+-").isdigit()):
+                raise ValueError("expected an integer")
             return int(raw)
         if t.startswith("float"):
             return float(raw)
@@ -68,16 +75,58 @@ def _coerce(field: dataclasses.Field, raw, where: str):
         raise SimpoQError(f"{where}: {field.name}: cannot use {raw!r} ({e})") from e
 
 
+# (key, lowest, highest, lowest allowed itself, highest allowed itself): checked at load, so
+# that nonsense fails in a second, not after the model has loaded or hours of training.
+_RANGES = [
+    ("learning_rate", 0.0, math.inf, False, False), ("beta", 0.0, math.inf, False, False),
+    ("gamma_beta_ratio", -math.inf, math.inf, False, False), ("label_smoothing", 0.0, 0.5, True, True),
+    ("sft_weight", 0.0, math.inf, True, False), ("warmup_ratio", 0.0, 1.0, True, True),
+    ("weight_decay", 0.0, math.inf, True, False), ("max_grad_norm", 0.0, math.inf, False, False),
+    ("num_train_epochs", 0.0, math.inf, False, False), ("eval_fraction", 0.0, 1.0, True, False),
+    ("max_length", 2, math.inf, True, False), ("max_prompt_length", 1, math.inf, True, False),
+    ("per_device_train_batch_size", 1, math.inf, True, False),
+    ("gradient_accumulation_steps", 1, math.inf, True, False),
+    ("chunk_tokens", 1, math.inf, True, False), ("save_steps", 0, math.inf, True, False),
+    ("eval_steps", 0, math.inf, True, False), ("threads", 0, math.inf, True, False),
+    ("logging_steps", 1, math.inf, True, False),
+]
+
+
+def _check_ranges(r: Recipe, where: str) -> None:
+    for key, lo, hi, lo_ok, hi_ok in _RANGES:
+        v = getattr(r, key)
+        ok = math.isfinite(v) and (v > lo or (lo_ok and v == lo)) and (v < hi or (hi_ok and v == hi))
+        if not ok:
+            lo_s = f"{'≥' if lo_ok else '>'} {lo}"
+            hi_s = "" if hi == math.inf else f" and {'≤' if hi_ok else '<'} {hi}"
+            raise SimpoQError(f"{where}: {key} is {v}; it must be finite, {lo_s}{hi_s}")
+    if r.max_prompt_length >= r.max_length:
+        raise SimpoQError(f"{where}: max_prompt_length {r.max_prompt_length} must be below max_length {r.max_length}")
+    if r.max_steps == 0 or r.max_steps < -1:
+        raise SimpoQError(f"{where}: max_steps is {r.max_steps}; give a positive number, or -1 for whole epochs")
+
+
 def load_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> Recipe:
     p = Path(path)
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as e:
+        if not p.is_file():
+            raise SimpoQError(f"{p}: no such recipe file" if not p.exists() else f"{p}: not a regular file")
+        if p.stat().st_size > 1 << 20:
+            raise SimpoQError(f"{p}: {p.stat().st_size} bytes, too large for a recipe")
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as e:
+        at = f" at line {e.problem_mark.line + 1}, column {e.problem_mark.column + 1}" if e.problem_mark else ""
+        raise SimpoQError(f"{p}: cannot read recipe: {e.problem or e.context}{at}") from e
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise SimpoQError(f"{p}: cannot read recipe ({e})") from e
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SimpoQError(f"{p}: a recipe is a mapping of keys to values, not a {type(raw).__name__}")
     fields = {f.name: f for f in dataclasses.fields(Recipe)}
     values = {}
     for k, v in raw.items():
-        if k not in fields:
+        if not isinstance(k, str) or k not in fields:
             raise SimpoQError(f"{p}: unknown recipe key {k!r}")
         values[k] = _coerce(fields[k], v, str(p))
     for o in overrides:
@@ -93,6 +142,11 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> Recipe:
                          ("fsdp", ("auto", "always"))):
         if getattr(r, key) not in allowed:
             raise SimpoQError(f"{p}: {key}: {getattr(r, key)!r} is not one of {', '.join(allowed)}")
+    _check_ranges(r, str(p))
+    if not r.model:
+        raise SimpoQError(f"{p}: the recipe names no model (set model: a Hugging Face model directory)")
+    if not r.data:
+        raise SimpoQError(f"{p}: the recipe names no data (set data: a preference data file or directory)")
     base = p.parent
     for k in ("model", "data", "eval_data"):
         v = getattr(r, k)

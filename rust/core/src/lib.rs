@@ -8,6 +8,7 @@
 #![allow(clippy::needless_range_loop)]
 
 pub mod error;
+pub mod files;
 pub mod fp16;
 pub mod gguf;
 pub mod imatrix;

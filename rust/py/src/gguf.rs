@@ -245,7 +245,24 @@ impl GgufReaderPy {
     }
 }
 
+/// write_file(path, data): the whole file through the guarded writer (temporary name, synced,
+/// renamed; a directory or device at `path` is refused; stale temporaries of dead processes
+/// are removed). Every file simpo-q writes goes this way or through GgufWriter.
+#[pyfunction]
+fn write_file(py: Python<'_>, path: PathBuf, data: &[u8]) -> PyResult<()> {
+    py.detach(|| simpo_q_core::files::write_file(&path, data))
+        .map_err(to_py)
+}
+
+/// remove_stale_temporaries(path) -> paths removed: temporaries of `path` whose process is gone.
+#[pyfunction]
+fn remove_stale_temporaries(path: PathBuf) -> Vec<PathBuf> {
+    simpo_q_core::files::remove_stale_temporaries(&path)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(write_file, m)?)?;
+    m.add_function(wrap_pyfunction!(remove_stale_temporaries, m)?)?;
     m.add_class::<GgufWriterPy>()?;
     m.add_class::<GgufReaderPy>()?;
     Ok(())

@@ -179,5 +179,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(type_info, m)?)?;
     let names: Vec<&str> = QuantType::ALL.iter().map(|t| t.name()).collect();
     m.add("QUANT_TYPES", PyTuple::new(m.py(), names)?)?;
+    m.add("MAX_IMPORTANCE_WEIGHT2", quants::MAX_IMPORTANCE_WEIGHT2)?;
     Ok(())
 }

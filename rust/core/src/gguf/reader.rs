@@ -118,9 +118,7 @@ impl<'a> Cursor<'a> {
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<GgufFile> {
-        let f = std::fs::File::open(path)
-            .map_err(|e| Error::file(path, format!("cannot open: {e}")))?;
-        let len = f.metadata().map_err(|e| Error::file(path, e))?.len();
+        let (f, len) = crate::files::open_regular(path, "GGUF file")?;
         let map = if len == 0 {
             Map::Bytes(Vec::new())
         } else {

@@ -1,15 +1,14 @@
 //! Streaming GGUF writer. The metadata and every tensor's info are known before any data
 //! (the type policy decides types up front), so the header is written first and tensors are
 //! appended as they are produced; nothing but the current tensor is ever in memory. Output
-//! goes to `<dest>.tmp-<pid>` and is renamed at `finish`; dropped unfinished, the temporary
-//! file is removed, so a failed run never leaves a partial file at the destination.
+//! goes through [`crate::files::AtomicFile`]: a failed or killed run never leaves a partial
+//! file at the destination.
 
 use super::types::{ggml_type_name, tensor_nbytes};
 use super::value::{encode_str, Value};
 use super::{DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUF_VERSION};
 use crate::error::{Error, Result};
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use crate::files::AtomicFile;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -21,8 +20,7 @@ pub struct TensorInfo {
 }
 
 pub struct GgufWriter {
-    out: Option<BufWriter<File>>,
-    tmp: PathBuf,
+    out: Option<AtomicFile>,
     dest: PathBuf,
     infos: Vec<TensorInfo>,
     sizes: Vec<u64>,
@@ -40,10 +38,7 @@ impl GgufWriter {
         kvs: &[(String, Value)],
         infos: Vec<TensorInfo>,
     ) -> Result<GgufWriter> {
-        if dest.exists() && !dest.is_file() {
-            // Never replace a directory, device or socket by renaming over it.
-            return Err(Error::file(dest, "exists and is not a regular file"));
-        }
+        crate::files::check_destination(dest)?;
         let mut alignment = DEFAULT_ALIGNMENT;
         let mut seen = std::collections::HashSet::new();
         for (k, v) in kvs {
@@ -122,17 +117,8 @@ impl GgufWriter {
         let padded = pad(head.len() as u64, alignment) as usize;
         head.resize(padded, 0);
 
-        let file_name = dest
-            .file_name()
-            .ok_or_else(|| Error::file(dest, "not a file path"))?
-            .to_string_lossy()
-            .to_string();
-        let tmp = dest.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
-        let f = File::create(&tmp)
-            .map_err(|e| Error::file(dest, format!("cannot create output: {e}")))?;
         let mut w = GgufWriter {
-            out: Some(BufWriter::with_capacity(1 << 20, f)),
-            tmp,
+            out: Some(AtomicFile::create(dest)?),
             dest: dest.to_path_buf(),
             infos,
             sizes,
@@ -149,7 +135,6 @@ impl GgufWriter {
             .as_mut()
             .ok_or_else(|| Error::file(&dest, "writer already finished"))?
             .write_all(b)
-            .map_err(|e| Error::file(&dest, format!("write failed: {e}")))
     }
 
     /// The tensor the writer expects next, if any.
@@ -205,34 +190,9 @@ impl GgufWriter {
                 ),
             ));
         }
-        let out = self.out.take().expect("unfinished writer has its file");
-        let done = out
-            .into_inner()
-            .map_err(|e| Error::file(&self.dest, format!("write failed: {}", e.error())))
-            .and_then(|f| {
-                f.sync_all()
-                    .map_err(|e| Error::file(&self.dest, format!("write failed: {e}")))
-            })
-            .and_then(|_| {
-                std::fs::rename(&self.tmp, &self.dest).map_err(|e| {
-                    Error::file(
-                        &self.dest,
-                        format!("cannot move the finished file into place: {e}"),
-                    )
-                })
-            });
-        if done.is_err() {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
-        done?;
-        Ok(())
-    }
-}
-
-impl Drop for GgufWriter {
-    fn drop(&mut self) {
-        if self.out.take().is_some() {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
+        self.out
+            .take()
+            .expect("unfinished writer has its file")
+            .commit()
     }
 }

@@ -119,22 +119,46 @@ impl Imatrix {
         } else {
             other
         };
+        // Checked before anything changes: a failed merge leaves `self` as it was.
+        for (name, e) in &other.entries {
+            if let Some(j) = e.in_sum2.iter().position(|v| !v.is_finite()) {
+                return Err(Error::Invalid {
+                    arg: "imatrix",
+                    msg: format!("{name}: the sum of squares of column {j} overflows float32"),
+                });
+            }
+            if let Some(mine) = self.entries.get(name) {
+                if mine.in_sum2.len() != e.in_sum2.len() {
+                    return Err(Error::Invalid {
+                        arg: "imatrix",
+                        msg: format!(
+                            "{name}: {} columns in one file, {} in another",
+                            mine.in_sum2.len(),
+                            e.in_sum2.len()
+                        ),
+                    });
+                }
+                if let Some(j) = (0..e.in_sum2.len()).find(|&j| {
+                    let v = mine.in_sum2[j] + e.in_sum2[j];
+                    !v.is_finite()
+                }) {
+                    return Err(Error::Invalid {
+                        arg: "imatrix",
+                        msg: format!(
+                            "{name}: the merged sum of squares of column {j} overflows float32 \
+                             ({} + {})",
+                            mine.in_sum2[j], e.in_sum2[j]
+                        ),
+                    });
+                }
+            }
+        }
         for (name, e) in &other.entries {
             match self.entries.get_mut(name) {
                 None => {
                     self.entries.insert(name.clone(), e.clone());
                 }
                 Some(mine) => {
-                    if mine.in_sum2.len() != e.in_sum2.len() {
-                        return Err(Error::Invalid {
-                            arg: "imatrix",
-                            msg: format!(
-                                "{name}: {} columns in one file, {} in another",
-                                mine.in_sum2.len(),
-                                e.in_sum2.len()
-                            ),
-                        });
-                    }
                     for (a, b) in mine.in_sum2.iter_mut().zip(&e.in_sum2) {
                         *a += *b;
                     }

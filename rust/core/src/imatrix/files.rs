@@ -3,7 +3,6 @@
 use super::accumulate::{Entry, Imatrix};
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, GgufWriter, TensorInfo, Value, ValueType};
-use std::io::Write;
 use std::path::Path;
 
 /// GGUF imatrix: general.type = "imatrix", imatrix.datasets, imatrix.chunk_count,
@@ -80,26 +79,16 @@ pub fn write_imatrix_dat(path: &Path, m: &Imatrix) -> Result<()> {
     let ds = m.datasets.first().map(String::as_str).unwrap_or("");
     b.extend_from_slice(&(ds.len() as i32).to_le_bytes());
     b.extend_from_slice(ds.as_bytes());
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}",
-        path.file_name()
-            .map(|s| s.to_string_lossy().to_string())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let res = std::fs::File::create(&tmp)
-        .and_then(|mut f| f.write_all(&b).and_then(|_| f.sync_all()))
-        .and_then(|_| std::fs::rename(&tmp, path));
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::file(path, format!("cannot write: {e}")));
-    }
-    Ok(())
+    crate::files::write_file(path, &b)
 }
+
+/// An importance matrix holds one float per input column of every linear layer: about
+/// 2 MB for a 9B model, 0.2 GB for the largest open models. Anything larger is not one.
+pub const MAX_IMATRIX_BYTES: u64 = 4 << 30;
 
 /// Reads either format (GGUF first, as llama-quantize tries it, then the legacy layout).
 pub fn read_imatrix(path: &Path) -> Result<Imatrix> {
-    let head = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    let head = crate::files::read_capped(path, "imatrix file", MAX_IMATRIX_BYTES)?;
     if head.starts_with(b"GGUF") {
         return read_gguf(path, GgufFile::from_bytes(path, head)?);
     }

@@ -147,6 +147,13 @@ pub fn row_size(qtype: QuantType, n_per_row: usize) -> Result<usize> {
             block,
         });
     }
+    // a row must fit in memory as float32 (and its length in numpy's signed sizes)
+    if n_per_row > isize::MAX as usize / 4 {
+        return Err(Error::Invalid {
+            arg: "n_per_row",
+            msg: format!("{n_per_row} values per row is more than any memory holds"),
+        });
+    }
     Ok(n_per_row / block * qtype.type_size())
 }
 
@@ -235,15 +242,54 @@ pub fn dequantize_row(qtype: QuantType, x: &[u8], y: &mut [f32]) {
 
 /// Branch-free scan (vectorizes): true when no value is NaN or infinite.
 #[inline]
-fn row_is_finite(x: &[f32]) -> bool {
-    x.iter().fold(0u32, |acc, v| {
-        acc | ((v.to_bits() & 0x7f80_0000 == 0x7f80_0000) as u32)
-    }) == 0
+/// Whether every value of the row is finite and at most `limit` in magnitude (NaN fails).
+fn row_is_within(x: &[f32], limit: f32) -> bool {
+    if limit == f32::MAX {
+        // the common case, as a bit test that vectorises
+        return x.iter().fold(0u32, |acc, v| {
+            acc | ((v.to_bits() & 0x7f80_0000 == 0x7f80_0000) as u32)
+        }) == 0;
+    }
+    x.iter().fold(true, |ok, v| ok & (v.abs() <= limit))
 }
 
-/// Rejects what ggml would abort on or silently garble: non-finite data (ggml aborts on a
-/// non-finite scale; we say where the bad value is) and unusable importance vectors.
-pub fn validate(x: &[f32], n_per_row: usize, imatrix: Option<&[f32]>) -> Result<()> {
+/// The largest importance × weight² the importance-weighted quantizers can take. Their
+/// weighted sums add up to 256 terms of (importance · |weight|) · weight · level, with
+/// levels up to 32 in magnitude (the k-quants weight by importance · √(σ² + x²), which is
+/// of the order of importance · |weight|); 256 · 32 · 1e34 ≈ 8e37 stays below f32::MAX.
+/// Beyond it the sums become infinite and the blocks NaN or zero. Real importances (means of
+/// squared activations) times squared weights stay below 1e12.
+pub const MAX_IMPORTANCE_WEIGHT2: f32 = 1.0e34;
+
+/// The largest weight magnitude that keeps importance · weight² within
+/// [`MAX_IMPORTANCE_WEIGHT2`] (weights below 1 count as 1), or an error when the importance
+/// vector alone is too large.
+pub fn weight_limit(imatrix: Option<&[f32]>) -> Result<f32> {
+    let Some(w) = imatrix else {
+        return Ok(f32::MAX);
+    };
+    let (col, wmax) = w
+        .iter()
+        .copied()
+        .enumerate()
+        .fold((0, 0.0f32), |b, (i, v)| if v > b.1 { (i, v) } else { b });
+    if wmax > MAX_IMPORTANCE_WEIGHT2 {
+        return Err(Error::Invalid {
+            arg: "imatrix",
+            msg: format!(
+                "value {wmax:e} at column {col} is too large: the weighted block sums would \
+                 overflow float32 (at most {MAX_IMPORTANCE_WEIGHT2:e}; is it an importance matrix?)"
+            ),
+        });
+    }
+    if wmax == 0.0 {
+        return Ok(f32::MAX);
+    }
+    Ok((MAX_IMPORTANCE_WEIGHT2 / wmax).sqrt().max(1.0))
+}
+
+/// An importance vector: one finite, non-negative value per column.
+pub fn validate_importance(n_per_row: usize, imatrix: Option<&[f32]>) -> Result<()> {
     if let Some(w) = imatrix {
         if w.len() != n_per_row {
             return Err(Error::ImatrixLength {
@@ -254,11 +300,9 @@ pub fn validate(x: &[f32], n_per_row: usize, imatrix: Option<&[f32]>) -> Result<
         }
         for (col, &v) in w.iter().enumerate() {
             if !v.is_finite() {
-                return Err(Error::NonFinite {
+                return Err(Error::Invalid {
                     arg: "imatrix",
-                    value: v,
-                    row: 0,
-                    col,
+                    msg: format!("non-finite value {v} at column {col}"),
                 });
             }
             if v < 0.0 {
@@ -270,6 +314,13 @@ pub fn validate(x: &[f32], n_per_row: usize, imatrix: Option<&[f32]>) -> Result<
             }
         }
     }
+    Ok(())
+}
+
+/// Rejects what ggml would abort on or silently garble: non-finite data (ggml aborts on a
+/// non-finite scale; we say where the bad value is) and unusable importance vectors.
+pub fn validate(x: &[f32], n_per_row: usize, imatrix: Option<&[f32]>) -> Result<()> {
+    validate_importance(n_per_row, imatrix)?;
     if let Some(pos) = x.par_iter().position_first(|v| !v.is_finite()) {
         return Err(Error::NonFinite {
             arg: "x",
@@ -305,15 +356,16 @@ pub fn quantize_into(
             msg: format!("has {} bytes, {} needed", out.len(), rows * rs),
         });
     }
-    validate(&[], n_per_row, imatrix)?;
+    validate_importance(n_per_row, imatrix)?;
     let imatrix = if qtype.uses_imatrix() { imatrix } else { None };
-    // The finiteness check is fused into each row's job (the row is in cache anyway); a
-    // row with a bad value is left unwritten and the error names the first one.
+    let limit = weight_limit(imatrix)?;
+    // The finiteness (and, with importances, magnitude) check is fused into each row's job
+    // (the row is in cache anyway); a bad row is left unwritten and the error names it.
     let any_bad = out
         .par_chunks_mut(rs)
         .zip(x.par_chunks(n_per_row))
         .map(|(y, xr)| {
-            if row_is_finite(xr) {
+            if row_is_within(xr, limit) {
                 quantize_row(qtype, xr, y, imatrix);
                 false
             } else {
@@ -323,6 +375,21 @@ pub fn quantize_into(
         .reduce(|| false, |a, b| a | b);
     if any_bad {
         validate(x, n_per_row, None)?;
+        let pos = x
+            .iter()
+            .position(|v| v.abs() > limit)
+            .expect("a row failed the magnitude check");
+        return Err(Error::Invalid {
+            arg: "x",
+            msg: format!(
+                "weight {:e} at row {}, column {} is too large for its importance vector: \
+                 importance · weight² would overflow the weighted block sums (weights up to \
+                 {limit:e} fit)",
+                x[pos],
+                pos / n_per_row,
+                pos % n_per_row
+            ),
+        });
     }
     Ok(())
 }
@@ -353,14 +420,16 @@ pub fn dequantize_into(
             expected: rs,
         });
     }
-    if out.len() != data.len() / rs * n_per_row {
+    let values = (data.len() / rs)
+        .checked_mul(n_per_row)
+        .ok_or_else(|| Error::Invalid {
+            arg: "data",
+            msg: "the dequantized size overflows the address space".into(),
+        })?;
+    if out.len() != values {
         return Err(Error::Invalid {
             arg: "out",
-            msg: format!(
-                "has {} values, {} needed",
-                out.len(),
-                data.len() / rs * n_per_row
-            ),
+            msg: format!("has {} values, {} needed", out.len(), values),
         });
     }
     out.par_chunks_mut(n_per_row)
@@ -371,7 +440,7 @@ pub fn dequantize_into(
 
 pub fn dequantize(qtype: QuantType, data: &[u8], n_per_row: usize) -> Result<Vec<f32>> {
     let rs = row_size(qtype, n_per_row)?;
-    let mut out = vec![0f32; data.len() / rs * n_per_row];
+    let mut out = vec![0f32; (data.len() / rs).saturating_mul(n_per_row)];
     dequantize_into(qtype, data, n_per_row, &mut out)?;
     Ok(out)
 }
@@ -379,6 +448,49 @@ pub fn dequantize(qtype: QuantType, data: &[u8], n_per_row: usize) -> Result<Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extreme_sizes_are_errors_not_wraparounds() {
+        for t in QuantType::ALL {
+            let b = t.block_size();
+            for n in [
+                b,
+                1 << 40,
+                (1 << 61) / b * b,
+                (1 << 62) / b * b,
+                usize::MAX / b * b,
+            ] {
+                let exact = (n / b) as u128 * t.type_size() as u128;
+                match row_size(t, n) {
+                    Ok(rs) => assert_eq!(rs as u128, exact, "{t:?} {n}"),
+                    Err(_) => assert!(n > isize::MAX as usize / 4, "{t:?} {n}"),
+                }
+            }
+        }
+        assert!(row_size(QuantType::F32, 1 << 62).is_err());
+        assert!(dequantize(QuantType::F32, &[0; 8], (1 << 62) + 1).is_err());
+        assert!(dequantize(QuantType::F32, &[], 1 << 62).is_err());
+    }
+
+    #[test]
+    fn overflowing_importances_are_refused_for_every_imatrix_type() {
+        let x: Vec<f32> = (0..256).map(|i| ((i * 37) % 11) as f32 - 5.0).collect();
+        let mut huge = vec![1.0f32; 256];
+        huge[3] = 3e38;
+        let mut big = vec![1.0f32; 256];
+        big[5] = 1e33; // fits alone, not with weights of 5
+        for t in QuantType::ALL.into_iter().filter(|t| t.uses_imatrix()) {
+            let e = quantize(t, &x, 256, Some(&huge)).unwrap_err().to_string();
+            assert!(e.contains("column 3 is too large"), "{t:?}: {e}");
+            let e = quantize(t, &x, 256, Some(&big)).unwrap_err().to_string();
+            assert!(e.contains("at row 0, column"), "{t:?}: {e}");
+            let ok = vec![1e10f32; 256];
+            let y = quantize(t, &x, 256, Some(&ok)).unwrap();
+            let back = dequantize(t, &y, 256).unwrap();
+            assert!(back.iter().all(|v| v.is_finite()), "{t:?}");
+            assert!(back.iter().any(|v| *v != 0.0), "{t:?}: all zero");
+        }
+    }
 
     #[test]
     fn errors_name_the_argument() {
