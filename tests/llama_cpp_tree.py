@@ -55,16 +55,20 @@ if __name__ == "__main__":
     print(llama_cpp_tree())
 
 
+TOOLS = ("llama-imatrix", "llama-quantize", "llama-perplexity")
+
+
 def llama_cpp_tools() -> Path:
-    """bin/ with llama-imatrix and llama-quantize, built once from the tree with cmake (pip's
-    cmake and ninja) into the cache: several minutes on 2 cores the first time."""
+    """bin/ with llama-imatrix, llama-quantize and llama-perplexity, built once from the tree
+    with cmake (pip's cmake and ninja) into the cache: several minutes on 2 cores the first
+    time."""
     import shutil
     import subprocess
     import sys
 
     build = cache_dir() / f"llama-cpp-{VERSION}-build"
     bins = build / "bin"
-    if (bins / "llama-imatrix").exists() and (bins / "llama-quantize").exists():
+    if all((bins / t).exists() for t in TOOLS):
         return bins
     tree = llama_cpp_tree()
     venv_bin = Path(sys.executable).parent
@@ -76,6 +80,6 @@ def llama_cpp_tools() -> Path:
     subprocess.run([cmake, "-S", str(tree), "-B", str(build), *gen, "-DCMAKE_BUILD_TYPE=Release",
                     "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
                     "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_OPENSSL=OFF"], check=True, env=env, capture_output=True)
-    subprocess.run([cmake, "--build", str(build), "--target", "llama-imatrix", "llama-quantize",
-                    "-j", str(os.cpu_count() or 2)], check=True, env=env, capture_output=True)
+    subprocess.run([cmake, "--build", str(build), "--target", *TOOLS, "-j", str(os.cpu_count() or 2)], check=True,
+                   env=env, capture_output=True)
     return bins

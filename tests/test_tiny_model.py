@@ -151,6 +151,7 @@ def test_bad_arguments_are_clear_errors(tmp_path: Path, capsys) -> None:
 def test_bundled_data_is_the_generators_output() -> None:
     assert bundled_text("calibration.txt") == corpus.calibration_text()
     assert bundled_text("preferences.jsonl") == corpus.preference_jsonl()
+    assert bundled_text("evaluation.txt") == corpus.evaluation_text()
 
 
 def test_bundled_data_sizes_and_format() -> None:

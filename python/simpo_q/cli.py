@@ -163,6 +163,15 @@ def _pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_kld(args: argparse.Namespace) -> int:
+    from simpo_q.evaluate.kld import kld_files
+
+    kld_files(args.reference, args.quant, args.file, ctx=args.ctx, chunks=args.chunks, device=args.device,
+              dtype=args.dtype, engine=args.engine, threads=args.threads, json_out=args.json, plot_out=args.plot,
+              quiet=args.quiet, flash_attn=args.flash_attn == "on")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="simpo-q",
@@ -257,6 +266,28 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--mfu", type=float, default=0.35, help="assumed fraction of the peak reached")
     pl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     pl.set_defaults(func=_plan)
+
+    ev = sub.add_parser("eval", help="what quantization cost: KL divergence, perplexity, task accuracy")
+    evs = ev.add_subparsers(dest="eval_command", required=True)
+    k = evs.add_parser("kld", help="llama-perplexity --kl-divergence's statistics, reference and quants in lockstep",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    k.add_argument("reference", help="full-precision model: a Hugging Face directory (torch) or an "
+                                     "F32/F16/BF16/Q8_0 GGUF (llama.cpp)")
+    k.add_argument("quant", nargs="+", help="quantized GGUF file(s)")
+    k.add_argument("-f", "--file", required=True, help="evaluation text (not the calibration text)")
+    k.add_argument("--ctx", type=_positive, default=512, help="tokens per chunk; the second half is scored")
+    k.add_argument("--chunks", type=_positive, default=None, help="at most N chunks (default: all)")
+    k.add_argument("--device", default="cpu", help="torch device of a Hugging Face reference: cpu or cuda")
+    k.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="torch dtype of a Hugging Face reference")
+    k.add_argument("--engine", default="llama.cpp", choices=["llama.cpp", "torch"],
+                   help="run each GGUF with llama.cpp, or its dequantized weights in the Hugging Face model")
+    k.add_argument("--threads", type=_positive, default=None, help="llama.cpp threads (default: all cores)")
+    k.add_argument("--flash-attn", default="on", choices=["on", "off"],
+                   help="llama.cpp's flash attention (llama-perplexity's default 'auto' is on for CPU)")
+    k.add_argument("--json", metavar="FILE", help="write every statistic as JSON")
+    k.add_argument("--plot", metavar="FILE.png", help="plot the per-token KLD distributions (matplotlib)")
+    k.set_defaults(func=_eval_kld)
 
     d = sub.add_parser("demo", help="the main job on the embedded default (tiny pretrained Gemma-2)")
     d.add_argument("--out", default="out/demo")

@@ -106,6 +106,14 @@ def transform(hf: str, x: np.ndarray) -> np.ndarray:
     return x
 
 
+def untransform(hf: str, x: np.ndarray) -> np.ndarray:
+    """`transform` undone: GGUF values back to Hugging Face's (for running a GGUF's weights in
+    the Hugging Face model)."""
+    if hf.endswith("norm.weight"):
+        return (x - np.float32(1.0)).astype(np.float32)
+    return x
+
+
 def hparams_metadata(cfg: dict, file_type: int) -> list[tuple[str, str, object]]:
     return [
         ("gemma2.context_length", "u32", cfg["max_position_embeddings"]),

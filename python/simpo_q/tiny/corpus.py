@@ -3,6 +3,8 @@ dialogue, lists and numbers in several languages, and a preference set in the
 princeton-nlp/gemma2-ultrafeedback-armorm format whose chosen answers are systematically
 better (correct, on topic) than the rejected ones.
 
+An evaluation text of questions and answers is kept apart from the calibration text.
+
 Everything here is written for simpo-q, so the data is licence-clean. The committed files
 under `simpo_q/data/` are this module's output; a test checks they still are.
 """
@@ -221,3 +223,18 @@ def preference_pairs(n: int = 240, seed: int = 4321) -> list[dict]:
 
 def preference_jsonl(n: int = 240, seed: int = 4321) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in preference_pairs(n, seed))
+
+
+def evaluation_text(min_bytes: int = 40_000, seed: int = 2468) -> str:
+    """Held-out text for quality measurements: questions and answers (the preference pairs'
+    kinds, never the calibration text's sentences), so that a quantizer tuned on the
+    calibration text is not judged on it."""
+    rng = random.Random(seed)
+    parts: list[str] = []
+    size = 0
+    while size < min_bytes:
+        prompt, good, _ = _pair(rng)
+        chunk = f"Question: {prompt}\nAnswer: {good}\n\n"
+        parts.append(chunk)
+        size += len(chunk.encode("utf-8"))
+    return "".join(parts)
