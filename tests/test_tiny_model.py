@@ -152,6 +152,8 @@ def test_bundled_data_is_the_generators_output() -> None:
     assert bundled_text("calibration.txt") == corpus.calibration_text()
     assert bundled_text("preferences.jsonl") == corpus.preference_jsonl()
     assert bundled_text("evaluation.txt") == corpus.evaluation_text()
+    assert bundled_text("gsm8k-sample.jsonl") == corpus.gsm8k_sample()
+    assert bundled_text("mmlu-redux-sample.jsonl") == corpus.mmlu_redux_sample()
 
 
 def test_bundled_data_sizes_and_format() -> None:

@@ -163,12 +163,30 @@ def _pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_hf(quiet: bool) -> None:
+    """--quiet also silences transformers' weight-loading bars."""
+    if quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 def _eval_kld(args: argparse.Namespace) -> int:
     from simpo_q.evaluate.kld import kld_files
 
+    _quiet_hf(args.quiet)
     kld_files(args.reference, args.quant, args.file, ctx=args.ctx, chunks=args.chunks, device=args.device,
               dtype=args.dtype, engine=args.engine, threads=args.threads, json_out=args.json, plot_out=args.plot,
               quiet=args.quiet, flash_attn=args.flash_attn == "on")
+    return 0
+
+
+def _eval_tasks(args: argparse.Namespace) -> int:
+    from simpo_q.evaluate.tasks import tasks_files
+
+    _quiet_hf(args.quiet)
+    tasks_files(args.model, args.task, args.data, limit=args.limit, max_tokens=args.max_tokens, ctx=args.ctx,
+                device=args.device, dtype=args.dtype, threads=args.threads, json_out=args.json, quiet=args.quiet)
     return 0
 
 
@@ -288,6 +306,21 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--json", metavar="FILE", help="write every statistic as JSON")
     k.add_argument("--plot", metavar="FILE.png", help="plot the per-token KLD distributions (matplotlib)")
     k.set_defaults(func=_eval_kld)
+    ta = evs.add_parser("tasks", help="GSM8K / MMLU-Redux accuracy as ZeroEval measures it (the SimPO card's columns)",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ta.add_argument("model", nargs="+", help="Hugging Face directories and/or GGUF files; with two, the questions "
+                                            "whose verdict flips are listed")
+    ta.add_argument("--task", required=True, choices=["gsm8k", "mmlu"])
+    ta.add_argument("--data", required=True, help="JSON lines in the public layout (GSM8K: question, answer "
+                                                  "'... #### N'; MMLU-Redux: question, choices, answer)")
+    ta.add_argument("--limit", type=_positive, default=None, help="the first N questions only")
+    ta.add_argument("--max-tokens", type=_positive, default=4096, help="longest answer (ZeroEval's default)")
+    ta.add_argument("--ctx", type=_positive, default=8192, help="llama.cpp context for a GGUF")
+    ta.add_argument("--device", default="cpu", help="torch device for a Hugging Face directory")
+    ta.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ta.add_argument("--threads", type=_positive, default=None, help="llama.cpp threads")
+    ta.add_argument("--json", metavar="FILE", help="every verdict and the summary as JSON")
+    ta.set_defaults(func=_eval_tasks)
 
     d = sub.add_parser("demo", help="the main job on the embedded default (tiny pretrained Gemma-2)")
     d.add_argument("--out", default="out/demo")

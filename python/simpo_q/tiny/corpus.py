@@ -238,3 +238,37 @@ def evaluation_text(min_bytes: int = 40_000, seed: int = 2468) -> str:
         parts.append(chunk)
         size += len(chunk.encode("utf-8"))
     return "".join(parts)
+
+
+def gsm8k_sample(n: int = 24, seed: int = 1357) -> str:
+    """Word problems in GSM8K's public layout (`question`, `answer` ending in "#### N"),
+    written for simpo-q's tests of `eval tasks`; the real test set is the user's."""
+    rng = random.Random(seed)
+    names = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goran", "Hana"]
+    things = [("apples", "basket"), ("books", "shelf"), ("stamps", "album"), ("shells", "jar")]
+    rows = []
+    for i in range(n):
+        who, (thing, box) = rng.choice(names), rng.choice(things)
+        a, b, c = rng.randint(2, 9), rng.randint(3, 12), rng.randint(1, 20)
+        q = (f"{who} has {a} {box}s with {b} {thing} in each {box}, and gives away {c} {thing}. "
+             f"How many {thing} does {who} have left?")
+        total = a * b
+        sol = f"{who} starts with {a} * {b} = <<{a}*{b}={total}>>{total} {thing}.\n" \
+              f"After giving away {c}, {total} - {c} = <<{total}-{c}={total - c}>>{total - c} are left.\n" \
+              f"#### {total - c}"
+        rows.append({"question": q, "answer": sol})
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def mmlu_redux_sample(n: int = 24, seed: int = 9753) -> str:
+    """Multiple-choice questions in MMLU-Redux's public layout (`question`, `choices`, and
+    `answer`, the index of the correct choice), written for simpo-q's tests."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        (country, city), *others = rng.sample(CAPITALS, 4)
+        choices = [city, *(o[1] for o in others)]
+        rng.shuffle(choices)
+        rows.append({"question": f"What is the capital of {country}?", "subject": "geography",
+                     "choices": choices, "answer": choices.index(city)})
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
