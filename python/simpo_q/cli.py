@@ -159,7 +159,8 @@ def _pipeline(args: argparse.Namespace) -> int:
 
     run_pipeline(load_recipe(args.recipe, args.set), args.out, ftype=args.type, imatrix=args.imatrix,
                  imatrix_ctx=args.ctx, imatrix_chunks=args.chunks, ollama=not args.no_ollama, quiet=args.quiet,
-                 name=args.name, force=args.force)
+                 name=args.name, force=args.force, eval_text=args.eval_text, eval_ctx=args.eval_ctx,
+                 eval_chunks=args.eval_chunks)
     return 0
 
 
@@ -273,6 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--force", action="store_true",
                     help="replace existing files beside OUT (OUT.imatrix.gguf, Modelfile, NOTICE)")
     pp.add_argument("--name", help="general.name of the GGUF (default: the recipe's output_dir name)")
+    pp.add_argument("--eval-text", metavar="FILE",
+                    help="end with `eval kld` of the GGUF against the trained model on this (held-out) text, "
+                         "beside the same type without the importance matrix")
+    pp.add_argument("--eval-ctx", type=_positive, default=512)
+    pp.add_argument("--eval-chunks", type=_positive, default=None)
     pp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     pp.set_defaults(func=_pipeline)
 

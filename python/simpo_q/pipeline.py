@@ -53,7 +53,8 @@ def _check_args(recipe, out: Path, ftype: str, imatrix, ollama: bool, force: boo
 
 def run_pipeline(recipe, out: str | os.PathLike, *, ftype: str = "Q3_K_S", imatrix=None, imatrix_ctx: int = 512,
                  imatrix_chunks: int | None = None, ollama: bool = True, quiet: bool = False,
-                 name: str | None = None, force: bool = False) -> Path | None:
+                 name: str | None = None, force: bool = False, eval_text=None, eval_ctx: int = 512,
+                 eval_chunks: int | None = None) -> Path | None:
     """Returns the GGUF's path on rank 0, None on the other ranks. The GGUF's general.name is
     `name`, by default the run's name (the recipe's output_dir), not that of its `final`
     directory."""
@@ -68,6 +69,10 @@ def run_pipeline(recipe, out: str | os.PathLike, *, ftype: str = "Q3_K_S", imatr
 
     out = Path(out)
     _check_args(recipe, out, ftype, imatrix, ollama, force, imatrix_ctx, imatrix_chunks)
+    if eval_text is not None:
+        from simpo_q.imatrix import read_text
+
+        read_text(eval_text)  # a bad evaluation text fails now, not after training
     run_dir, model = train(recipe, quiet=quiet, keep_model=True)
     final = Path(run_dir) / "final"
     if not (final / "config.json").exists():
@@ -93,4 +98,48 @@ def run_pipeline(recipe, out: str | os.PathLike, *, ftype: str = "Q3_K_S", imatr
                               inputs=(recipe.model, recipe.data, recipe.eval_data))
     if not quiet:
         print(f"pipeline: trained {final}, wrote {path}", file=sys.stderr)
+    if eval_text is not None:
+        evaluate_gguf(model, final, path, ftype, imatrix is not None, eval_text, ctx=eval_ctx, chunks=eval_chunks,
+                      quiet=quiet)
     return path
+
+
+def evaluate_gguf(model, final: Path, gguf: Path, ftype: str, with_imatrix: bool, text_file, *, ctx: int,
+                  chunks: int | None, quiet: bool) -> list[dict]:
+    """What quantization cost: `eval kld` of the GGUF against the trained model (in memory,
+    float32: the weights the quantizer read) on a text it was not calibrated on, beside the
+    same file type without the importance matrix (written to a temporary folder)."""
+    import tempfile
+
+    import torch.distributed as dist
+    from transformers import AutoTokenizer
+
+    from simpo_q.arch import adapter_for
+    from simpo_q.evaluate.engines import LlamaCppModel, TorchModel, _hf_vocabulary
+    from simpo_q.evaluate.kld import render, run_kld
+    from simpo_q.imatrix import read_text
+    from simpo_q.quantize_model import quantize_model
+    from simpo_q.train.weights import ModelWeights
+
+    hf = model.hf if hasattr(model, "hf") else model
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        ref = TorchModel.from_directory(final)  # sharded weights: the saved model instead
+    else:
+        tok = AutoTokenizer.from_pretrained(str(final))
+        ref = TorchModel(hf, tok, f"{final} (in memory)", _hf_vocabulary(tok, hf.config.vocab_size),
+                         adapter_for(hf.config.to_dict(), "the trained model").ARCH)
+    was_training = hf.training
+    hf.eval()
+    try:
+        with tempfile.TemporaryDirectory(prefix=".simpo-q-eval-", dir=gguf.parent) as tmp:
+            files = [gguf]
+            if with_imatrix:
+                with ModelWeights(final, model) as src:
+                    plain = gguf.with_name(gguf.name.removesuffix(".gguf") + "-no-imatrix.gguf")
+                    files.append(quantize_model(src, Path(tmp) / plain.name, ftype, quiet=True))
+            reports, _ = run_kld(ref, [LlamaCppModel(f, ctx) for f in files], read_text(text_file), ctx=ctx,
+                                 chunks=chunks, where=str(text_file), quiet=quiet)
+    finally:
+        hf.train(was_training)
+    print(render(reports))
+    return reports
