@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-
 from simpo_q._native import SimpoQError
 
 
@@ -33,10 +32,9 @@ class TorchModel:
     @classmethod
     def from_directory(cls, path: str | os.PathLike, device: str = "cpu", dtype: str = "float32") -> TorchModel:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         from simpo_q.arch import adapter_for
         from simpo_q.sources import HFDirectory
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         src = HFDirectory(path)  # config and every tensor checked before transformers loads it
         arch = adapter_for(src.config, str(src.path / "config.json")).ARCH
@@ -50,11 +48,10 @@ class TorchModel:
     @classmethod
     def from_gguf(cls, gguf: str | os.PathLike, like: TorchModel, dtype: str = "float32") -> TorchModel:
         """The GGUF's weights, dequantized, in a copy of `like`'s architecture."""
-        import torch
-        from transformers import AutoModelForCausalLM
-
         import simpo_q
+        import torch
         from simpo_q.arch import adapter_for
+        from transformers import AutoModelForCausalLM
 
         r = _open(gguf)
         cfg = like.model.config

@@ -21,7 +21,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from simpo_q._native import SimpoQError
 
 KLD_PERCENTILES = [("Maximum", 1.0), ("99.9%", 0.999), ("99.0%", 0.99), ("95.0%", 0.95), ("90.0%", 0.90),
@@ -149,9 +148,8 @@ class KldStats:
 def run_kld(reference, models: list, text: str, *, ctx: int = 512, chunks: int | None = None,
             where: str = "text", quiet: bool = False) -> tuple[list[dict], list[np.ndarray]]:
     """(one report per model, each model's sorted per-token KLDs) over `text`."""
-    from tqdm.auto import tqdm
-
     from simpo_q.evaluate.engines import check_same_model
+    from tqdm.auto import tqdm
 
     for m in models:
         check_same_model(reference, m)

@@ -26,48 +26,20 @@ from pathlib import Path
 
 from simpo_q._native import SimpoQError
 
-OEQA = """
-## Question: 
-
-{question}
-
-
-## Instruction 
-
-Please answer this question by first reasoning and then providing your answer.
-Present your reasoning and solution in the following json format. 
-Please show your final answer in the `answer` field, e.g.,`"answer": "42"`.
-
-```json
-{
-    "reasoning": "___",
-    "answer": "___"
-}
-```
-"""
-
-MCQA = """
-## Question: 
-
-{question}
-
-## Choices:
-
-{choices}
-
-## Instruction 
-
-Please answer this question by first reasoning and then selecting the correct choice. 
-Present your reasoning and solution in the following json format. 
-Please show your choice in the `answer` field with only the choice letter, e.g.,`"answer": "C"`.
-
-```json
-{
-    "reasoning": "___",
-    "answer": "___"
-}
-```
-"""
+# ZeroEval's src/templates/OEQA.py and MCQA.py, line by line (some lines end in a space,
+# which matters: the prompt must be theirs byte for byte)
+_JSON_FORMAT = ["```json", "{", '    "reasoning": "___",', '    "answer": "___"', "}", "```", ""]
+OEQA = "\n".join([
+    "", "## Question: ", "", "{question}", "", "", "## Instruction ", "",
+    "Please answer this question by first reasoning and then providing your answer.",
+    "Present your reasoning and solution in the following json format. ",
+    'Please show your final answer in the `answer` field, e.g.,`"answer": "42"`.', "", *_JSON_FORMAT])
+MCQA = "\n".join([
+    "", "## Question: ", "", "{question}", "", "## Choices:", "", "{choices}", "", "## Instruction ", "",
+    "Please answer this question by first reasoning and then selecting the correct choice. ",
+    "Present your reasoning and solution in the following json format. ",
+    'Please show your choice in the `answer` field with only the choice letter, e.g.,`"answer": "C"`.', "",
+    *_JSON_FORMAT])
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 TASKS = ("gsm8k", "mmlu")
 
@@ -304,9 +276,8 @@ def render(reports: list[dict], task: str, flipped: list[dict] | None) -> str:
 def tasks_files(models: list[str], task: str, data: str, *, limit: int | None = None, max_tokens: int = 4096,
                 ctx: int = 8192, device: str = "cpu", dtype: str = "float32", threads: int | None = None,
                 json_out: str | None = None, quiet: bool = False) -> list[dict]:
-    from tqdm.auto import tqdm
-
     from simpo_q.outputs import check_output, write_text
+    from tqdm.auto import tqdm
 
     questions = load_questions(data, task, limit)
     if json_out:

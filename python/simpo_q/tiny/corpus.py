@@ -247,7 +247,7 @@ def gsm8k_sample(n: int = 24, seed: int = 1357) -> str:
     names = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goran", "Hana"]
     things = [("apples", "basket"), ("books", "shelf"), ("stamps", "album"), ("shells", "jar")]
     rows = []
-    for i in range(n):
+    for _ in range(n):
         who, (thing, box) = rng.choice(names), rng.choice(things)
         a, b, c = rng.randint(2, 9), rng.randint(3, 12), rng.randint(1, 20)
         q = (f"{who} has {a} {box}s with {b} {thing} in each {box}, and gives away {c} {thing}. "
@@ -265,7 +265,7 @@ def mmlu_redux_sample(n: int = 24, seed: int = 9753) -> str:
     `answer`, the index of the correct choice), written for simpo-q's tests."""
     rng = random.Random(seed)
     rows = []
-    for i in range(n):
+    for _ in range(n):
         (country, city), *others = rng.sample(CAPITALS, 4)
         choices = [city, *(o[1] for o in others)]
         rng.shuffle(choices)
