@@ -10,13 +10,14 @@ PIP := $(PY) -m pip
 DEPS := $(VENV)/.deps-installed
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: help demo test lint rust-test py-test native install-check bench clean
+.PHONY: help demo test lint rust-test py-test native install-check bench gpu-check clean
 
 help:
 	@echo "make demo           run the main job on the embedded tiny Gemma-2 model"
 	@echo "make test           fmt, clippy, cargo test, ruff, stubtest, pytest"
 	@echo "make bench          run benches/ (numbers go to BENCHMARKS.md by hand)"
 	@echo "make install-check  pip install . into a fresh venv and smoke-test it"
+	@echo "make gpu-check      the one prepared accelerator check (benches/gpu_check.py, < 8 min on an H100)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +61,11 @@ install-check:
 
 bench: native
 	$(PY) benches/bench_quantize.py
+
+# On a machine with one NVIDIA GPU: training (FSDP2, bf16, 9B widths at 4 layers), the chunked
+# log-probs, the importance matrix and the quantizer, in one call; results under out/gpu-check.
+gpu-check: native
+	$(PY) benches/gpu_check.py --out out/gpu-check
 
 clean:
 	cargo clean

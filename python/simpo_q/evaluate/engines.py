@@ -31,7 +31,6 @@ class TorchModel:
 
     @classmethod
     def from_directory(cls, path: str | os.PathLike, device: str = "cpu", dtype: str = "float32") -> TorchModel:
-        import torch
         from simpo_q.arch import adapter_for
         from simpo_q.sources import HFDirectory
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -42,7 +41,7 @@ class TorchModel:
         model = AutoModelForCausalLM.from_pretrained(str(src.path), dtype=_torch_dtype(dtype),
                                                      attn_implementation="eager")
         model.to(device).eval()
-        torch.set_grad_enabled(False)
+        model.requires_grad_(False)  # only this model: evaluation never needs its gradients
         return cls(model, tok, str(path), _hf_vocabulary(tok, src.config["vocab_size"]), arch)
 
     @classmethod
