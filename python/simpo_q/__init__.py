@@ -9,6 +9,7 @@ from __future__ import annotations
 from simpo_q._native import (
     MAX_IMPORTANCE_WEIGHT2,
     QUANT_TYPES,
+    REFINABLE_TYPES,
     SimpoQError,
     __version__,
     dequantize,
@@ -20,6 +21,7 @@ from simpo_q._native import (
 __all__ = [
     "MAX_IMPORTANCE_WEIGHT2",
     "QUANT_TYPES",
+    "REFINABLE_TYPES",
     "SimpoQError",
     "__version__",
     "dequantize",

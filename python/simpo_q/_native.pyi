@@ -16,6 +16,7 @@ __all__ = [
     "type_info",
     "QUANT_TYPES",
     "MAX_IMPORTANCE_WEIGHT2",
+    "REFINABLE_TYPES",
     "write_file",
     "remove_stale_temporaries",
     "GgufWriter",
@@ -26,6 +27,7 @@ __all__ = [
 __version__: str
 QUANT_TYPES: tuple[str, ...]
 MAX_IMPORTANCE_WEIGHT2: float
+REFINABLE_TYPES: tuple[str, ...]
 
 class SimpoQError(ValueError):
     """Bad input to simpo-q: the message names the argument, file or tensor at fault."""
@@ -36,10 +38,13 @@ def quantize(
     imatrix: npt.NDArray[np.float32] | None = None,
     *,
     threads: int | None = None,
+    refine: bool = False,
 ) -> npt.NDArray[np.uint8]:
     """Quantize float32 rows (rows, n_per_row) to ggml's `qtype`; returns (rows, row_bytes).
 
-    Bytes equal ggml's `ggml_quantize_chunk` for the same input and importance vector.
+    Bytes equal ggml's `ggml_quantize_chunk` for the same input and importance vector. With
+    `refine`, the k-quants in REFINABLE_TYPES get simpo-q's refined encoder: the same format,
+    every block's (importance-)weighted error at most ggml's.
     """
 
 def dequantize(

@@ -62,7 +62,7 @@ def _quantize(args: argparse.Namespace) -> int:
                    tensor_types=tt, pure=args.pure)
     quantize_model(args.input, args.out, args.type, overrides=ov, dry_run=args.dry_run, ollama=args.ollama,
                    quiet=args.quiet, threads=args.threads, imatrix=args.imatrix, imatrix_ctx=args.ctx,
-                   imatrix_chunks=args.chunks, force=args.force)
+                   imatrix_chunks=args.chunks, force=args.force, refine=args.refine)
     return 0
 
 
@@ -123,6 +123,9 @@ def _inspect(args: argparse.Namespace) -> int:
         print(json.dumps({"version": r.version, "alignment": r.alignment, "metadata": md, "tensors": ts}))
         return 0
     print(f"GGUF v{r.version}, {len(r.metadata)} metadata entries, {len(r.tensors)} tensors")
+    refined = next((v for k, _, v in r.metadata if k == "quantize.refined"), None)
+    if refined is not None:
+        print(f"  refined: {refined} (same format; not ggml's bytes)")
     for k, t, v in r.metadata:
         text = repr(v)
         if isinstance(v, list):
@@ -160,7 +163,7 @@ def _pipeline(args: argparse.Namespace) -> int:
     run_pipeline(load_recipe(args.recipe, args.set), args.out, ftype=args.type, imatrix=args.imatrix,
                  imatrix_ctx=args.ctx, imatrix_chunks=args.chunks, ollama=not args.no_ollama, quiet=args.quiet,
                  name=args.name, force=args.force, eval_text=args.eval_text, eval_ctx=args.eval_ctx,
-                 eval_chunks=args.eval_chunks)
+                 eval_chunks=args.eval_chunks, refine=args.refine)
     return 0
 
 
@@ -239,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--chunks", type=_positive, default=None, help="at most N chunks when computing the imatrix")
     q.add_argument("--force", action="store_true",
                    help="replace existing files beside OUT (OUT.imatrix.gguf, Modelfile, NOTICE)")
+    q.add_argument("--refine", action="store_true",
+                   help="simpo-q's refined encoder for Q3_K/Q4_K/Q5_K/Q6_K tensors: the same format, which stock "
+                        "llama.cpp runs, with every block's error at most ggml's (not byte-identical to ggml)")
     q.set_defaults(func=_quantize)
 
     m = sub.add_parser("imatrix", help="collect, merge or show an importance matrix (llama-imatrix's job)")
@@ -277,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--eval-text", metavar="FILE",
                     help="end with `eval kld` of the GGUF against the trained model on this (held-out) text, "
                          "beside the same type without the importance matrix")
+    pp.add_argument("--refine", action="store_true", help="the refined encoder (see quantize --refine)")
     pp.add_argument("--eval-ctx", type=_positive, default=512)
     pp.add_argument("--eval-chunks", type=_positive, default=None)
     pp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

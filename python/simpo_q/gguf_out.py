@@ -25,6 +25,7 @@ class Planned:
     load: Callable[[], np.ndarray]  # float32 data, or raw bytes (uint8) when `raw` is set
     imatrix: np.ndarray | None = None
     raw: bool = False
+    refine: bool = False  # the refined encoder (same format; see quants/refine.rs)
 
 
 def tensor_bytes(p: Planned) -> int:
@@ -37,15 +38,12 @@ def encode(p: Planned, threads: int | None = None) -> np.ndarray:
     data = p.load()
     if p.raw:
         return data
-    if not np.isfinite(data).all():
-        bad = np.argwhere(~np.isfinite(data))[0].tolist()
-        raise SimpoQError(f"tensor {p.name}: non-finite weight {data[tuple(bad)]} at index {bad}")
-    if p.qtype == "F32":
-        return np.ascontiguousarray(data, dtype=np.float32)
+    # every type, F32 included, goes through the core, which checks each value as it
+    # converts it (no float32 temporary of a whole tensor for a finiteness scan)
     rows = data.reshape(-1, p.shape[-1])
-    imat = p.imatrix if p.imatrix is not None else None
     try:
-        return simpo_q.quantize(np.ascontiguousarray(rows), p.qtype, imat, threads=threads)
+        return simpo_q.quantize(np.ascontiguousarray(rows, dtype=np.float32), p.qtype, p.imatrix, threads=threads,
+                                refine=p.refine)
     except SimpoQError as e:  # the core names the row and column; the tensor is known here
         raise SimpoQError(f"tensor {p.name}: {e}") from e
 

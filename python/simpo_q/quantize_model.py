@@ -92,7 +92,7 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
                    overrides: Overrides | None = None, dry_run: bool = False, ollama: bool = False,
                    quiet: bool = False, threads: int | None = None, imatrix=None, imatrix_ctx: int = 512,
                    imatrix_chunks: int | None = None, name: str | None = None, force: bool = False,
-                   inputs: tuple = ()) -> Path | None:
+                   inputs: tuple = (), refine: bool = False) -> Path | None:
     """`name`, when given, replaces general.name (otherwise the source directory's name).
     Files written beside OUT (OUT.imatrix.gguf, Modelfile, NOTICE) are refused when they
     exist, unless `force`. `inputs`: further paths the output must not replace (the
@@ -142,12 +142,18 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
             # unchanged type: copied byte for byte, as llama-quantize does
             plan.append(Planned(name, p.shape, t, lambda n=name, r=reader: r.tensor_bytes(n), raw=True))
         else:
-            plan.append(Planned(name, p.shape, t, p.load, imatrix=_vector(imat, imat_file, name, p.shape, t, quiet)))
+            plan.append(Planned(name, p.shape, t, p.load, imatrix=_vector(imat, imat_file, name, p.shape, t, quiet),
+                                refine=refine))
     md = [(k, t, v) for k, t, v in metadata if k not in ("general.quantization_version", "general.file_type",
                                                           "split.no", "split.count", "split.tensors.count")]
     md += [("general.quantization_version", "u32", 2), ("general.file_type", "u32", FILE_TYPES[ftype][0])]
     if general_name:
         md = [(k, t, general_name if k == "general.name" else v) for k, t, v in md]
+    if refine:
+        # the file records how it was made; llama.cpp ignores keys it does not know
+        refined = sorted({p.qtype for p in plan if p.refine and p.qtype in simpo_q.REFINABLE_TYPES})
+        md.append(("quantize.refined", "str", f"simpo-q {simpo_q.__version__} refined encoder: "
+                                              f"{', '.join(refined) or 'no refinable type'}"))
     if imat is not None:
         used = [n for n in imat.names() if n in by_name]
         if not used:

@@ -82,15 +82,16 @@ fn checked<'py>(
     Ok(arr.clone())
 }
 
-/// quantize(x, qtype, imatrix=None, *, threads=None) -> uint8 array (rows, row_bytes)
+/// quantize(x, qtype, imatrix=None, *, threads=None, refine=False) -> uint8 array (rows, row_bytes)
 #[pyfunction]
-#[pyo3(signature = (x, qtype, imatrix=None, *, threads=None))]
+#[pyo3(signature = (x, qtype, imatrix=None, *, threads=None, refine=false))]
 fn quantize<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
     qtype: &str,
     imatrix: Option<&Bound<'py, PyAny>>,
     threads: Option<usize>,
+    refine: bool,
 ) -> PyResult<Bound<'py, PyArray2<u8>>> {
     let qt = parse_type(qtype)?;
     checked("x", x, "float32", Some(2))?;
@@ -118,7 +119,12 @@ fn quantize<'py>(
     let out = py.detach(|| {
         with_threads(threads, || {
             let mut out = vec![0u8; rows * rs];
-            quants::quantize_into(qt, xs, n_per_row, ws, &mut out).map(|_| out)
+            let done = if refine {
+                quants::quantize_into_refined(qt, xs, n_per_row, ws, &mut out)
+            } else {
+                quants::quantize_into(qt, xs, n_per_row, ws, &mut out)
+            };
+            done.map(|_| out)
         })
     })?;
     let out = out.map_err(to_py)?;
@@ -180,5 +186,11 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let names: Vec<&str> = QuantType::ALL.iter().map(|t| t.name()).collect();
     m.add("QUANT_TYPES", PyTuple::new(m.py(), names)?)?;
     m.add("MAX_IMPORTANCE_WEIGHT2", quants::MAX_IMPORTANCE_WEIGHT2)?;
+    let refinable: Vec<&str> = QuantType::ALL
+        .iter()
+        .filter(|t| quants::refine::is_refinable(**t))
+        .map(|t| t.name())
+        .collect();
+    m.add("REFINABLE_TYPES", PyTuple::new(m.py(), refinable)?)?;
     Ok(())
 }

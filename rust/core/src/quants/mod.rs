@@ -11,6 +11,7 @@ pub mod q3_k;
 pub mod q45_k;
 pub mod q6_k;
 pub mod q8_0;
+pub mod refine;
 
 pub use common::{
     best_index_int8, c_f32_to_i32, make_q3_quants, make_qkx2_quants, make_qkx3_quants,
@@ -391,6 +392,29 @@ pub fn quantize_into(
             ),
         });
     }
+    Ok(())
+}
+
+/// `quantize_into`, then the refined encoder on every row (see `refine`): the same format,
+/// never a block worse than ggml's. Types without a refinement are left as ggml writes them.
+pub fn quantize_into_refined(
+    qtype: QuantType,
+    x: &[f32],
+    n_per_row: usize,
+    imatrix: Option<&[f32]>,
+    out: &mut [u8],
+) -> Result<()> {
+    quantize_into(qtype, x, n_per_row, imatrix, out)?;
+    if !refine::is_refinable(qtype) {
+        return Ok(());
+    }
+    let rs = row_size(qtype, n_per_row)?;
+    let imatrix = if qtype.uses_imatrix() { imatrix } else { None };
+    out.par_chunks_mut(rs)
+        .zip(x.par_chunks(n_per_row))
+        .for_each(|(y, xr)| {
+            refine::refine_row(qtype, xr, imatrix, y);
+        });
     Ok(())
 }
 

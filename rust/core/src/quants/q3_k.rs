@@ -13,7 +13,7 @@ pub const BLOCK_BYTES: usize = 110;
 /// Sub-block j's 6-bit scale from the 12 packed bytes (ggml packs the low nibbles in bytes
 /// 0..8 and the top two bits of four scales per byte in bytes 8..12).
 #[inline]
-fn unpack_scale(scales: &[u8], j: usize) -> i32 {
+pub(crate) fn unpack_scale(scales: &[u8], j: usize) -> i32 {
     let lo = if j < 8 {
         scales[j] & 0xF
     } else {

@@ -29,7 +29,7 @@ pub fn get_scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 /// above 63 (possible on the Q4_K importance path, which does not clamp) leaks its top bits
 /// into the bits that belong to sub-block j+4; reproduced on purpose.
 #[inline(always)]
-fn pack_scales(scales: &mut [u8], ls: &[u8; 8], lm: &[u8; 8]) {
+pub(crate) fn pack_scales(scales: &mut [u8], ls: &[u8; 8], lm: &[u8; 8]) {
     for j in 0..8 {
         if j < 4 {
             scales[j] = ls[j];
@@ -61,7 +61,7 @@ fn requantize(x: &[f32], L: &mut [u8; QK_K], scales: &[u8], d: f32, dmin: f32, n
 }
 
 #[inline(always)]
-fn pack_q4(L: &[u8; QK_K], qs: &mut [u8]) {
+pub(crate) fn pack_q4(L: &[u8; QK_K], qs: &mut [u8]) {
     for (c, j) in (0..QK_K).step_by(64).enumerate() {
         for l in 0..32 {
             qs[32 * c + l] = L[j + l] | (L[j + l + 32] << 4);
@@ -70,7 +70,7 @@ fn pack_q4(L: &[u8; QK_K], qs: &mut [u8]) {
 }
 
 #[inline(always)]
-fn pack_q5(L: &[u8; QK_K], qh: &mut [u8], ql: &mut [u8]) {
+pub(crate) fn pack_q5(L: &[u8; QK_K], qh: &mut [u8], ql: &mut [u8]) {
     qh[..32].fill(0);
     let mut m1 = 1u8;
     let mut m2 = 2u8;

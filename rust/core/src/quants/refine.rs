@@ -1,0 +1,564 @@
+//! The refined encoder (`--refine`): the same block layouts and decoder as ggml's k-quants,
+//! a better choice of scales and quants, never worse than ggml's own block.
+//!
+//! Each super-block starts from ggml's bytes (the exact path). The decoded value of element
+//! i of sub-block j is `(d·sc_j)·q_i − dmin·m_j` (Q3_K and Q6_K have no min), with `d`,
+//! `dmin` half floats, `sc_j`, `m_j` small integers and `q_i` in the type's range. For fixed
+//! scales the error Σ wᵢ (xᵢ − x̂ᵢ)² separates over elements, so the best quants are the
+//! nearest ones: a quant can only be worth changing together with its scale. The search
+//! therefore walks the representable scales themselves:
+//! - the super-block scale `d` (and `dmin`) over its neighbouring half-float values;
+//! - for each of them, every sub-block's integer scale (and min) around the value that keeps
+//!   its step, plus the scale a weighted least-squares fit of the rounded quants asks for
+//!   (the "re-round, then recompute the best scale" step of greedy re-rounding), each with
+//!   its nearest quants.
+//! A candidate block replaces ggml's only if its error, computed from what the real decoder
+//! returns for the packed bytes, is strictly lower.
+//!
+//! The weights: for a linear layer y = W·a the output error of a weight error ΔW is, to first
+//! order and ignoring correlations between inputs, Σ ΔW²ᵢⱼ·E[aⱼ²]; the importance vector is
+//! that E[a²] measured on the calibration text, and without one every column counts alike
+//! (wᵢ = 1). Measured on held-out text (`simpo-q eval kld`, the tiny model), minimising the
+//! raw importance-weighted error lowered the KL divergence without an importance matrix but
+//! raised it with one: it fits the calibration text's statistics too closely. Shrinking the
+//! importance halfway towards its mean over the super-block, wᵢ = qᵢ + mean(q), lowered it in
+//! every case tried; ggml's own search weights (qᵢ·√(σ² + xᵢ²), x², …) raised it in three of
+//! four. tests/test_refine.py and BENCHMARKS.md hold the numbers.
+
+#![allow(non_snake_case)]
+
+use super::q3_k::{self, unpack_scale};
+use super::q45_k::{self, get_scale_min_k4, pack_q4, pack_q5, pack_scales};
+use super::q6_k;
+use super::{QuantType, QK_K};
+use crate::fp16::ggml_compute_fp16_to_fp32 as fp16_to_fp32;
+
+/// What the search needs to know about a type. The step counts were chosen by measurement
+/// (benches/bench_refine.py): the sub-block scales' neighbourhood is where the error goes
+/// down (Q3_K with an importance vector: 3.1% lower at ±1, 6.4% at ±6, 7.2% at ±8), while
+/// the neighbouring half floats of `d` changed it by less than 0.1% for twice the time, so
+/// only `dmin` (types with mins) moves by one half-float step.
+#[derive(Clone, Copy)]
+struct Kind {
+    qtype: QuantType,
+    sub: usize,     // values per sub-block
+    sc: (i32, i32), // sub-block scale range, inclusive
+    q: (i32, i32),  // quant range
+    has_min: bool,  // Q4_K, Q5_K: x̂ = d·sc·q − dmin·m, m in 0..=63
+    d_steps: i32,   // neighbouring half floats of d tried on each side
+    sc_steps: i32,  // neighbouring integer sub-block scales tried on each side
+    refit: bool,    // also try the least-squares scale of the rounded quants
+    block_bytes: usize,
+}
+
+fn kind(qtype: QuantType) -> Option<Kind> {
+    Some(match qtype {
+        QuantType::Q3_K => Kind {
+            qtype,
+            sub: 16,
+            sc: (-32, 31),
+            q: (-4, 3),
+            has_min: false,
+            d_steps: 0,
+            sc_steps: 6,
+            refit: true,
+            block_bytes: q3_k::BLOCK_BYTES,
+        },
+        QuantType::Q6_K => Kind {
+            qtype,
+            sub: 16,
+            sc: (-128, 127),
+            q: (-32, 31),
+            has_min: false,
+            d_steps: 0,
+            sc_steps: 8,
+            refit: true,
+            block_bytes: q6_k::BLOCK_BYTES,
+        },
+        QuantType::Q4_K | QuantType::Q5_K => Kind {
+            qtype,
+            sub: 32,
+            sc: (0, 63),
+            q: (0, if qtype == QuantType::Q4_K { 15 } else { 31 }),
+            has_min: true,
+            d_steps: 0,
+            sc_steps: 6,
+            refit: true,
+            block_bytes: if qtype == QuantType::Q4_K {
+                q45_k::Q4_K_BLOCK_BYTES
+            } else {
+                q45_k::Q5_K_BLOCK_BYTES
+            },
+        },
+        _ => return None,
+    })
+}
+
+/// Whether `--refine` changes anything for this type (the others are written as ggml does).
+pub fn is_refinable(qtype: QuantType) -> bool {
+    kind(qtype).is_some()
+}
+
+/// A super-block's parameters: half-float bits of d and dmin, and per sub-block scale and min.
+#[derive(Clone, Copy)]
+struct Params {
+    d: u16,
+    dmin: u16,
+    sc: [i32; 16],
+    mn: [i32; 16],
+}
+
+fn read(k: &Kind, b: &[u8]) -> Params {
+    let mut p = Params {
+        d: 0,
+        dmin: 0,
+        sc: [0; 16],
+        mn: [0; 16],
+    };
+    match k.qtype {
+        QuantType::Q3_K => {
+            p.d = u16::from_le_bytes([b[108], b[109]]);
+            for j in 0..16 {
+                p.sc[j] = unpack_scale(&b[96..108], j) - 32;
+            }
+        }
+        QuantType::Q6_K => {
+            p.d = u16::from_le_bytes([b[208], b[209]]);
+            for j in 0..16 {
+                p.sc[j] = b[192 + j] as i8 as i32;
+            }
+        }
+        _ => {
+            p.d = u16::from_le_bytes([b[0], b[1]]);
+            p.dmin = u16::from_le_bytes([b[2], b[3]]);
+            for j in 0..8 {
+                let (s, m) = get_scale_min_k4(j, &b[4..16]);
+                p.sc[j] = s as i32;
+                p.mn[j] = m as i32;
+            }
+        }
+    }
+    p
+}
+
+/// Packs parameters and quants (q in the type's own range) into a block.
+fn write(k: &Kind, p: &Params, q: &[i32; QK_K], b: &mut [u8]) {
+    match k.qtype {
+        QuantType::Q3_K => {
+            let mut L = [0i8; QK_K];
+            for i in 0..QK_K {
+                L[i] = (q[i] + 4) as i8;
+            }
+            b[96..108].fill(0);
+            for j in 0..16 {
+                q3_k::pack_scale(&mut b[96..108], j, (p.sc[j] + 32) as u8);
+            }
+            b[108..110].copy_from_slice(&p.d.to_le_bytes());
+            let mut hmask = [0u8; 32];
+            for kk in 0..QK_K / 32 {
+                for l in 0..32 {
+                    let v = L[32 * kk + l];
+                    let high = v > 3;
+                    hmask[l] |= (high as u8) << kk;
+                    L[32 * kk + l] = if high { v - 4 } else { v };
+                }
+            }
+            b[..32].copy_from_slice(&hmask);
+            for j in (0..QK_K).step_by(128) {
+                for l in 0..32 {
+                    b[32 + j / 4 + l] = L[j + l] as u8
+                        | ((L[j + l + 32] as u8) << 2)
+                        | ((L[j + l + 64] as u8) << 4)
+                        | ((L[j + l + 96] as u8) << 6);
+                }
+            }
+        }
+        QuantType::Q6_K => {
+            b[208..210].copy_from_slice(&p.d.to_le_bytes());
+            for j in 0..16 {
+                b[192 + j] = p.sc[j] as i8 as u8;
+            }
+            let (ql, rest) = b.split_at_mut(128);
+            let qh = &mut rest[..64];
+            for (h, j) in (0..QK_K).step_by(128).enumerate() {
+                for l in 0..32 {
+                    let q1 = (q[j + l] + 32) as u8;
+                    let q2 = (q[j + l + 32] + 32) as u8;
+                    let q3 = (q[j + l + 64] + 32) as u8;
+                    let q4 = (q[j + l + 96] + 32) as u8;
+                    ql[64 * h + l] = (q1 & 0xF) | ((q3 & 0xF) << 4);
+                    ql[64 * h + l + 32] = (q2 & 0xF) | ((q4 & 0xF) << 4);
+                    qh[32 * h + l] =
+                        (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
+                }
+            }
+        }
+        _ => {
+            b[0..2].copy_from_slice(&p.d.to_le_bytes());
+            b[2..4].copy_from_slice(&p.dmin.to_le_bytes());
+            let mut ls = [0u8; 8];
+            let mut lm = [0u8; 8];
+            for j in 0..8 {
+                ls[j] = p.sc[j] as u8;
+                lm[j] = p.mn[j] as u8;
+            }
+            b[4..16].fill(0);
+            pack_scales(&mut b[4..16], &ls, &lm);
+            let mut L = [0u8; QK_K];
+            for i in 0..QK_K {
+                L[i] = q[i] as u8;
+            }
+            if k.qtype == QuantType::Q4_K {
+                pack_q4(&L, &mut b[16..144]);
+            } else {
+                let (qh, ql) = b[16..].split_at_mut(32);
+                pack_q5(&L, qh, ql);
+            }
+        }
+    }
+}
+
+fn decode(k: &Kind, b: &[u8], out: &mut [f32; QK_K]) {
+    let f = match k.qtype {
+        QuantType::Q3_K => q3_k::dequantize_row_q3_K,
+        QuantType::Q6_K => q6_k::dequantize_row_q6_K,
+        QuantType::Q4_K => q45_k::dequantize_row_q4_K,
+        _ => q45_k::dequantize_row_q5_K,
+    };
+    f(b, out, QK_K);
+}
+
+fn block_error(x: &[f32], w: &[f32], v: &[f32; QK_K]) -> f64 {
+    let mut e = 0.0f64;
+    for i in 0..QK_K {
+        let d = (x[i] - v[i]) as f64;
+        e += w[i] as f64 * d * d;
+    }
+    e
+}
+
+/// Nearest integer, ties to even, for |t| < 2^22 (the magic-number trick; NaN and huge
+/// values land anywhere and are clamped by the caller).
+#[inline(always)]
+fn round(t: f32) -> f32 {
+    (t + 12582912.0) - 12582912.0
+}
+
+/// One sub-block's error at a given scale step `dl` (= d·sc, exactly as the decoder computes
+/// it) and min `dm` (= dmin·m), with the nearest quants. Branch-free, so that it vectorises.
+#[inline(always)]
+fn sub_error(x: &[f32], w: &[f32], dl: f32, dm: f32, lo: f32, hi: f32) -> f32 {
+    let inv = if dl == 0.0 { 0.0 } else { 1.0 / dl };
+    // 8 partial sums: independent lanes the compiler keeps in one vector register
+    let mut acc = [0.0f32; 8];
+    for (c, (xs, ws)) in x.chunks_exact(8).zip(w.chunks_exact(8)).enumerate() {
+        let _ = c;
+        for l in 0..8 {
+            let t = clamp(round((xs[l] + dm) * inv), lo, hi);
+            let r = xs[l] - (dl * t - dm);
+            acc[l] += ws[l] * r * r;
+        }
+    }
+    acc.iter().sum()
+}
+
+/// `v` limited to [lo, hi] with plain comparisons (no NaN handling: it compiles to min/max).
+#[inline(always)]
+fn clamp(v: f32, lo: f32, hi: f32) -> f32 {
+    let v = if v < lo { lo } else { v };
+    if v > hi {
+        hi
+    } else {
+        v
+    }
+}
+
+/// The nearest quants of one sub-block at (dl, dm), as `sub_error` chose them.
+fn sub_quants(x: &[f32], dl: f32, dm: f32, lo: f32, hi: f32, q: &mut [i32]) {
+    let inv = if dl == 0.0 { 0.0 } else { 1.0 / dl };
+    for i in 0..x.len() {
+        q[i] = clamp(round((x[i] + dm) * inv), lo, hi) as i32;
+    }
+}
+
+/// The best (error, scale, min) of one sub-block for the given d and dmin, among the
+/// neighbours of the starting scale and min and what a least-squares refit of the rounded
+/// quants asks for.
+#[allow(clippy::too_many_arguments)]
+fn best_sub(
+    k: &Kind,
+    x: &[f32],
+    w: &[f32],
+    d: f32,
+    dmin: f32,
+    sc0: i32,
+    mn0: i32,
+) -> (f32, i32, i32) {
+    let (lo, hi) = (k.q.0 as f32, k.q.1 as f32);
+    let mut best = (f32::INFINITY, sc0, mn0);
+    let try_one = |sc: i32, mn: i32, best: &mut (f32, i32, i32)| {
+        if sc < k.sc.0 || sc > k.sc.1 || !(0..=63).contains(&mn) {
+            return;
+        }
+        let dl = d * sc as f32;
+        let dm = if k.has_min { dmin * mn as f32 } else { 0.0 };
+        let e = sub_error(x, w, dl, dm, lo, hi);
+        if e < best.0 {
+            *best = (e, sc, mn);
+        }
+    };
+    let mn_range = if k.has_min { 1 } else { 0 };
+    for ds in -k.sc_steps..=k.sc_steps {
+        for dmn in -mn_range..=mn_range {
+            try_one(sc0 + ds, mn0 + dmn, &mut best);
+        }
+    }
+    if !k.refit {
+        return best;
+    }
+    // refit: the continuous scale (and min) that best fits the chosen quants, rounded
+    let n = x.len();
+    let mut q = [0i32; 32];
+    let dm = if k.has_min { dmin * best.2 as f32 } else { 0.0 };
+    sub_quants(x, d * best.1 as f32, dm, lo, hi, &mut q[..n]);
+    let (mut swxq, mut swqq, mut sw, mut swq, mut swx) = (0f32, 0f32, 0f32, 0f32, 0f32);
+    for i in 0..n {
+        let (wi, xi, qi) = (w[i], x[i], q[i] as f32);
+        swxq += wi * xi * qi;
+        swqq += wi * qi * qi;
+        sw += wi;
+        swq += wi * qi;
+        swx += wi * xi;
+    }
+    let (swxq, swqq, sw, swq, swx) = (swxq as f64, swqq as f64, sw as f64, swq as f64, swx as f64);
+    let (s, m) = if k.has_min {
+        // x ≈ s·q − m: least squares in (s, m)
+        let det = sw * swqq - swq * swq;
+        if det > 0.0 {
+            let s = (sw * swxq - swq * swx) / det;
+            (s, (s * swq - swx) / sw)
+        } else {
+            (0.0, 0.0)
+        }
+    } else if swqq > 0.0 {
+        (swxq / swqq, 0.0)
+    } else {
+        (0.0, 0.0)
+    };
+    if s.is_finite() && m.is_finite() && s != 0.0 && d != 0.0 {
+        let sc = (s / d as f64).round().clamp(-1000.0, 1000.0) as i32;
+        let mn = if k.has_min && dmin != 0.0 {
+            (m / dmin as f64).round().clamp(-1000.0, 1000.0) as i32
+        } else {
+            best.2
+        };
+        if sc != best.1 || mn != best.2 {
+            try_one(sc, mn, &mut best);
+        }
+    }
+    best
+}
+
+/// Refines one super-block in place (`b` holds ggml's bytes for `x`); returns whether the
+/// block changed.
+fn refine_block(k: &Kind, x: &[f32], w: &[f32], b: &mut [u8]) -> bool {
+    let p0 = read(k, b);
+    let mut v = [0f32; QK_K];
+    decode(k, b, &mut v);
+    let e0 = block_error(x, w, &v);
+    if e0 == 0.0 || p0.d == 0 {
+        return false;
+    }
+    let d0 = fp16_to_fp32(p0.d);
+    let n_sub = QK_K / k.sub;
+    let mut best_e = f32::INFINITY;
+    let mut best_p = p0;
+    let mut q = [0i32; QK_K];
+    let dmin_steps = if k.has_min { 1 } else { 0 };
+    for dd in -k.d_steps..=k.d_steps {
+        for dm in -dmin_steps..=dmin_steps {
+            if dd != 0 && dm != 0 {
+                continue; // one of the two moves at a time
+            }
+            let Some(dbits) = step_f16(p0.d, dd) else {
+                continue;
+            };
+            let Some(dminbits) = step_f16(p0.dmin, dm) else {
+                continue;
+            };
+            let (d, dmin) = (fp16_to_fp32(dbits), fp16_to_fp32(dminbits));
+            if !d.is_finite() || d == 0.0 || !dmin.is_finite() {
+                continue;
+            }
+            let mut p = Params {
+                d: dbits,
+                dmin: dminbits,
+                ..p0
+            };
+            let mut e = 0.0f32;
+            for j in 0..n_sub {
+                let r = j * k.sub..(j + 1) * k.sub;
+                // the integer scale that keeps sub-block j's step d0·sc0 at the new d
+                let sc0 = (p0.sc[j] as f32 * d0 / d).round() as i32;
+                let mn0 = if k.has_min && dmin != 0.0 {
+                    (p0.mn[j] as f32 * fp16_to_fp32(p0.dmin) / dmin).round() as i32
+                } else {
+                    p0.mn[j]
+                };
+                let (ej, sc, mn) = best_sub(k, &x[r.clone()], &w[r], d, dmin, sc0, mn0);
+                p.sc[j] = sc;
+                p.mn[j] = mn;
+                e += ej;
+            }
+            if e < best_e {
+                best_e = e;
+                best_p = p;
+            }
+        }
+    }
+    let (d, dmin) = (fp16_to_fp32(best_p.d), fp16_to_fp32(best_p.dmin));
+    for j in 0..n_sub {
+        let r = j * k.sub..(j + 1) * k.sub;
+        let dm = if k.has_min {
+            dmin * best_p.mn[j] as f32
+        } else {
+            0.0
+        };
+        sub_quants(
+            &x[r.clone()],
+            d * best_p.sc[j] as f32,
+            dm,
+            k.q.0 as f32,
+            k.q.1 as f32,
+            &mut q[r],
+        );
+    }
+    // the decoder decides: keep the candidate only if it is really better than ggml's block
+    let mut cand = vec![0u8; k.block_bytes];
+    write(k, &best_p, &q, &mut cand);
+    decode(k, &cand, &mut v);
+    if block_error(x, w, &v) < e0 {
+        b.copy_from_slice(&cand);
+        return true;
+    }
+    false
+}
+
+/// The half float `steps` representable values away from `bits` (same sign, finite).
+fn step_f16(bits: u16, steps: i32) -> Option<u16> {
+    if steps == 0 {
+        return Some(bits);
+    }
+    let mag = (bits & 0x7fff) as i32 + steps;
+    if !(0..0x7c00).contains(&mag) {
+        return None;
+    }
+    Some((bits & 0x8000) | mag as u16)
+}
+
+/// The weights of the error the refinement lowers, over one super-block: the importance
+/// vector shrunk halfway towards its mean over the super-block, qᵢ + mean(q), or 1 without
+/// one (see the module docs for why).
+fn refine_weights(qw: Option<&[f32]>, w: &mut [f32; QK_K]) {
+    match qw {
+        Some(q) => {
+            let mean = q[..QK_K].iter().sum::<f32>() / QK_K as f32;
+            for i in 0..QK_K {
+                w[i] = q[i] + mean;
+            }
+        }
+        None => w.fill(1.0),
+    }
+}
+
+/// Refines a row of ggml blocks in place. `x` is the row, `imatrix` its importance vector
+/// (if any), `y` the row's bytes from the exact path. Returns the number of super-blocks
+/// that changed.
+pub fn refine_row(qtype: QuantType, x: &[f32], imatrix: Option<&[f32]>, y: &mut [u8]) -> usize {
+    let Some(k) = kind(qtype) else {
+        return 0;
+    };
+    let mut w = [0f32; QK_K];
+    let mut changed = 0;
+    for (i, b) in y.chunks_exact_mut(k.block_bytes).enumerate() {
+        let xs = &x[i * QK_K..(i + 1) * QK_K];
+        refine_weights(imatrix.map(|q| &q[i * QK_K..(i + 1) * QK_K]), &mut w);
+        changed += refine_block(&k, xs, &w, b) as usize;
+    }
+    changed
+}
+
+/// The weighted squared error of a row by the measure the refinement lowers (see the module
+/// docs): for tests and benchmarks.
+pub fn row_error(qtype: QuantType, x: &[f32], imatrix: Option<&[f32]>, y: &[u8]) -> Option<f64> {
+    let k = kind(qtype)?;
+    let mut w = [0f32; QK_K];
+    let mut v = [0f32; QK_K];
+    let mut e = 0.0;
+    for (i, b) in y.chunks_exact(k.block_bytes).enumerate() {
+        let xs = &x[i * QK_K..(i + 1) * QK_K];
+        refine_weights(imatrix.map(|q| &q[i * QK_K..(i + 1) * QK_K]), &mut w);
+        decode(&k, b, &mut v);
+        e += block_error(xs, &w, &v);
+    }
+    Some(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quants::{dequantize, quantize};
+
+    fn lcg(seed: u64, n: usize) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn refined_blocks_are_never_worse_and_usually_better() {
+        for t in [
+            QuantType::Q3_K,
+            QuantType::Q4_K,
+            QuantType::Q5_K,
+            QuantType::Q6_K,
+        ] {
+            let mut better = 0;
+            for seed in 0..20u64 {
+                let x: Vec<f32> = lcg(seed, 512).iter().map(|v| v * v * v * 3.0).collect();
+                let w: Vec<f32> = lcg(seed + 100, 512)
+                    .iter()
+                    .map(|v| v.abs() + 0.01)
+                    .collect();
+                for imp in [None, Some(&w[..])] {
+                    let mut y = quantize(t, &x, 512, imp).unwrap();
+                    let e0 = row_error(t, &x, imp, &y).unwrap();
+                    refine_row(t, &x, imp, &mut y);
+                    let e1 = row_error(t, &x, imp, &y).unwrap();
+                    assert!(e1 <= e0, "{t:?} seed {seed}: {e1} > {e0}");
+                    better += (e1 < e0) as usize;
+                    // the format is unchanged: the real decoder reads it
+                    assert!(dequantize(t, &y, 512)
+                        .unwrap()
+                        .iter()
+                        .all(|v| v.is_finite()));
+                }
+            }
+            assert!(better > 20, "{t:?}: only {better} of 40 rows improved");
+        }
+    }
+
+    #[test]
+    fn f16_steps() {
+        assert_eq!(step_f16(0x3c00, 1), Some(0x3c01));
+        assert_eq!(step_f16(0xbc00, -1), Some(0xbbff));
+        assert_eq!(step_f16(0x0000, -1), None);
+        assert_eq!(step_f16(0x7bff, 1), None);
+    }
+}

@@ -1,0 +1,168 @@
+"""The refined encoder (`--refine`): the same format as ggml's k-quants, every block's weighted
+error at most ggml's, files that stock llama.cpp loads, and a lower KL divergence on held-out
+text than the exact files of the same size."""
+
+from __future__ import annotations
+
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import simpo_q
+from adversarial import DATA_KINDS, IMATRIX_KINDS, make_data, make_imatrix
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from simpo_q.cli import main as cli
+from simpo_q.gguf import metadata_dict, open_gguf
+from simpo_q.quantize_model import quantize_model
+from simpo_q.tiny import cached_tiny_model
+
+REPO = Path(__file__).parent.parent
+DATA = REPO / "python" / "simpo_q" / "data"
+REFINED = ["Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def weighted_error(x: np.ndarray, qtype: str, w: np.ndarray | None, q: np.ndarray) -> np.ndarray:
+    """Per-row error by the refinement's measure, computed independently of the core: the
+    importance shrunk halfway to its mean over each 256-value super-block (1 without one)."""
+    n = x.shape[1]
+    if w is None:
+        wt = np.ones(n)
+    else:
+        blocks = w.astype(np.float64).reshape(-1, 256)
+        wt = (blocks + blocks.mean(axis=1, keepdims=True)).reshape(-1)
+    d = (x.astype(np.float64) - simpo_q.dequantize(q, qtype, n).astype(np.float64)) ** 2
+    return (d * wt).sum(axis=1)
+
+
+def check_block_never_worse(x: np.ndarray, qtype: str, w: np.ndarray | None) -> tuple[int, int]:
+    exact = simpo_q.quantize(x, qtype, w)
+    refined = simpo_q.quantize(x, qtype, w, refine=True)
+    e0, e1 = weighted_error(x, qtype, w, exact), weighted_error(x, qtype, w, refined)
+    # per row, relative to the row's size: float rounding of our oracle is 1e-12-ish
+    assert (e1 <= e0 * (1 + 1e-9) + 1e-30).all(), (qtype, (e1 - e0).max())
+    return int((e1 < e0).sum()), len(e0)
+
+
+@pytest.mark.parametrize("qtype", REFINED)
+@pytest.mark.parametrize("kind", DATA_KINDS)
+def test_never_worse_on_every_kind_of_data(qtype: str, kind: str) -> None:
+    rng = np.random.default_rng(zlib.crc32(f"{qtype}/{kind}".encode()))
+    x = make_data(kind, 6, 512, rng)
+    check_block_never_worse(x, qtype, None)
+    for ik in IMATRIX_KINDS:
+        w = make_imatrix(ik, 512, rng)
+        if float(w.max()) * max(1.0, float(np.abs(x).max())) ** 2 > simpo_q.MAX_IMPORTANCE_WEIGHT2:
+            continue  # refused as overflow, exact or refined alike (test_reliability)
+        check_block_never_worse(x, qtype, w)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(qtype=st.sampled_from(REFINED), seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 4),
+       scale=st.floats(1e-6, 1e3), imatrix=st.booleans())
+def test_property_never_worse(qtype: str, seed: int, rows: int, scale: float, imatrix: bool) -> None:
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_t(3, (rows, 512)) * scale).astype(np.float32)
+    w = rng.gamma(0.3, 1.0, 512).astype(np.float32) if imatrix else None
+    check_block_never_worse(x, qtype, w)
+
+
+def test_usually_better() -> None:
+    rng = np.random.default_rng(3)
+    x = (rng.standard_t(5, (64, 1024)) * 0.02).astype(np.float32)
+    w = rng.gamma(0.5, 1.0, 1024).astype(np.float32)
+    for qtype in REFINED:
+        for imp in (None, w):
+            better, n = check_block_never_worse(x, qtype, imp)
+            assert better >= n * 0.9, (qtype, better, n)
+
+
+@pytest.mark.parametrize("qtype", REFINED)
+def test_format_is_unchanged_and_threads_change_no_byte(qtype: str) -> None:
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize as gguf_dequantize
+
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((32, 768)).astype(np.float32)
+    w = rng.uniform(0, 2, 768).astype(np.float32)
+    one = simpo_q.quantize(x, qtype, w, threads=1, refine=True)
+    for threads in (2, 3):
+        assert np.array_equal(one, simpo_q.quantize(x, qtype, w, threads=threads, refine=True))
+    ref = gguf_dequantize(one, GGMLQuantizationType[qtype])
+    assert np.array_equal(ref.reshape(32, 768), simpo_q.dequantize(one, qtype, 768))
+    assert not np.array_equal(one, simpo_q.quantize(x, qtype, w))  # it did refine
+
+
+def test_other_types_are_ggmls_bytes() -> None:
+    x = np.random.default_rng(5).standard_normal((4, 256)).astype(np.float32)
+    for t in ("Q8_0", "Q4_0", "IQ4_NL", "F16"):
+        assert np.array_equal(simpo_q.quantize(x, t, refine=True), simpo_q.quantize(x, t))
+    assert set(simpo_q.REFINABLE_TYPES) == set(REFINED)
+
+
+@pytest.fixture(scope="module")
+def model() -> Path:
+    return cached_tiny_model(REPO / ".cache", pretrain_steps=200, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def files(model: Path, tmp_path_factory) -> dict[str, Path]:
+    from simpo_q import imatrix as im
+
+    d = tmp_path_factory.mktemp("refine")
+    m = im.collect(model, DATA / "calibration.txt", ctx=128, quiet=True)
+    m.save(str(d / "cal.imatrix.gguf"), "gguf")
+    out = {}
+    for t in ("Q3_K_S", "Q4_K_M"):
+        for imat in (None, d / "cal.imatrix.gguf"):
+            for refine in (False, True):
+                name = f"{t}{'-im' if imat else ''}{'-refined' if refine else ''}"
+                out[name] = quantize_model(model, d / f"{name}.gguf", t, imatrix=imat, refine=refine, quiet=True)
+    from simpo_q.convert import convert
+
+    out["F32"] = convert(model, d / "f32.gguf", "f32", quiet=True)
+    return out
+
+
+def test_files_record_the_refinement_and_keep_their_sizes(files: dict[str, Path], capsys) -> None:
+    for name, f in files.items():
+        if name == "F32":
+            continue
+        md = metadata_dict(open_gguf(f))
+        assert ("quantize.refined" in md) == name.endswith("-refined"), name
+        if name.endswith("-refined"):
+            exact = open_gguf(files[name.removesuffix("-refined")])
+            refined = open_gguf(f)
+            # the same tensors, types and sizes: only the bytes inside the blocks differ
+            assert [t[:3] + (t[4],) for t in exact.tensors] == [t[:3] + (t[4],) for t in refined.tensors]
+            assert "Q3_K" in md["quantize.refined"] or "Q4_K" in md["quantize.refined"]
+    capsys.readouterr()
+    assert cli(["inspect", str(files["Q3_K_S-refined"])]) == 0
+    assert "refined: simpo-q" in capsys.readouterr().out
+
+
+def test_llama_cpp_loads_refined_files_and_generates(files: dict[str, Path]) -> None:
+    from simpo_q.evaluate.engines import LlamaCppModel
+
+    for name in ("Q3_K_S-refined", "Q4_K_M-im-refined"):
+        m = LlamaCppModel(files[name], 128, threads=2)
+        out = m.llm.create_completion("The river bends", max_tokens=8, temperature=0.0)
+        assert out["choices"][0]["text"], name
+
+
+def test_refined_files_are_closer_to_the_full_model_on_held_out_text(files: dict[str, Path]) -> None:
+    """Measured with `eval kld` on the bundled evaluation text (never used for calibration)."""
+    from simpo_q.evaluate.engines import LlamaCppModel
+    from simpo_q.evaluate.kld import run_kld
+
+    names = [n for n in files if n != "F32"]
+    ref = LlamaCppModel(files["F32"], 128, threads=2)
+    reports, _ = run_kld(ref, [LlamaCppModel(files[n], 128, threads=2) for n in names],
+                         (DATA / "evaluation.txt").read_text(), ctx=128, quiet=True)
+    kld = {n: r["kld"] for n, r in zip(names, reports, strict=True)}
+    for n in names:
+        if n.endswith("-refined"):
+            assert kld[n] < kld[n.removesuffix("-refined")], (n, kld)
