@@ -6,12 +6,12 @@
 //! `dmin` half floats, `sc_j`, `m_j` small integers and `q_i` in the type's range. For fixed
 //! scales the error Σ wᵢ (xᵢ − x̂ᵢ)² separates over elements, so the best quants are the
 //! nearest ones: a quant can only be worth changing together with its scale. The search
-//! therefore walks the representable scales themselves:
-//! - the super-block scale `d` (and `dmin`) over its neighbouring half-float values;
-//! - for each of them, every sub-block's integer scale (and min) around the value that keeps
-//!   its step, plus the scale a weighted least-squares fit of the rounded quants asks for
-//!   (the "re-round, then recompute the best scale" step of greedy re-rounding), each with
-//!   its nearest quants.
+//! therefore walks the representable scales themselves: every sub-block's integer scale
+//! (and min) around ggml's, plus the scale a weighted least-squares fit of the rounded quants
+//! asks for (the "re-round, then recompute the best scale" step of greedy re-rounding), each
+//! with its nearest quants; and, for the types with mins, the neighbouring half floats of the
+//! super-block's `dmin` (those of `d` are supported, but measured not to pay: see `Kind`).
+//!
 //! A candidate block replaces ggml's only if its error, computed from what the real decoder
 //! returns for the packed bytes, is strictly lower.
 //!
