@@ -166,3 +166,97 @@ def test_refined_files_are_closer_to_the_full_model_on_held_out_text(files: dict
     for n in names:
         if n.endswith("-refined"):
             assert kld[n] < kld[n.removesuffix("-refined")], (n, kld)
+
+
+# ---------------------------------------------------------------- types under a size budget
+
+
+def test_greedy_allocation_spends_the_budget_where_error_falls_fastest() -> None:
+    from simpo_q.allocate import Choice, allocate
+
+    a = Choice("a", (1, 256), {"Q3_K": (100, 10.0), "Q4_K": (130, 4.0), "Q6_K": (210, 1.0)}, "Q3_K")
+    b = Choice("b", (1, 256), {"Q3_K": (100, 10.0), "Q4_K": (130, 9.0), "Q6_K": (210, 8.5)}, "Q3_K")
+    used = allocate([a, b], 240)
+    assert (a.chosen, b.chosen, used) == ("Q4_K", "Q3_K", 230)  # a's upgrade removes 6/30 per byte
+    used = allocate([a, b], 200)
+    assert (a.chosen, b.chosen, used) == ("Q3_K", "Q3_K", 200)
+    used = allocate([a, b], 10_000)
+    assert (a.chosen, b.chosen) == ("Q6_K", "Q6_K")
+
+
+def test_sizes_and_type_files_parse() -> None:
+    from simpo_q._native import SimpoQError
+    from simpo_q.allocate import parse_size, tensor_type_file
+
+    assert parse_size("4.3GB") == 4_300_000_000 and parse_size("1MiB") == 2**20 and parse_size("123") == 123
+    with pytest.raises(SimpoQError, match="expected a size"):
+        parse_size("lots")
+    assert tensor_type_file({"blk.0.attn_q.weight": "Q4_K"}) == "^blk\\.0\\.attn_q\\.weight$=q4_k\n"
+
+
+def _data_bytes(path: Path) -> int:
+    return sum(t[4] for t in open_gguf(path).tensors)
+
+
+@pytest.mark.parametrize("imatrix", [False, True])
+def test_target_bpw_at_q3_k_s_size_beats_q3_k_s(files: dict[str, Path], model: Path, tmp_path: Path,
+                                                imatrix: bool) -> None:
+    from simpo_q.evaluate.engines import LlamaCppModel
+    from simpo_q.evaluate.kld import run_kld
+
+    base = files["Q3_K_S-im" if imatrix else "Q3_K_S"]
+    r = open_gguf(base)
+    params = sum(int(np.prod(t[1])) for t in r.tensors)
+    bpw = 8 * _data_bytes(base) / params
+    imat = base.parent / "cal.imatrix.gguf" if imatrix else None
+    out = quantize_model(model, tmp_path / "budget.gguf", "Q3_K_S", imatrix=imat, target_bpw=bpw, quiet=True)
+    assert out.stat().st_size <= base.stat().st_size and _data_bytes(out) <= _data_bytes(base)
+    types = {t[0]: t[2] for t in open_gguf(out).tensors}
+    assert len(set(types.values()) - {"F32"}) > 1  # the budget was really redistributed
+    ref = LlamaCppModel(files["F32"], 128, threads=2)
+    reports, _ = run_kld(ref, [LlamaCppModel(base, 128, threads=2), LlamaCppModel(out, 128, threads=2)],
+                         (DATA / "evaluation.txt").read_text(), ctx=128, quiet=True)
+    assert reports[1]["kld"] < reports[0]["kld"], [x["kld"] for x in reports]
+    written = (tmp_path / "budget.tensor-types.txt").read_text().splitlines()
+    assert len(written) == len(types) and all(line.startswith("^") and "$=" in line for line in written)
+
+
+def test_llama_quantize_reads_our_tensor_type_file(files: dict[str, Path], model: Path, tmp_path: Path) -> None:
+    """The pinned llama-quantize, given the file we wrote and the same importance matrix,
+    makes the same tensors (types and bytes) from the F32 GGUF."""
+    import subprocess
+
+    from ggml_ref import require
+
+    try:
+        from llama_cpp_tree import llama_cpp_tools
+
+        exe = llama_cpp_tools() / "llama-quantize"
+    except Exception as e:  # noqa: BLE001 - any failure to fetch or build means "no reference"
+        require("llama-quantize built from the pinned llama.cpp tree", e)
+        return
+    imat = files["Q3_K_S-im"].parent / "cal.imatrix.gguf"
+    ours = quantize_model(model, tmp_path / "ours.gguf", "Q3_K_S", imatrix=imat, target_size=1_100_000, quiet=True)
+    tt = tmp_path / "ours.tensor-types.txt"
+    subprocess.run([str(exe), "--imatrix", str(imat), "--tensor-type-file", str(tt), str(files["F32"]),
+                    str(tmp_path / "theirs.gguf"), "Q3_K_S", "2"], check=True, capture_output=True)
+    a, b = open_gguf(ours), open_gguf(tmp_path / "theirs.gguf")
+    assert [t[:3] for t in a.tensors] == [t[:3] for t in b.tensors]
+    for t in a.tensors:
+        assert np.array_equal(a.tensor_bytes(t[0]), b.tensor_bytes(t[0])), t[0]
+    assert _data_bytes(ours) <= 1_100_000
+
+
+def test_budget_errors_and_dry_run(model: Path, tmp_path: Path, capsys) -> None:
+    capsys.readouterr()
+    rc = cli(["--quiet", "quantize", str(model), str(tmp_path / "m.gguf"), "--target-bpw", "1.0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "below the smallest this model can be" in err
+    rc = cli(["--quiet", "quantize", str(model), str(tmp_path / "m.gguf"), "--target-size", "1.1MiB", "--dry-run"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "bits per weight" in out and "error" in out.splitlines()[0]
+    assert list(tmp_path.iterdir()) == []
+    bad = tmp_path / "tt.txt"
+    bad.write_text("blk.0.attn_q.weight=Q9_K\n")
+    rc = cli(["--quiet", "quantize", str(model), str(tmp_path / "m.gguf"), "--tensor-type-file", str(bad)])
+    assert rc == 2 and "tt.txt: item 1" in capsys.readouterr().err

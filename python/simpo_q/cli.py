@@ -20,6 +20,12 @@ def _positive(text: str) -> int:
     return v
 
 
+def _size(text: str) -> int:
+    from simpo_q.allocate import parse_size
+
+    return parse_size(text)
+
+
 def _tiny_model(args: argparse.Namespace) -> int:
     from simpo_q.tiny import TinyConfig, build_tiny_model
 
@@ -58,11 +64,17 @@ def _quantize(args: argparse.Namespace) -> int:
             raise SimpoQError(f"--tensor-type {spec!r}: expected PATTERN=TYPE")
         pat, t = spec.rsplit("=", 1)
         tt.append((pat, t))
+    if args.tensor_type_file:
+        from simpo_q.allocate import read_tensor_type_file
+
+        tt += read_tensor_type_file(args.tensor_type_file)
+    target_size = None if args.target_size is None else _size(args.target_size)
     ov = Overrides(output_tensor_type=args.output_tensor_type, token_embedding_type=args.token_embedding_type,
                    tensor_types=tt, pure=args.pure)
     quantize_model(args.input, args.out, args.type, overrides=ov, dry_run=args.dry_run, ollama=args.ollama,
                    quiet=args.quiet, threads=args.threads, imatrix=args.imatrix, imatrix_ctx=args.ctx,
-                   imatrix_chunks=args.chunks, force=args.force, refine=args.refine)
+                   imatrix_chunks=args.chunks, force=args.force, refine=args.refine, target_bpw=args.target_bpw,
+                   target_size=target_size)
     return 0
 
 
@@ -163,7 +175,8 @@ def _pipeline(args: argparse.Namespace) -> int:
     run_pipeline(load_recipe(args.recipe, args.set), args.out, ftype=args.type, imatrix=args.imatrix,
                  imatrix_ctx=args.ctx, imatrix_chunks=args.chunks, ollama=not args.no_ollama, quiet=args.quiet,
                  name=args.name, force=args.force, eval_text=args.eval_text, eval_ctx=args.eval_ctx,
-                 eval_chunks=args.eval_chunks, refine=args.refine)
+                 eval_chunks=args.eval_chunks, refine=args.refine, target_bpw=args.target_bpw,
+                 target_size=None if args.target_size is None else _size(args.target_size))
     return 0
 
 
@@ -242,6 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--chunks", type=_positive, default=None, help="at most N chunks when computing the imatrix")
     q.add_argument("--force", action="store_true",
                    help="replace existing files beside OUT (OUT.imatrix.gguf, Modelfile, NOTICE)")
+    q.add_argument("--tensor-type-file", metavar="FILE",
+                   help="PATTERN=TYPE items separated by spaces or newlines (llama-quantize's format)")
+    q.add_argument("--target-bpw", type=float, metavar="B",
+                   help="choose each tensor's type (Q3_K..Q8_0) for the least weighted error within B bits per "
+                        "weight; writes OUT.tensor-types.txt")
+    q.add_argument("--target-size", metavar="SIZE", help="the same within SIZE bytes of tensor data (4.3GB, 4100MiB)")
     q.add_argument("--refine", action="store_true",
                    help="simpo-q's refined encoder for Q3_K/Q4_K/Q5_K/Q6_K tensors: the same format, which stock "
                         "llama.cpp runs, with every block's error at most ggml's (not byte-identical to ggml)")
@@ -284,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="end with `eval kld` of the GGUF against the trained model on this (held-out) text, "
                          "beside the same type without the importance matrix")
     pp.add_argument("--refine", action="store_true", help="the refined encoder (see quantize --refine)")
+    pp.add_argument("--target-bpw", type=float, metavar="B", help="types chosen within a size budget (see quantize)")
+    pp.add_argument("--target-size", metavar="SIZE", help="the same within SIZE bytes (see quantize)")
     pp.add_argument("--eval-ctx", type=_positive, default=512)
     pp.add_argument("--eval-chunks", type=_positive, default=None)
     pp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

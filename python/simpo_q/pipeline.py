@@ -54,7 +54,8 @@ def _check_args(recipe, out: Path, ftype: str, imatrix, ollama: bool, force: boo
 def run_pipeline(recipe, out: str | os.PathLike, *, ftype: str = "Q3_K_S", imatrix=None, imatrix_ctx: int = 512,
                  imatrix_chunks: int | None = None, ollama: bool = True, quiet: bool = False,
                  name: str | None = None, force: bool = False, eval_text=None, eval_ctx: int = 512,
-                 eval_chunks: int | None = None, refine: bool = False) -> Path | None:
+                 eval_chunks: int | None = None, refine: bool = False, target_bpw: float | None = None,
+                 target_size: int | None = None) -> Path | None:
     """Returns the GGUF's path on rank 0, None on the other ranks. The GGUF's general.name is
     `name`, by default the run's name (the recipe's output_dir), not that of its `final`
     directory."""
@@ -95,7 +96,8 @@ def run_pipeline(recipe, out: str | os.PathLike, *, ftype: str = "Q3_K_S", imatr
         path = quantize_model(src, out, ftype, imatrix=imatrix, imatrix_ctx=imatrix_ctx,
                               imatrix_chunks=imatrix_chunks, ollama=ollama, quiet=quiet,
                               name=name or Path(recipe.output_dir).resolve().name, force=force,
-                              inputs=(recipe.model, recipe.data, recipe.eval_data), refine=refine)
+                              inputs=(recipe.model, recipe.data, recipe.eval_data), refine=refine,
+                              target_bpw=target_bpw, target_size=target_size)
     if not quiet:
         print(f"pipeline: trained {final}, wrote {path}", file=sys.stderr)
     if eval_text is not None:

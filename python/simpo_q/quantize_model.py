@@ -92,7 +92,8 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
                    overrides: Overrides | None = None, dry_run: bool = False, ollama: bool = False,
                    quiet: bool = False, threads: int | None = None, imatrix=None, imatrix_ctx: int = 512,
                    imatrix_chunks: int | None = None, name: str | None = None, force: bool = False,
-                   inputs: tuple = (), refine: bool = False) -> Path | None:
+                   inputs: tuple = (), refine: bool = False, target_bpw: float | None = None,
+                   target_size: int | None = None) -> Path | None:
     """`name`, when given, replaces general.name (otherwise the source directory's name).
     Files written beside OUT (OUT.imatrix.gguf, Modelfile, NOTICE) are refused when they
     exist, unless `force`. `inputs`: further paths the output must not replace (the
@@ -103,6 +104,13 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
         raise SimpoQError(f"--ctx {imatrix_ctx}: must be at least 1")
     if imatrix_chunks is not None and imatrix_chunks < 1:
         raise SimpoQError(f"--chunks {imatrix_chunks}: must be at least 1")
+    if target_bpw is not None and target_size is not None:
+        raise SimpoQError("--target-bpw and --target-size: give one of them")
+    if target_bpw is not None and not (0 < target_bpw < 64):
+        raise SimpoQError(f"--target-bpw {target_bpw}: expected bits per weight between 0 and 64")
+    if target_size is not None and target_size <= 0:
+        raise SimpoQError(f"--target-size {target_size}: must be positive")
+    budgeted = target_bpw is not None or target_size is not None
     reader = None  # set for a GGUF input, whose unchanged tensors are copied byte for byte
     if isinstance(inp, StateDictSource):
         metadata, source = _from_hf(inp)
@@ -133,7 +141,18 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
         if ollama:
             for side in ollama_files(Path(out), arch):
                 check_output(side, [*ins, out], side_file=True, force=force)
+        if budgeted:
+            check_output(tensor_types_beside(out), [*ins, out], side_file=True, force=force)
     imat, imat_file = _importance(imatrix, kind, inp, saved, quiet, imatrix_ctx, imatrix_chunks)
+    table = None
+    if budgeted:
+        from simpo_q.allocate import plan_budget
+
+        planned = [by_name[n] for n in sorted(by_name, key=weights_map_key)]
+        types, table = plan_budget(planned, types, lambda n: _vector(imat, imat_file, n, by_name[n].shape, "Q8_0",
+                                                                      True),
+                                   target_bpw=target_bpw, target_size=target_size, refine=refine, threads=threads,
+                                   quiet=quiet)
     plan = []
     for name in sorted(by_name, key=weights_map_key):
         p = by_name[name]
@@ -164,6 +183,17 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
         md.append(("quantize.imatrix.entries_count", "u32", len(imat)))
         if imat.chunk_count > 0:
             md.append(("quantize.imatrix.chunks_count", "u32", imat.chunk_count))
+    if budgeted:
+        params = sum(int(np.prod(p.shape)) for p in plan)
+        data = sum(tensor_bytes(p) for p in plan)
+        # no metadata key for it: the tensor types say it, and a budget is a promise on the file's size
+        if not quiet or dry_run:
+            errors = {c.name: c.options[c.chosen][1] for c in table}
+            print(f"{'tensor':36s} {'type':6s} {'bytes':>12s} {'error':>12s}")
+            for p in plan:
+                e = errors.get(p.name)
+                print(f"{p.name:36s} {p.qtype:6s} {tensor_bytes(p):12d} {'' if e is None else f'{e:12.4g}':>12s}")
+            print(f"tensor data: {data} bytes, {8 * data / params:.4f} bits per weight")
     if dry_run:
         total = 0
         for i, p in enumerate(plan, 1):
@@ -177,6 +207,12 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
     path = write_gguf(out, md, plan, quiet=quiet, threads=threads)
     if not quiet:
         print(f"wrote {path} ({path.stat().st_size} bytes)", file=sys.stderr)
+    if budgeted:
+        from simpo_q.allocate import tensor_type_file
+
+        tt = write_text(tensor_types_beside(out), tensor_type_file({p.name: p.qtype for p in plan}))
+        if not quiet:
+            print(f"wrote {tt} (the chosen types; llama-quantize --tensor-type-file reads it)", file=sys.stderr)
     if ollama:
         for f in write_ollama_files(out, arch):
             if not quiet:
@@ -217,6 +253,12 @@ PARAMETER num_ctx 4096
 '''
 GEMMA_NOTICE = ("Gemma is provided under and subject to the Gemma Terms of Use found at "
                 "ai.google.dev/gemma/terms\n")
+
+
+def tensor_types_beside(out: str | os.PathLike) -> Path:
+    """Where a size-budget allocation is written: OUT.tensor-types.txt."""
+    out = Path(out)
+    return out.with_name(out.name.removesuffix(".gguf") + ".tensor-types.txt")
 
 
 def ollama_files(gguf: Path, arch: str) -> list[Path]:

@@ -1,0 +1,178 @@
+"""`--target-bpw` / `--target-size`: each tensor's type chosen among llama.cpp's types so that
+the model's total weighted error is as small as the size budget allows.
+
+1. For every tensor the allocation may change, its error under each candidate type is
+   measured: Σ over columns of wⱼ·Σ over rows (x − x̂)², with wⱼ the importance of input
+   column j (in_sum2 / count of the importance matrix), or 1 without one. Rows of large
+   tensors are sampled evenly (at most `SAMPLE_ROWS`), and the sum scaled to all rows.
+2. Every tensor starts at its cheapest candidate; the budget is then spent greedily on the
+   upgrade (to any larger candidate) that removes the most error per byte, until nothing
+   more fits.
+With an importance matrix, a tensor without an entry in it (the token embedding, which Gemma
+also uses as the output head) is measured with a flat importance equal to the mean importance
+of the model's entries: its inputs are normalised hidden states like theirs, and a flat
+weight keeps it comparable. Tensors that are not quantized keep the file type's choice.
+
+The result is written as a tensor-type file, `^name$=type` per line with the name's dots
+escaped, which llama-quantize's `--tensor-type-file` reads (each line a regular expression
+searched in the tensor name, the first match winning) and `quantize --tensor-type-file` too.
+"""
+
+from __future__ import annotations
+
+import heapq
+import re
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+import simpo_q
+from simpo_q._native import SimpoQError
+
+SAMPLE_ROWS = 512
+K_CANDIDATES = ("Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
+SMALL_CANDIDATES = ("Q4_0", "Q5_0", "Q8_0")  # rows that are not whole 256-value super-blocks
+
+
+@dataclass
+class Choice:
+    name: str
+    shape: tuple[int, ...]
+    options: dict[str, tuple[int, float]]  # type → (bytes, error)
+    chosen: str
+
+
+def tensor_bytes(qtype: str, shape: tuple[int, ...]) -> int:
+    rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+    return rows * simpo_q.row_size(qtype, shape[-1])
+
+
+def candidates(ne0: int) -> tuple[str, ...]:
+    return K_CANDIDATES if ne0 % 256 == 0 else SMALL_CANDIDATES
+
+
+def measure(x: np.ndarray, importance: np.ndarray | None, types: tuple[str, ...], refine: bool,
+            threads: int | None) -> dict[str, float]:
+    """The weighted squared error of `x` (rows × columns) under each type."""
+    rows = x.shape[0]
+    if rows > SAMPLE_ROWS:
+        idx = np.linspace(0, rows - 1, SAMPLE_ROWS).round().astype(np.int64)
+        sample = np.ascontiguousarray(x[idx])
+    else:
+        sample = np.ascontiguousarray(x)
+    scale = rows / sample.shape[0]
+    w = np.ones(x.shape[1]) if importance is None else importance.astype(np.float64)
+    out = {}
+    for t in types:
+        q = simpo_q.quantize(sample, t, importance, threads=threads, refine=refine)
+        d = sample.astype(np.float64) - simpo_q.dequantize(q, t, x.shape[1], threads=threads)
+        out[t] = float(((d * d).sum(axis=0) * w).sum() * scale)
+    return out
+
+
+def allocate(choices: list[Choice], budget: int) -> int:
+    """Spends `budget` bytes (for the allocatable tensors) greedily by error removed per byte;
+    returns the bytes used. `choices` start at their cheapest option."""
+    used = 0
+    for c in choices:
+        c.chosen = min(c.options, key=lambda t: (c.options[t][0], c.options[t][1]))
+        used += c.options[c.chosen][0]
+    if used > budget:
+        return used
+    heap: list[tuple[float, int, str, str]] = []
+
+    def push(i: int) -> None:
+        c = choices[i]
+        b0, e0 = c.options[c.chosen]
+        for t, (b, e) in c.options.items():
+            if b > b0 and e < e0:
+                heapq.heappush(heap, (-(e0 - e) / (b - b0), i, c.chosen, t))
+
+    for i in range(len(choices)):
+        push(i)
+    while heap:
+        _, i, frm, to = heapq.heappop(heap)
+        c = choices[i]
+        if c.chosen != frm:
+            continue  # stale: this tensor moved since
+        extra = c.options[to][0] - c.options[frm][0]
+        if used + extra > budget:
+            continue
+        c.chosen = to
+        used += extra
+        push(i)
+    return used
+
+
+def parse_size(text: str) -> int:
+    """Bytes from '4.3GB', '4000MiB', '123456' (decimal and binary suffixes)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?i?B?)\s*", text, re.IGNORECASE)
+    if not m:
+        raise SimpoQError(f"--target-size {text!r}: expected a size such as 4.3GB, 4100MiB or 4300000000")
+    unit = m.group(2).upper().rstrip("B")
+    mult = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+            "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}[unit]
+    return int(float(m.group(1)) * mult)
+
+
+def plan_budget(plan, types: dict[str, str], importance_of, *, target_bpw: float | None, target_size: int | None,
+                refine: bool, threads: int | None, quiet: bool) -> tuple[dict[str, str], list[Choice]]:
+    """The types under the budget. `plan`: the source's Planned tensors (float loaders);
+    `types`: the file type's choice for every tensor; `importance_of(name)`: the importance
+    vector, or None. Returns (types, the allocatable tensors' choices)."""
+    from tqdm.auto import tqdm
+
+    params = sum(int(np.prod(p.shape)) for p in plan)
+    budget = int(target_bpw * params / 8) if target_bpw is not None else int(target_size)
+    vectors = [v for v in (importance_of(p.name) for p in plan) if v is not None]
+    flat = float(np.mean([v.mean() for v in vectors])) if vectors else None
+    fixed, choices = 0, []
+    for p in tqdm(plan, desc="measuring types", unit="tensor", disable=quiet, file=sys.stderr):
+        quantized = types[p.name] not in ("F32", "F16", "BF16") and len(p.shape) >= 2
+        if not quantized:
+            fixed += tensor_bytes(types[p.name], p.shape)
+            continue
+        imp = importance_of(p.name)
+        if imp is None and flat is not None:
+            imp = np.full(p.shape[-1], flat, dtype=np.float32)
+        x = p.load().reshape(-1, p.shape[-1])
+        cand = candidates(p.shape[-1])
+        errs = measure(x, imp, cand, refine, threads)
+        choices.append(Choice(p.name, p.shape, {t: (tensor_bytes(t, p.shape), errs[t]) for t in cand}, cand[0]))
+    floor = fixed + sum(min(b for b, _ in c.options.values()) for c in choices)
+    if floor > budget:
+        raise SimpoQError(f"the size budget of {budget} bytes ({8 * budget / params:.3f} bits per weight) is below "
+                          f"the smallest this model can be with these types: {floor} bytes "
+                          f"({8 * floor / params:.3f} bits per weight)")
+    allocate(choices, budget - fixed)
+    out = dict(types)
+    for c in choices:
+        out[c.name] = c.chosen
+    return out, choices
+
+
+def tensor_type_file(types: dict[str, str]) -> str:
+    """`^name$=type` lines, llama-quantize's --tensor-type-file format (names lower case)."""
+    return "".join(f"^{re.escape(n).lower()}$={t.lower()}\n" for n, t in types.items())
+
+
+def read_tensor_type_file(path) -> list[tuple[str, str]]:
+    """(pattern, type) pairs from a tensor-type file: `pattern=type` items separated by
+    spaces or newlines, as llama-quantize reads them."""
+    from pathlib import Path
+
+    p = Path(path)
+    from simpo_q.imatrix import read_text
+
+    out = []
+    for i, item in enumerate(read_text(p).split(), 1):
+        if "=" not in item or item.startswith("=") or item.endswith("="):
+            raise SimpoQError(f"{p}: item {i} {item!r} is not PATTERN=TYPE")
+        pat, t = item.rsplit("=", 1)
+        try:
+            simpo_q.type_info(t.upper())
+        except SimpoQError as e:
+            raise SimpoQError(f"{p}: item {i}: {e}") from e
+        out.append((pat, t.upper()))
+    return out
