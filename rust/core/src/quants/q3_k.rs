@@ -167,14 +167,17 @@ pub fn dequantize_row_q3_K(x: &[u8], y: &mut [f32], k: usize) {
         let qs = &block[32..96];
         let scales = &block[96..108];
         let d_all = fp16_to_fp32(u16::from_le_bytes([block[108], block[109]]));
-        for (e, o) in out.iter_mut().enumerate() {
-            let h = e / 128;
-            let kk = (e % 128) / 32;
-            let l = e % 32;
-            let q2 = ((qs[32 * h + l] >> (2 * kk)) & 3) as i32;
-            let hb = hmask[l] & (1 << (e / 32)) != 0;
-            let dl = d_all * (unpack_scale(scales, e / 16) - 32) as f32;
-            *o = dl * (q2 - if hb { 0 } else { 4 }) as f32;
+        for (j, sub) in out.chunks_exact_mut(16).enumerate() {
+            let dl = d_all * (unpack_scale(scales, j) - 32) as f32;
+            for (ii, o) in sub.iter_mut().enumerate() {
+                let e = 16 * j + ii;
+                let h = e / 128;
+                let kk = (e % 128) / 32;
+                let l = e % 32;
+                let q2 = ((qs[32 * h + l] >> (2 * kk)) & 3) as i32;
+                let hb = hmask[l] & (1 << (e / 32)) != 0;
+                *o = dl * (q2 - if hb { 0 } else { 4 }) as f32;
+            }
         }
     }
 }

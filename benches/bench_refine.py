@@ -1,0 +1,146 @@
+"""The refined encoder and the size-budget allocation: what they cost and what they gain.
+
+    .venv/bin/python benches/bench_refine.py speed            # per core, 4096×3584, exact vs --refine
+    .venv/bin/python benches/bench_refine.py kld [--hidden 1024 --layers 4 --pretrain-steps 300]
+    .venv/bin/python benches/bench_refine.py budget [--layers 16 --hidden 2048 --intermediate 8192]
+
+`speed`: Mw/s on one thread (best of 3) of the exact path and of the refined one, and the
+importance-weighted error the refinement removes (the measure it lowers). `kld`: mean KLD
+on the bundled held-out text (never used for calibration) of Q3_K_S and Q4_K_M, exact and
+refined, with and without the importance matrix of the bundled calibration text, and of
+`--target-bpw` at Q3_K_S's own size; against the model's F32 GGUF through llama.cpp.
+`budget`: the time `--target-bpw` spends measuring the candidate types on the generated
+~1B checkpoint of bench_pipeline.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).parent.parent
+DATA = REPO / "python" / "simpo_q" / "data"
+
+
+def speed() -> None:
+    import simpo_q
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4096, 3584)).astype(np.float32)
+    w = rng.uniform(0.01, 10, 3584).astype(np.float32)
+    print(f"# 4096×3584 standard normal, importance uniform in [0.01, 10]; 1 thread, best of 3; "
+          f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
+    print()
+    print("| type | imatrix | exact (Mw/s) | refined (Mw/s) | time ratio | weighted error removed |")
+    print("|---|---|---|---|---|---|")
+    for t in simpo_q.REFINABLE_TYPES:
+        for imp in (None, w):
+            best = [1e9, 1e9]
+            for _ in range(3):
+                t0 = time.perf_counter()
+                a = simpo_q.quantize(x, t, imp, threads=1)
+                t1 = time.perf_counter()
+                b = simpo_q.quantize(x, t, imp, threads=1, refine=True)
+                t2 = time.perf_counter()
+                best = [min(best[0], t1 - t0), min(best[1], t2 - t1)]
+            wt = np.ones(3584) if imp is None else (
+                imp.reshape(-1, 256) + imp.reshape(-1, 256).mean(axis=1, keepdims=True)).reshape(-1)
+
+            def err(q, t=t, wt=wt):
+                return float((((x - simpo_q.dequantize(q, t, 3584)) ** 2) * wt).sum())
+
+            n = x.size / 1e6
+            print(f"| {t} | {'yes' if imp is not None else 'no'} | {n / best[0]:.1f} | {n / best[1]:.1f} | "
+                  f"{best[1] / best[0]:.2f}x | {1 - err(b) / err(a):.1%} |")
+
+
+def kld(a) -> None:
+    from simpo_q import imatrix as im
+    from simpo_q.convert import convert
+    from simpo_q.evaluate.engines import LlamaCppModel
+    from simpo_q.evaluate.kld import run_kld
+    from simpo_q.gguf import open_gguf
+    from simpo_q.quantize_model import quantize_model
+    from simpo_q.tiny import TinyConfig, cached_tiny_model
+
+    cfg = TinyConfig(hidden=a.hidden, intermediate=2 * a.hidden, layers=a.layers,
+                     heads=max(4, a.hidden // 64), kv_heads=max(2, a.hidden // 128))
+    t0 = time.perf_counter()
+    model = cached_tiny_model(REPO / ".cache", cfg, pretrain_steps=a.pretrain_steps, quiet=True)
+    built = time.perf_counter() - t0
+    work = REPO / ".cache" / f"bench-refine-{model.name}"
+    work.mkdir(parents=True, exist_ok=True)
+    f32 = convert(model, work / "f32.gguf", "f32", quiet=True)
+    cal = work / "cal.imatrix.gguf"
+    im.collect(model, DATA / "calibration.txt", ctx=a.ctx, quiet=True).save(str(cal), "gguf")
+    files: dict[str, Path] = {}
+    for t in ("Q3_K_S", "Q4_K_M"):
+        for imat in (None, cal):
+            for refine in (False, True):
+                name = f"{t}{' +imatrix' if imat else ''}{' refined' if refine else ''}"
+                files[name] = quantize_model(model, work / (name.replace(" ", "_") + ".gguf"), t, imatrix=imat,
+                                             refine=refine, quiet=True, force=True)
+    params = sum(int(np.prod(t[1])) for t in open_gguf(files["Q3_K_S"]).tensors)
+    for imat in (None, cal):
+        base = files[f"Q3_K_S{' +imatrix' if imat else ''}"]
+        bpw = 8 * sum(t[4] for t in open_gguf(base).tensors) / params
+        name = f"target-bpw {bpw:.3f}{' +imatrix' if imat else ''}"
+        files[name] = quantize_model(model, work / (name.replace(" ", "_") + ".gguf"), "Q3_K_S", imatrix=imat,
+                                     target_bpw=bpw, quiet=True, force=True)
+    ref = LlamaCppModel(f32, a.ctx)
+    names = list(files)
+    reports, _ = run_kld(ref, [LlamaCppModel(files[n], a.ctx) for n in names], (DATA / "evaluation.txt").read_text(),
+                         ctx=a.ctx, quiet=True)
+    print(f"# {model.name}: {params / 1e6:.1f}M parameters (hidden {a.hidden}, {a.layers} layers), pretrained "
+          f"{a.pretrain_steps} steps ({built:.0f} s incl. building); held-out evaluation.txt, ctx {a.ctx}, "
+          f"{reports[0]['chunks']} chunks; {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
+    print()
+    print("| file | bits per weight | mean KLD | same top p |")
+    print("|---|---|---|---|")
+    for n, r in zip(names, reports, strict=True):
+        bpw = 8 * sum(t[4] for t in open_gguf(files[n]).tensors) / params
+        print(f"| {n} | {bpw:.3f} | {r['kld']:.6f} ± {r['kld_unc']:.6f} | {100 * r['same_top_p']:.2f}% |")
+
+
+def budget(a) -> None:
+    from simpo_q.quantize_model import quantize_model
+    from simpo_q.tiny import TinyConfig, build_tiny_model
+
+    model = REPO / ".cache" / "bench-pipeline" / f"gemma2-L{a.layers}-H{a.hidden}-I{a.intermediate}"
+    if not (model / "config.json").exists():
+        build_tiny_model(model, TinyConfig(layers=a.layers, hidden=a.hidden, intermediate=a.intermediate, heads=8,
+                                           kv_heads=4, head_dim=256))
+    out = REPO / ".cache" / "bench-refine-budget"
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    quantize_model(model, out / "q3ks.gguf", "Q3_K_S", quiet=True, force=True)
+    plain = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    quantize_model(model, out / "budget.gguf", "Q3_K_S", target_bpw=3.9, quiet=True, force=True)
+    with_budget = time.perf_counter() - t0
+    print(f"# {model.name} (random weights, bf16 safetensors); {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
+    print()
+    print(f"| quantize --type Q3_K_S | {plain:.1f} s |")
+    print(f"| same, --target-bpw 3.9 (measuring 5 types per tensor, then writing) | {with_budget:.1f} s |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=["speed", "kld", "budget"])
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--intermediate", type=int, default=8192)
+    ap.add_argument("--pretrain-steps", type=int, default=200)
+    ap.add_argument("--ctx", type=int, default=128)
+    a = ap.parse_args()
+    sys.path.insert(0, str(REPO / "tests"))
+    {"speed": lambda: speed(), "kld": lambda: kld(a), "budget": lambda: budget(a)}[a.what]()
+
+
+if __name__ == "__main__":
+    main()
