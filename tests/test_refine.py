@@ -199,20 +199,23 @@ def _data_bytes(path: Path) -> int:
 
 
 @pytest.mark.parametrize("imatrix", [False, True])
-def test_target_bpw_at_q3_k_s_size_beats_q3_k_s(files: dict[str, Path], model: Path, tmp_path: Path,
+def test_target_bpw_at_q3_k_m_size_beats_q3_k_m(files: dict[str, Path], model: Path, tmp_path: Path,
                                                 imatrix: bool) -> None:
+    """At Q3_K_M's own size the chosen types are closer to the full model on held-out text
+    (the tiny model; BENCHMARKS.md has a wider one, where with an importance matrix they
+    are not)."""
     from simpo_q.evaluate.engines import LlamaCppModel
     from simpo_q.evaluate.kld import run_kld
 
-    base = files["Q3_K_S-im" if imatrix else "Q3_K_S"]
-    r = open_gguf(base)
-    params = sum(int(np.prod(t[1])) for t in r.tensors)
+    imat = files["Q3_K_S-im"].parent / "cal.imatrix.gguf" if imatrix else None
+    base = quantize_model(model, tmp_path / "q3km.gguf", "Q3_K_M", imatrix=imat, quiet=True)
+    params = sum(int(np.prod(t[1])) for t in open_gguf(base).tensors)
     bpw = 8 * _data_bytes(base) / params
-    imat = base.parent / "cal.imatrix.gguf" if imatrix else None
     out = quantize_model(model, tmp_path / "budget.gguf", "Q3_K_S", imatrix=imat, target_bpw=bpw, quiet=True)
     assert out.stat().st_size <= base.stat().st_size and _data_bytes(out) <= _data_bytes(base)
     types = {t[0]: t[2] for t in open_gguf(out).tensors}
-    assert len(set(types.values()) - {"F32"}) > 1  # the budget was really redistributed
+    assert types["token_embd.weight"] == "Q6_K"  # the embedding keeps the file type's choice
+    assert len(set(types.values()) - {"F32", "Q6_K"}) > 1  # the budget was really redistributed
     ref = LlamaCppModel(files["F32"], 128, threads=2)
     reports, _ = run_kld(ref, [LlamaCppModel(base, 128, threads=2), LlamaCppModel(out, 128, threads=2)],
                          (DATA / "evaluation.txt").read_text(), ctx=128, quiet=True)
@@ -236,7 +239,7 @@ def test_llama_quantize_reads_our_tensor_type_file(files: dict[str, Path], model
         require("llama-quantize built from the pinned llama.cpp tree", e)
         return
     imat = files["Q3_K_S-im"].parent / "cal.imatrix.gguf"
-    ours = quantize_model(model, tmp_path / "ours.gguf", "Q3_K_S", imatrix=imat, target_size=1_100_000, quiet=True)
+    ours = quantize_model(model, tmp_path / "ours.gguf", "Q3_K_S", imatrix=imat, target_size=1_250_000, quiet=True)
     tt = tmp_path / "ours.tensor-types.txt"
     subprocess.run([str(exe), "--imatrix", str(imat), "--tensor-type-file", str(tt), str(files["F32"]),
                     str(tmp_path / "theirs.gguf"), "Q3_K_S", "2"], check=True, capture_output=True)
@@ -244,7 +247,8 @@ def test_llama_quantize_reads_our_tensor_type_file(files: dict[str, Path], model
     assert [t[:3] for t in a.tensors] == [t[:3] for t in b.tensors]
     for t in a.tensors:
         assert np.array_equal(a.tensor_bytes(t[0]), b.tensor_bytes(t[0])), t[0]
-    assert _data_bytes(ours) <= 1_100_000
+    assert _data_bytes(ours) <= 1_250_000
+    assert len({t[2] for t in a.tensors} - {"F32"}) > 2  # several types chosen
 
 
 def test_budget_errors_and_dry_run(model: Path, tmp_path: Path, capsys) -> None:
@@ -252,7 +256,7 @@ def test_budget_errors_and_dry_run(model: Path, tmp_path: Path, capsys) -> None:
     rc = cli(["--quiet", "quantize", str(model), str(tmp_path / "m.gguf"), "--target-bpw", "1.0"])
     err = capsys.readouterr().err
     assert rc == 2 and "below the smallest this model can be" in err
-    rc = cli(["--quiet", "quantize", str(model), str(tmp_path / "m.gguf"), "--target-size", "1.1MiB", "--dry-run"])
+    rc = cli(["--quiet", "quantize", str(model), str(tmp_path / "m.gguf"), "--target-size", "1.2MiB", "--dry-run"])
     out = capsys.readouterr().out
     assert rc == 0 and "bits per weight" in out and "error" in out.splitlines()[0]
     assert list(tmp_path.iterdir()) == []

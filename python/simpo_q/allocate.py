@@ -8,10 +8,11 @@ the model's total weighted error is as small as the size budget allows.
 2. Every tensor starts at its cheapest candidate; the budget is then spent greedily on the
    upgrade (to any larger candidate) that removes the most error per byte, until nothing
    more fits.
-With an importance matrix, a tensor without an entry in it (the token embedding, which Gemma
-also uses as the output head) is measured with a flat importance equal to the mean importance
-of the model's entries: its inputs are normalised hidden states like theirs, and a flat
-weight keeps it comparable. Tensors that are not quantized keep the file type's choice.
+The token embedding and the output head keep the file type's choice, and so do tensors
+that are not quantized: their error is not comparable with the linear layers' (no importance
+matrix measures the head's input, and Gemma's head is its embedding). Measured, letting them
+take part with a flat importance made a wider model's KL divergence twice as large at the
+same size (BENCHMARKS.md).
 
 The result is written as a tensor-type file, `^name$=type` per line with the name's dots
 escaped, which llama-quantize's `--tensor-type-file` reads (each line a regular expression
@@ -31,6 +32,7 @@ import simpo_q
 from simpo_q._native import SimpoQError
 
 SAMPLE_ROWS = 512
+FIXED = ("token_embd.weight", "output.weight")
 K_CANDIDATES = ("Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
 SMALL_CANDIDATES = ("Q4_0", "Q5_0", "Q8_0")  # rows that are not whole 256-value super-blocks
 
@@ -125,17 +127,13 @@ def plan_budget(plan, types: dict[str, str], importance_of, *, target_bpw: float
 
     params = sum(int(np.prod(p.shape)) for p in plan)
     budget = int(target_bpw * params / 8) if target_bpw is not None else int(target_size)
-    vectors = [v for v in (importance_of(p.name) for p in plan) if v is not None]
-    flat = float(np.mean([v.mean() for v in vectors])) if vectors else None
     fixed, choices = 0, []
     for p in tqdm(plan, desc="measuring types", unit="tensor", disable=quiet, file=sys.stderr):
         quantized = types[p.name] not in ("F32", "F16", "BF16") and len(p.shape) >= 2
-        if not quantized:
+        if not quantized or p.name in FIXED:
             fixed += tensor_bytes(types[p.name], p.shape)
             continue
         imp = importance_of(p.name)
-        if imp is None and flat is not None:
-            imp = np.full(p.shape[-1], flat, dtype=np.float32)
         x = p.load().reshape(-1, p.shape[-1])
         cand = candidates(p.shape[-1])
         errs = measure(x, imp, cand, refine, threads)
