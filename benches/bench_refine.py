@@ -2,7 +2,7 @@
 
     .venv/bin/python benches/bench_refine.py speed            # per core, 4096×3584, exact vs --refine
     .venv/bin/python benches/bench_refine.py kld [--hidden 1024 --layers 4 --pretrain-steps 300]
-    .venv/bin/python benches/bench_refine.py budget [--layers 16 --hidden 2048 --intermediate 8192]
+    .venv/bin/python benches/bench_refine.py budget --layers 16 --hidden 2048 --intermediate 8192
 
 `speed`: Mw/s on one thread (best of 3) of the exact path and of the refined one, and the
 importance-weighted error the refinement removes (the measure it lowers). `kld`: mean KLD

@@ -195,3 +195,17 @@ def test_bad_input(files: dict[str, Path], tmp_path: Path, capsys) -> None:
         err = capsys.readouterr().err
         assert rc == 2 and want in err and "Traceback" not in err, (args, err)
         assert not (tmp_path / "r.json").exists()
+
+
+def test_architecture_and_tokenizer_mismatches_are_refused() -> None:
+    from types import SimpleNamespace
+
+    from simpo_q.evaluate.engines import check_same_model
+
+    ref = SimpleNamespace(name="ref", arch="gemma2", n_vocab=4, vocabulary=["<pad>", "<eos>", "a", "b"])
+    same = SimpleNamespace(name="q", arch="gemma2", n_vocab=4, vocabulary=["<pad>", "<eos>", "a", "b"])
+    check_same_model(ref, same)
+    with pytest.raises(SimpoQError, match="architecture 'llama', the reference ref is 'gemma2'"):
+        check_same_model(ref, SimpleNamespace(**{**vars(same), "arch": "llama"}))
+    with pytest.raises(SimpoQError, match="another tokenizer than the reference ref \\(token 3 is 'c'"):
+        check_same_model(ref, SimpleNamespace(**{**vars(same), "vocabulary": ["<pad>", "<eos>", "a", "c"]}))
