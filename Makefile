@@ -10,11 +10,12 @@ PIP := $(PY) -m pip
 DEPS := $(VENV)/.deps-installed
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: help demo test lint rust-test py-test native install-check bench gpu-check clean
+.PHONY: help demo test test-fast lint rust-test py-test native install-check bench gpu-check clean
 
 help:
 	@echo "make demo           run the main job on the embedded tiny Gemma-2 model"
 	@echo "make test           fmt, clippy, cargo test, ruff, stubtest, pytest"
+	@echo "make test-fast      pytest without the tests marked slow (for daily work; CI runs make test)"
 	@echo "make bench          run benches/ (numbers go to BENCHMARKS.md by hand)"
 	@echo "make install-check  pip install . into a fresh venv and smoke-test it"
 	@echo "make gpu-check      the one prepared accelerator check (benches/gpu_check.py, < 8 min on an H100)"
@@ -48,6 +49,9 @@ py-test: native
 	$(PY) -m pytest -q
 
 test: rust-test lint py-test
+
+test-fast: native
+	$(PY) -m pytest -q -m "not slow"
 
 install-check:
 	rm -rf /tmp/simpo-q-install-check

@@ -9,9 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).parent.parent
 
 
+@pytest.mark.slow
 def test_cpu_smoke_runs_every_part(tmp_path: Path) -> None:
     out = tmp_path / "g"
     r = subprocess.run([sys.executable, str(REPO / "benches" / "gpu_check.py"), "--cpu-smoke", "--out", str(out),

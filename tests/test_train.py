@@ -142,6 +142,7 @@ def _recipe(model_dir: Path, out: Path, *extra: str) -> list[str]:
             "--set", "threads=1", *extra]
 
 
+@pytest.mark.slow
 def test_fsdp2_two_processes_equal_one(model_dir: Path, tmp_path: Path) -> None:
     """Same global batch (8 pairs: 2 ranks x 2 pairs x 2 accumulation vs 1 x 4 x 2), FSDP2 on
     gloo against one process. Losses and gradient norms agree to ~1e-6; AdamW then turns the
@@ -174,6 +175,7 @@ def _weights_of(d: Path) -> dict[str, np.ndarray]:
     return {k: v.float().numpy() for k, v in load_file(str(d / "model.safetensors")).items()}
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_ends_with_the_same_weights(model_dir: Path, tmp_path: Path) -> None:
     base = [sys.executable, "-m", "simpo_q", "--quiet", "train", str(REPO / "recipes" / "tiny.yaml")]
     common = ["--set", "max_steps=6", "--set", "save_steps=3"]
@@ -537,3 +539,14 @@ def test_fsdp2_on_one_process_equals_plain(model_dir: Path, tmp_path: Path) -> N
     for k in a:
         assert np.max(np.abs(a[k] - b[k])) <= 1e-5, k
     assert max(float(np.abs(a[k] - w0[k]).max()) for k in a) > 2e-5, "training did not move the weights"
+
+
+def test_logging_steps_averages_the_interval(model_dir: Path, tmp_path: Path) -> None:
+    from simpo_q.train.loop import train
+
+    r = load_recipe(REPO / "recipes" / "tiny.yaml", [f"model={model_dir}", f"output_dir={tmp_path / 'run'}",
+                                                      "max_steps=5", "logging_steps=2", "eval_steps=0", "threads=1"])
+    train(r, quiet=True)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in rows] == [2, 4, 5] and [x["steps"] for x in rows] == [2, 2, 1]
+    assert all(x["tokens"] > 0 and x["loss"] == x["loss"] for x in rows)

@@ -46,8 +46,10 @@ class Choice:
 
 
 def tensor_bytes(qtype: str, shape: tuple[int, ...]) -> int:
-    rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
-    return rows * simpo_q.row_size(qtype, shape[-1])
+    from simpo_q.gguf_out import Planned
+    from simpo_q.gguf_out import tensor_bytes as planned_bytes
+
+    return planned_bytes(Planned("", shape, qtype, lambda: None))
 
 
 def candidates(ne0: int) -> tuple[str, ...]:

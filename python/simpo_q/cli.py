@@ -233,15 +233,17 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="Hugging Face Gemma-2 directory -> GGUF (f32/f16/bf16/q8_0)")
     c.add_argument("model")
     c.add_argument("out")
-    c.add_argument("--outtype", default="f16", choices=["f32", "f16", "bf16", "q8_0"])
+    from simpo_q.convert import OUTTYPES
+    from simpo_q.policy import FILE_TYPES
+
+    c.add_argument("--outtype", default="f16", choices=list(OUTTYPES))
     c.add_argument("--threads", type=_positive, default=None)
     c.set_defaults(func=_convert)
 
     q = sub.add_parser("quantize", help="HF directory or F32/F16/BF16 GGUF -> k-quant GGUF")
     q.add_argument("input")
     q.add_argument("out")
-    q.add_argument("--type", default="Q3_K_S", help="file type: " + ", ".join(
-        ["F32", "F16", "BF16", "Q8_0", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K"]))
+    q.add_argument("--type", default="Q3_K_S", help="file type: " + ", ".join(FILE_TYPES))
     q.add_argument("--output-tensor-type")
     q.add_argument("--token-embedding-type")
     q.add_argument("--tensor-type", action="append", default=[], metavar="PATTERN=TYPE",

@@ -1,6 +1,6 @@
 """GGUF files through the native reader and streaming writer.
 
-    with GGUFFile.create(path, metadata, tensors) as w:   # tensors: [(name, shape, type)]
+    with GGUFOutput(path, metadata, tensors) as w:        # tensors: [(name, shape, type)]
         for name, data in produce():                     # in the declared order
             w.write(name, data)
     r = open_gguf(path); r.metadata; r.tensors; r.tensor_bytes(name)

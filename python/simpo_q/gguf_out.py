@@ -28,10 +28,12 @@ class Planned:
     refine: bool = False  # the refined encoder (same format; see quants/refine.rs)
 
 
+ALIGNMENT = 32  # GGUF's default data alignment, which simpo-q's writer uses
+
+
 def tensor_bytes(p: Planned) -> int:
-    _, block, size = simpo_q.type_info(p.qtype)
-    n = int(np.prod(p.shape[:-1])) if len(p.shape) > 1 else 1
-    return n * (p.shape[-1] // block) * size
+    rows = int(np.prod(p.shape[:-1])) if len(p.shape) > 1 else 1
+    return rows * simpo_q.row_size(p.qtype, p.shape[-1])
 
 
 def encode(p: Planned, threads: int | None = None) -> np.ndarray:

@@ -14,7 +14,7 @@ import simpo_q
 from simpo_q._native import SimpoQError
 from simpo_q.convert import converted_metadata, hf_plan
 from simpo_q.gguf import open_gguf
-from simpo_q.gguf_out import Planned, tensor_bytes, write_gguf
+from simpo_q.gguf_out import ALIGNMENT, Planned, tensor_bytes, write_gguf
 from simpo_q.outputs import check_output, imatrix_beside, write_text
 from simpo_q.policy import FILE_TYPES, Overrides, check_file_type, plan_types, weights_map_key
 from simpo_q.sources import HFDirectory, StateDictSource
@@ -198,7 +198,7 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
         total = 0
         for i, p in enumerate(plan, 1):
             n = tensor_bytes(p)
-            total += n + (-n % 32)
+            total += n + (-n % ALIGNMENT)
             shape = ", ".join(str(d) for d in reversed(p.shape))
             print(f"[{i:4d}/{len(plan):4d}] {p.name:36s} - [{shape:>18s}], type = {p.qtype:6s}, {n} bytes")
         print(f"predicted size: {total} bytes of tensor data ({total / 2**20:.2f} MiB) in {len(plan)} tensors")

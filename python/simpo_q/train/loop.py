@@ -258,6 +258,7 @@ def train(r: Recipe, *, quiet: bool = False, keep_model: bool = False):
     reset_peak_memory(device)
     bar = tqdm(total=total, initial=step, desc="simpo", disable=quiet or rank != 0, file=sys.stderr)
     t0, tokens = time.perf_counter(), 0
+    pending: list[dict] = []  # the steps since metrics were last written (every logging_steps)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     while step < total:
         epoch, k = divmod(step, steps_per_epoch)
@@ -305,8 +306,11 @@ def train(r: Recipe, *, quiet: bool = False, keep_model: bool = False):
                  tokens=round(m["tokens"] * world), step_seconds=time.perf_counter() - t_step,
                  peak_memory_gib=peak_memory(device) / 2**30)
         if rank == 0:
-            with open(metrics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(m) + "\n")
+            pending.append(m)
+            if step % r.logging_steps == 0 or step == total:
+                with open(metrics_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(interval_metrics(pending)) + "\n")
+                pending.clear()
             rate = tokens * world / (time.perf_counter() - t0)
             bar.set_postfix(loss=f"{m['loss']:.3f}", margin=f"{m['rewards/margins']:.3f}",
                             acc=f"{m['rewards/accuracies']:.2f}", tok_s=f"{rate:.0f}")
@@ -325,6 +329,18 @@ def train(r: Recipe, *, quiet: bool = False, keep_model: bool = False):
     save_checkpoint(out / "checkpoint", model, opt, sched, step)
     save_final(model, tok, out / "final", rank, r.save_dtype, r.model)
     return (out, model) if keep_model else out
+
+
+def interval_metrics(steps: list[dict]) -> dict:
+    """One metrics line for the steps of a logging interval, as the official trainer logs:
+    means of the per-step values; the last step and learning rate; the tokens summed; the
+    peak memory's maximum."""
+    last = steps[-1]
+    out = {k: sum(s[k] for s in steps) / len(steps) for k in last if k not in ("step", "lr", "tokens",
+                                                                                "peak_memory_gib")}
+    out.update(step=last["step"], lr=last["lr"], tokens=sum(s["tokens"] for s in steps),
+               peak_memory_gib=max(s["peak_memory_gib"] for s in steps), steps=len(steps))
+    return out
 
 
 @torch.no_grad()

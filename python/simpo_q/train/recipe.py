@@ -40,7 +40,7 @@ class Recipe:
     gradient_checkpointing: bool = False
     chunk_tokens: int = 1024
     seed: int = 42
-    logging_steps: int = 1
+    logging_steps: int = 1  # one metrics line per this many steps (their means)
     save_steps: int = 0
     eval_steps: int = 0
     stop_after_steps: int = -1  # end the run (as if killed) after this many steps; for tests
