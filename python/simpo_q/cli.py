@@ -134,12 +134,17 @@ def _inspect(args: argparse.Namespace) -> int:
         ts = [{"name": n, "type": t, "shape": d, "bytes": b, "offset": o} for n, d, t, o, b in r.tensors]
         print(json.dumps({"version": r.version, "alignment": r.alignment, "metadata": md, "tensors": ts}))
         return 0
+    from simpo_q.policy import FILE_TYPES
+
+    names = {v[0]: k for k, v in FILE_TYPES.items()}
     print(f"GGUF v{r.version}, {len(r.metadata)} metadata entries, {len(r.tensors)} tensors")
     refined = next((v for k, _, v in r.metadata if k == "quantize.refined"), None)
     if refined is not None:
         print(f"  refined: {refined} (same format; not ggml's bytes)")
     for k, t, v in r.metadata:
         text = repr(v)
+        if k == "general.file_type" and v in names:
+            text = f"{names[v]} ({v})"
         if isinstance(v, list):
             text = f"[{len(v)} items] " + repr(v[:5])[:-1] + (", ...]" if len(v) > 5 else "]")
         print(f"  {k:48s} {t:12s} {text[:120]}")
@@ -207,6 +212,15 @@ def _eval_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command(subparsers, name: str, **kw) -> argparse.ArgumentParser:
+    """A subcommand whose --help shows the defaults and which takes --quiet after its name
+    too (left unset when absent, so the one before the subcommand still counts)."""
+    sp = subparsers.add_parser(name, formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kw)
+    sp.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
+                    help="no progress bars or per-file lines (also accepted before the subcommand)")
+    return sp
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="simpo-q",
@@ -215,43 +229,43 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bars or per-file lines")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("tiny-model", help="write the tiny real Gemma-2 checkpoint (deterministic)")
+    t = _command(sub, "tiny-model", help="write the tiny real Gemma-2 checkpoint (deterministic)")
     t.add_argument("dir", help="output directory")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--layers", type=int, default=2)
-    t.add_argument("--hidden", type=int, default=256)
-    t.add_argument("--intermediate", type=int, default=512)
-    t.add_argument("--heads", type=int, default=4)
-    t.add_argument("--kv-heads", type=int, default=2)
-    t.add_argument("--head-dim", type=int, default=64)
-    t.add_argument("--vocab", type=int, default=3072)
+    t.add_argument("--seed", type=int, default=0, help="random seed of the weights (same seed, same bytes)")
+    t.add_argument("--layers", type=int, default=2, help="decoder layers")
+    t.add_argument("--hidden", type=int, default=256, help="hidden size")
+    t.add_argument("--intermediate", type=int, default=512, help="feed-forward size")
+    t.add_argument("--heads", type=int, default=4, help="attention heads")
+    t.add_argument("--kv-heads", type=int, default=2, help="key/value heads")
+    t.add_argument("--head-dim", type=int, default=64, help="size of one head")
+    t.add_argument("--vocab", type=int, default=3072, help="vocabulary size (the tokenizer is trained to it)")
     t.add_argument("--shards", type=int, default=1, help="write N safetensors files plus an index")
     t.add_argument("--pretrain-steps", type=int, default=0,
                    help="train briefly on the bundled text first, so it is a real (tiny) language model")
     t.set_defaults(func=_tiny_model)
 
-    c = sub.add_parser("convert", help="Hugging Face Gemma-2 directory -> GGUF (f32/f16/bf16/q8_0)")
-    c.add_argument("model")
-    c.add_argument("out")
+    c = _command(sub, "convert", help="Hugging Face Gemma-2 directory -> GGUF (f32/f16/bf16/q8_0)")
+    c.add_argument("model", help="Hugging Face model directory")
+    c.add_argument("out", help="output GGUF")
     from simpo_q.convert import OUTTYPES
     from simpo_q.policy import FILE_TYPES
 
-    c.add_argument("--outtype", default="f16", choices=list(OUTTYPES))
-    c.add_argument("--threads", type=_positive, default=None)
+    c.add_argument("--outtype", default="f16", choices=list(OUTTYPES), help="type of the 2-D weights")
+    c.add_argument("--threads", type=_positive, default=None, help="threads (default: all cores)")
     c.set_defaults(func=_convert)
 
-    q = sub.add_parser("quantize", help="HF directory or F32/F16/BF16 GGUF -> k-quant GGUF")
-    q.add_argument("input")
-    q.add_argument("out")
+    q = _command(sub, "quantize", help="HF directory or F32/F16/BF16 GGUF -> k-quant GGUF")
+    q.add_argument("input", help="Hugging Face model directory or an F32/F16/BF16 GGUF")
+    q.add_argument("out", help="output GGUF")
     q.add_argument("--type", default="Q3_K_S", help="file type: " + ", ".join(FILE_TYPES))
-    q.add_argument("--output-tensor-type")
-    q.add_argument("--token-embedding-type")
+    q.add_argument("--output-tensor-type", help="type of output.weight (llama-quantize's option)")
+    q.add_argument("--token-embedding-type", help="type of token_embd.weight (llama-quantize's option)")
     q.add_argument("--tensor-type", action="append", default=[], metavar="PATTERN=TYPE",
                    help="regex on the tensor name = ggml type (repeatable; first match wins)")
     q.add_argument("--pure", action="store_true", help="no per-tensor policy: the file type's type everywhere")
     q.add_argument("--dry-run", action="store_true", help="print each tensor's type and the predicted size")
     q.add_argument("--ollama", action="store_true", help="also write a Modelfile (and NOTICE for Gemma)")
-    q.add_argument("--threads", type=_positive, default=None)
+    q.add_argument("--threads", type=_positive, default=None, help="threads (default: all cores)")
     q.add_argument("--imatrix", help="imatrix file (.gguf or .dat) or a calibration text to compute one from")
     q.add_argument("--ctx", type=_positive, default=512, help="context per chunk when computing the imatrix")
     q.add_argument("--chunks", type=_positive, default=None, help="at most N chunks when computing the imatrix")
@@ -268,35 +282,35 @@ def build_parser() -> argparse.ArgumentParser:
                         "llama.cpp runs, with every block's error at most ggml's (not byte-identical to ggml)")
     q.set_defaults(func=_quantize)
 
-    m = sub.add_parser("imatrix", help="collect, merge or show an importance matrix (llama-imatrix's job)")
+    m = _command(sub, "imatrix", help="collect, merge or show an importance matrix (llama-imatrix's job)")
     m.add_argument("model", nargs="?", help="Hugging Face model directory")
     m.add_argument("-f", "--file", help="calibration text")
     m.add_argument("-o", "--output", help="output file (.gguf, or .dat for the legacy format)")
-    m.add_argument("--ctx", type=_positive, default=512)
-    m.add_argument("--chunks", type=_positive, default=None)
+    m.add_argument("--ctx", type=_positive, default=512, help="tokens per chunk")
+    m.add_argument("--chunks", type=_positive, default=None, help="at most N chunks (default: all)")
     m.add_argument("--device", default="cpu", help="cpu or cuda")
-    m.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    m.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="torch dtype of the model")
     m.add_argument("--in-file", action="append", default=[], help="merge this imatrix (repeatable)")
     m.add_argument("--show", metavar="FILE", help="print per-tensor statistics of an imatrix file")
     m.set_defaults(func=_imatrix)
 
-    i = sub.add_parser("inspect", help="metadata and tensor table of a GGUF")
-    i.add_argument("file")
-    i.add_argument("--json", action="store_true")
+    i = _command(sub, "inspect", help="metadata and tensor table of a GGUF")
+    i.add_argument("file", help="GGUF file")
+    i.add_argument("--json", action="store_true", help="everything as JSON")
     i.set_defaults(func=_inspect)
 
-    t = sub.add_parser("train", help="SimPO training from a YAML recipe (torchrun for FSDP2)")
-    t.add_argument("recipe")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    t = _command(sub, "train", help="SimPO training from a YAML recipe (torchrun for FSDP2)")
+    t.add_argument("recipe", help="YAML recipe (recipes/)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
     t.set_defaults(func=_train)
 
-    pp = sub.add_parser("pipeline", help="train (SimPO) -> imatrix -> quantized GGUF from the weights in memory")
-    pp.add_argument("recipe")
-    pp.add_argument("out")
-    pp.add_argument("--type", default="Q3_K_S")
+    pp = _command(sub, "pipeline", help="train (SimPO) -> imatrix -> quantized GGUF from the weights in memory")
+    pp.add_argument("recipe", help="YAML recipe (recipes/)")
+    pp.add_argument("out", help="output GGUF")
+    pp.add_argument("--type", default="Q3_K_S", help="file type (see quantize)")
     pp.add_argument("--imatrix", help="calibration text (or an imatrix file)")
-    pp.add_argument("--ctx", type=_positive, default=512)
-    pp.add_argument("--chunks", type=_positive, default=None)
+    pp.add_argument("--ctx", type=_positive, default=512, help="tokens per importance-matrix chunk")
+    pp.add_argument("--chunks", type=_positive, default=None, help="at most N importance-matrix chunks")
     pp.add_argument("--no-ollama", action="store_true", help="do not write the Modelfile and NOTICE")
     pp.add_argument("--force", action="store_true",
                     help="replace existing files beside OUT (OUT.imatrix.gguf, Modelfile, NOTICE)")
@@ -307,24 +321,23 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--refine", action="store_true", help="the refined encoder (see quantize --refine)")
     pp.add_argument("--target-bpw", type=float, metavar="B", help="types chosen within a size budget (see quantize)")
     pp.add_argument("--target-size", metavar="SIZE", help="the same within SIZE bytes (see quantize)")
-    pp.add_argument("--eval-ctx", type=_positive, default=512)
-    pp.add_argument("--eval-chunks", type=_positive, default=None)
-    pp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    pp.add_argument("--eval-ctx", type=_positive, default=512, help="tokens per chunk of --eval-text")
+    pp.add_argument("--eval-chunks", type=_positive, default=None, help="at most N chunks of --eval-text")
+    pp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
     pp.set_defaults(func=_pipeline)
 
-    pl = sub.add_parser("plan", help="per-GPU memory and step time of a recipe")
-    pl.add_argument("recipe")
-    pl.add_argument("--gpus", type=_positive, default=8)
-    pl.add_argument("--gpu-mem", type=float, default=80.0)
+    pl = _command(sub, "plan", help="per-GPU memory and step time of a recipe")
+    pl.add_argument("recipe", help="YAML recipe (recipes/)")
+    pl.add_argument("--gpus", type=_positive, default=8, help="GPUs (FSDP2 ranks)")
+    pl.add_argument("--gpu-mem", type=float, default=80.0, help="GB of memory per GPU")
     pl.add_argument("--tflops", type=float, default=989.0, help="peak bf16 TFLOP/s of one GPU (H100 SXM: 989)")
     pl.add_argument("--mfu", type=float, default=0.35, help="assumed fraction of the peak reached")
-    pl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    pl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
     pl.set_defaults(func=_plan)
 
-    ev = sub.add_parser("eval", help="what quantization cost: KL divergence, perplexity, task accuracy")
+    ev = _command(sub, "eval", help="what quantization cost: KL divergence, perplexity, task accuracy")
     evs = ev.add_subparsers(dest="eval_command", required=True)
-    k = evs.add_parser("kld", help="llama-perplexity --kl-divergence's statistics, reference and quants in lockstep",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    k = _command(evs, "kld", help="llama-perplexity --kl-divergence's statistics, reference and quants in lockstep")
     k.add_argument("reference", help="full-precision model: a Hugging Face directory (torch) or an "
                                      "F32/F16/BF16/Q8_0 GGUF (llama.cpp)")
     k.add_argument("quant", nargs="+", help="quantized GGUF file(s)")
@@ -342,25 +355,25 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--json", metavar="FILE", help="write every statistic as JSON")
     k.add_argument("--plot", metavar="FILE.png", help="plot the per-token KLD distributions (matplotlib)")
     k.set_defaults(func=_eval_kld)
-    ta = evs.add_parser("tasks", help="GSM8K / MMLU-Redux accuracy as ZeroEval measures it (the SimPO card's columns)",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ta = _command(evs, "tasks", help="GSM8K / MMLU-Redux accuracy as ZeroEval measures it (the SimPO card's columns)")
     ta.add_argument("model", nargs="+", help="Hugging Face directories and/or GGUF files; with two, the questions "
                                             "whose verdict flips are listed")
-    ta.add_argument("--task", required=True, choices=["gsm8k", "mmlu"])
+    ta.add_argument("--task", required=True, choices=["gsm8k", "mmlu"], help="GSM8K or MMLU-Redux")
     ta.add_argument("--data", required=True, help="JSON lines in the public layout (GSM8K: question, answer "
                                                   "'... #### N'; MMLU-Redux: question, choices, answer)")
     ta.add_argument("--limit", type=_positive, default=None, help="the first N questions only")
     ta.add_argument("--max-tokens", type=_positive, default=4096, help="longest answer (ZeroEval's default)")
     ta.add_argument("--ctx", type=_positive, default=8192, help="llama.cpp context for a GGUF")
     ta.add_argument("--device", default="cpu", help="torch device for a Hugging Face directory")
-    ta.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ta.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                    help="torch dtype for a Hugging Face directory")
     ta.add_argument("--threads", type=_positive, default=None, help="llama.cpp threads")
     ta.add_argument("--json", metavar="FILE", help="every verdict and the summary as JSON")
     ta.set_defaults(func=_eval_tasks)
 
-    d = sub.add_parser("demo", help="the main job on the embedded default (tiny pretrained Gemma-2)")
-    d.add_argument("--out", default="out/demo")
-    d.add_argument("--cache", default=".cache")
+    d = _command(sub, "demo", help="the main job on the embedded default (tiny pretrained Gemma-2)")
+    d.add_argument("--out", default="out/demo", help="where the demo writes (it owns this folder)")
+    d.add_argument("--cache", default=".cache", help="where the tiny model is built once")
     d.set_defaults(func=_demo)
     return parser
 

@@ -130,8 +130,16 @@ def plan(r: Recipe, gpus: int, gpu_mem_gb: float, tflops: float = H100_BF16_TFLO
             "tflops": tflops, "mfu": mfu}
 
 
+def _count(n: int) -> str:
+    """A parameter count that stays readable at every size (2.0M, not 0.00B)."""
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.2f}{suffix}"
+    return str(n)
+
+
 def render(p: dict, gpus: int, gpu_mem_gb: float) -> str:
-    lines = [f"model: {p['params'] / 1e9:.2f}B parameters, {gpus} GPUs of {gpu_mem_gb:g} GB",
+    lines = [f"model: {_count(p['params'])} parameters, {gpus} GPUs of {gpu_mem_gb:g} GB",
              f"per GPU at the peak (the backward of {'the chunked head' if p['phase'] == 'head' else 'a layer'}):"]
     for k, v in p["bytes"].items():
         lines.append(f"  {k:50s} {v / GIB:8.2f} GiB")
