@@ -15,26 +15,16 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_pipeline import run  # noqa: E402  (wall time and peak RSS of one child process)
+
 TEXT = REPO / "python" / "simpo_q" / "data" / "evaluation.txt"
-
-
-def run(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MiB) of one child process."""
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, ru = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t0
-    err = p.stderr.read().decode(errors="replace") if p.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{cmd[:3]} failed:\n{err[-3000:]}")
-    return wall, ru.ru_maxrss / 1024
 
 
 def base_file_bytes(vocab: int, ctx: int, chunks: int) -> int:

@@ -15,9 +15,26 @@ import sys
 import time
 
 
-def child(kind: str, vocab: int, tokens: int, hidden: int, chunk: int) -> None:
+def head_logps(kind: str, h, w, labels, chunk: int):
+    """Average log-probabilities of the labelled tokens through the softcapped head:
+    `chunked` (simpo-q's, never holding the [sequences, tokens, vocab] logits) or `naive`
+    (the full logits, as the official trainer computes them)."""
     import torch
     from simpo_q.train.loss import average_logps, token_logps
+
+    if kind == "chunked":
+        lp, rows = token_logps(h, w, labels, softcap=30.0, chunk_tokens=chunk)
+        return average_logps(lp, rows, h.shape[0])
+    z = torch.tanh((h @ w.t()) / 30.0) * 30.0
+    lps = torch.log_softmax(z.float()[:, :-1], -1)
+    tgt = labels[:, 1:].clone()
+    mask = tgt != -100
+    tgt[~mask] = 0
+    return (lps.gather(2, tgt[..., None])[..., 0] * mask).sum(-1) / mask.sum(-1)
+
+
+def child(kind: str, vocab: int, tokens: int, hidden: int, chunk: int) -> None:
+    import torch
 
     torch.manual_seed(0)
     torch.set_num_threads(2)
@@ -34,18 +51,7 @@ def child(kind: str, vocab: int, tokens: int, hidden: int, chunk: int) -> None:
 
     base = hwm()
     t0 = time.perf_counter()
-    if kind == "chunked":
-        lp, rows = token_logps(h, w, labels, softcap=30.0, chunk_tokens=chunk)
-        v = average_logps(lp, rows, 2)
-    else:
-        z = h @ w.t()
-        z = torch.tanh(z / 30.0) * 30.0
-        lps = torch.log_softmax(z.float()[:, :-1], -1)
-        tgt = labels[:, 1:].clone()
-        mask = tgt != -100
-        tgt[~mask] = 0
-        v = (lps.gather(2, tgt[..., None])[..., 0] * mask).sum(-1) / mask.sum(-1)
-    v.sum().backward()
+    head_logps(kind, h, w, labels, chunk).sum().backward()
     dt = time.perf_counter() - t0
     print(json.dumps({"kind": kind, "seconds": dt, "peak_bytes": hwm() - base}))
 

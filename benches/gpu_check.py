@@ -163,7 +163,7 @@ def child_train(out: Path, s: dict) -> None:
 
 def child_logps(out: Path, s: dict) -> None:
     import torch
-    from simpo_q.train.loss import average_logps, token_logps
+    from bench_logps import head_logps
 
     cuda = torch.cuda.is_available()
     dev = torch.device("cuda" if cuda else "cpu")
@@ -180,16 +180,7 @@ def child_logps(out: Path, s: dict) -> None:
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
         t0 = time.perf_counter()
-        if kind == "chunked":
-            lp, rows = token_logps(h, w, labels, softcap=30.0, chunk_tokens=1024)
-            v = average_logps(lp, rows, 4)
-        else:
-            z = torch.tanh((h @ w.t()) / 30.0) * 30.0
-            lps = torch.log_softmax(z.float()[:, :-1], -1)
-            tgt = labels[:, 1:].clone()
-            mask = tgt != -100
-            tgt[~mask] = 0
-            v = (lps.gather(2, tgt[..., None])[..., 0] * mask).sum(-1) / mask.sum(-1)
+        v = head_logps(kind, h, w, labels, 1024)
         v.sum().backward()
         if cuda:
             torch.cuda.synchronize()

@@ -102,7 +102,7 @@ def test_public_layouts_and_their_errors(tmp_path: Path) -> None:
     for lines, want in [
         (['{"question": "q", "answer": "#### 3"}', "{not json"], r"bad.jsonl:2: not valid JSON"),
         (['{"question": "q", "answer": "#### three"}'], r"bad.jsonl:1: no number in the gold answer"),
-        (['["q"]'], r"bad.jsonl:1: expected an object"),
+        (['["q"]'], r"bad.jsonl:1: expected a JSON object per line"),
     ]:
         bad.write_text("\n".join(lines) + "\n")
         with pytest.raises(SimpoQError, match=want):

@@ -30,6 +30,7 @@ import numpy as np
 
 import simpo_q
 from simpo_q._native import SimpoQError
+from simpo_q.gguf_out import shape_bytes
 
 SAMPLE_ROWS = 512
 FIXED = ("token_embd.weight", "output.weight")
@@ -43,13 +44,6 @@ class Choice:
     shape: tuple[int, ...]
     options: dict[str, tuple[int, float]]  # type → (bytes, error)
     chosen: str
-
-
-def tensor_bytes(qtype: str, shape: tuple[int, ...]) -> int:
-    from simpo_q.gguf_out import Planned
-    from simpo_q.gguf_out import tensor_bytes as planned_bytes
-
-    return planned_bytes(Planned("", shape, qtype, lambda: None))
 
 
 def candidates(ne0: int) -> tuple[str, ...]:
@@ -133,13 +127,13 @@ def plan_budget(plan, types: dict[str, str], importance_of, *, target_bpw: float
     for p in tqdm(plan, desc="measuring types", unit="tensor", disable=quiet, file=sys.stderr):
         quantized = types[p.name] not in ("F32", "F16", "BF16") and len(p.shape) >= 2
         if not quantized or p.name in FIXED:
-            fixed += tensor_bytes(types[p.name], p.shape)
+            fixed += shape_bytes(types[p.name], p.shape)
             continue
         imp = importance_of(p.name)
         x = p.load().reshape(-1, p.shape[-1])
         cand = candidates(p.shape[-1])
         errs = measure(x, imp, cand, refine, threads)
-        choices.append(Choice(p.name, p.shape, {t: (tensor_bytes(t, p.shape), errs[t]) for t in cand}, cand[0]))
+        choices.append(Choice(p.name, p.shape, {t: (shape_bytes(t, p.shape), errs[t]) for t in cand}, cand[0]))
     floor = fixed + sum(min(b for b, _ in c.options.values()) for c in choices)
     if floor > budget:
         raise SimpoQError(f"the size budget of {budget} bytes ({8 * budget / params:.3f} bits per weight) is below "
@@ -162,11 +156,11 @@ def read_tensor_type_file(path) -> list[tuple[str, str]]:
     spaces or newlines, as llama-quantize reads them."""
     from pathlib import Path
 
-    p = Path(path)
-    from simpo_q.imatrix import read_text
+    from simpo_q.textfile import read_text
 
+    p = Path(path)
     out = []
-    for i, item in enumerate(read_text(p).split(), 1):
+    for i, item in enumerate(read_text(p, "tensor-type file").split(), 1):
         if "=" not in item or item.startswith("=") or item.endswith("="):
             raise SimpoQError(f"{p}: item {i} {item!r} is not PATTERN=TYPE")
         pat, t = item.rsplit("=", 1)

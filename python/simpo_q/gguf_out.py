@@ -31,9 +31,14 @@ class Planned:
 ALIGNMENT = 32  # GGUF's default data alignment, which simpo-q's writer uses
 
 
+def shape_bytes(qtype: str, shape: tuple[int, ...]) -> int:
+    """Bytes of a tensor of `shape` (numpy order) in `qtype`, without padding."""
+    rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+    return rows * simpo_q.row_size(qtype, shape[-1])
+
+
 def tensor_bytes(p: Planned) -> int:
-    rows = int(np.prod(p.shape[:-1])) if len(p.shape) > 1 else 1
-    return rows * simpo_q.row_size(p.qtype, p.shape[-1])
+    return shape_bytes(p.qtype, p.shape)
 
 
 def encode(p: Planned, threads: int | None = None) -> np.ndarray:

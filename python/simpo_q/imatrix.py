@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from simpo_q import textfile
 from simpo_q._native import Imatrix, SimpoQError
 
 # HF module (inside model.layers.N) → GGUF weight name (inside blk.N): every linear weight of
@@ -22,33 +23,8 @@ LINEARS = {
 }
 
 
-MAX_TEXT_BYTES = 1 << 30  # llama-imatrix's usual calibration files are a few MB
-
-
 def read_text(path: str | os.PathLike) -> str:
-    p = Path(path)
-    try:
-        if not p.exists():
-            raise SimpoQError(f"{p}: no such calibration text")
-        if not p.is_file():
-            raise SimpoQError(f"{p}: not a regular file (a directory, device or pipe), not a calibration text")
-        size = p.stat().st_size
-        if size > MAX_TEXT_BYTES:
-            raise SimpoQError(f"{p}: {size} bytes; a calibration text may have at most {MAX_TEXT_BYTES}")
-        with open(p, "rb") as f:
-            raw = f.read(MAX_TEXT_BYTES + 1)
-    except OSError as e:
-        raise SimpoQError(f"{p}: cannot read calibration text ({e.strerror})") from e
-    if len(raw) > MAX_TEXT_BYTES:
-        raise SimpoQError(f"{p}: grew past {MAX_TEXT_BYTES} bytes while being read")
-    if not raw.strip():
-        raise SimpoQError(f"{p}: calibration text is empty")
-    if b"\x00" in raw[:65536]:
-        raise SimpoQError(f"{p}: calibration text looks binary (NUL bytes)")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise SimpoQError(f"{p}: calibration text is not UTF-8 (byte {e.start})") from e
+    return textfile.read_text(path, "calibration text")
 
 
 def chunk_tokens(tok, text: str, ctx: int, chunks: int | None, where: str) -> list[list[int]]:

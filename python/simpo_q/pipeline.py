@@ -71,9 +71,9 @@ def run_pipeline(recipe, out: str | os.PathLike, *, ftype: str = "Q3_K_S", imatr
     out = Path(out)
     _check_args(recipe, out, ftype, imatrix, ollama, force, imatrix_ctx, imatrix_chunks)
     if eval_text is not None:
-        from simpo_q.imatrix import read_text
+        from simpo_q.textfile import read_text
 
-        read_text(eval_text)  # a bad evaluation text fails now, not after training
+        read_text(eval_text, "evaluation text")  # a bad evaluation text fails now, not after training
     run_dir, model = train(recipe, quiet=quiet, keep_model=True)
     final = Path(run_dir) / "final"
     if not (final / "config.json").exists():
@@ -119,8 +119,8 @@ def evaluate_gguf(model, final: Path, gguf: Path, ftype: str, with_imatrix: bool
     from simpo_q.arch import adapter_for
     from simpo_q.evaluate.engines import LlamaCppModel, TorchModel, _hf_vocabulary
     from simpo_q.evaluate.kld import render, run_kld
-    from simpo_q.imatrix import read_text
     from simpo_q.quantize_model import quantize_model
+    from simpo_q.textfile import read_text
     from simpo_q.train.weights import ModelWeights
 
     hf = model.hf if hasattr(model, "hf") else model
@@ -139,8 +139,9 @@ def evaluate_gguf(model, final: Path, gguf: Path, ftype: str, with_imatrix: bool
                 with ModelWeights(final, model) as src:
                     plain = gguf.with_name(gguf.name.removesuffix(".gguf") + "-no-imatrix.gguf")
                     files.append(quantize_model(src, Path(tmp) / plain.name, ftype, quiet=True))
-            reports, _ = run_kld(ref, [LlamaCppModel(f, ctx) for f in files], read_text(text_file), ctx=ctx,
-                                 chunks=chunks, where=str(text_file), quiet=quiet)
+            text = read_text(text_file, "evaluation text")
+            reports, _ = run_kld(ref, [LlamaCppModel(f, ctx) for f in files], text, ctx=ctx, chunks=chunks,
+                                 where=str(text_file), quiet=quiet)
     finally:
         hf.train(was_training)
     print(render(reports))

@@ -1,5 +1,5 @@
 """llama.cpp's per-tensor type policy (`llama_tensor_get_type`) for dense models, the file
-types simpo-q writes, and llama-quantize's overrides. Facts: shared/docs/ggml-quants.md §4,
+types simpo-q writes, and llama-quantize's overrides. Facts: docs/conversion.md,
 checked against llama-cpp-python 0.3.36's llama-quant.cpp (256-block → 32-block fallbacks:
 Q2_K/Q3_K → Q4_0, Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0, then F16)."""
 

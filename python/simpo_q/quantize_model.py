@@ -149,7 +149,7 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
         from simpo_q.allocate import plan_budget
 
         planned = [by_name[n] for n in sorted(by_name, key=weights_map_key)]
-        types, table = plan_budget(planned, types, lambda n: _vector(imat, imat_file, n, by_name[n].shape, "Q8_0",
+        types, table = plan_budget(planned, types, lambda n: _vector(imat, imat_file, n, by_name[n].shape, types[n],
                                                                       True),
                                    target_bpw=target_bpw, target_size=target_size, refine=refine, threads=threads,
                                    quiet=quiet)

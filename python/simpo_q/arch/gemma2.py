@@ -1,5 +1,5 @@
 """Gemma-2 (`gemma2`): tensor names, the norm +1, and the metadata llama.cpp's converter
-writes (shared/docs/ggml-quants.md §6), in its order."""
+writes, in its order (docs/conversion.md)."""
 
 from __future__ import annotations
 

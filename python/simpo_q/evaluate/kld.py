@@ -19,6 +19,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from simpo_q._native import SimpoQError
@@ -178,8 +179,6 @@ def run_kld(reference, models: list, text: str, *, ctx: int = 512, chunks: int |
 
 def render(reports: list[dict]) -> str:
     """A table: one column per model, llama-perplexity's statistics as rows."""
-    from pathlib import Path
-
     names = [Path(r["model"]).name for r in reports]
     w = max(14, *(len(n) + 1 for n in names))
     rows: list[tuple[str, list[str]]] = [
@@ -238,11 +237,10 @@ def kld_files(reference: str, quants: list[str], text_file: str, *, ctx: int = 5
     """The command: checks everything, loads the models, runs them in lockstep, writes the
     table to stdout and, when asked, the JSON and the plot (nothing half-written)."""
     import json
-    from pathlib import Path
 
     from simpo_q.evaluate.engines import LlamaCppModel, TorchModel, is_gguf, load_reference
-    from simpo_q.imatrix import read_text
     from simpo_q.outputs import check_output, write_text
+    from simpo_q.textfile import read_text
 
     if engine not in ("llama.cpp", "torch"):
         raise SimpoQError(f"--engine: {engine!r} is not llama.cpp or torch")
@@ -260,7 +258,7 @@ def kld_files(reference: str, quants: list[str], text_file: str, *, ctx: int = 5
 
         if importlib.util.find_spec("matplotlib") is None:
             raise SimpoQError("--plot needs matplotlib (pip install 'simpo-q[eval]')")
-    text = read_text(text_file)
+    text = read_text(text_file, "evaluation text")
     ref = load_reference(reference, ctx=ctx, device=device, dtype=dtype, threads=threads, flash_attn=flash_attn)
     if engine == "torch":
         if not isinstance(ref, TorchModel):

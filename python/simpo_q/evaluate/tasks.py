@@ -63,20 +63,14 @@ def mmlu_prompt(question: str, choices: list[str]) -> str:
 def load_questions(path: str | os.PathLike, task: str, limit: int | None = None) -> list[Question]:
     """Questions from a JSON-lines file in the public layout; a malformed line is an error
     naming its number."""
-    from simpo_q.imatrix import read_text
+    from simpo_q.textfile import read_jsonl
 
     if task not in TASKS:
         raise SimpoQError(f"--task: {task!r} is not one of {', '.join(TASKS)}")
     p = Path(path)
     out: list[Question] = []
-    for n, line in enumerate(read_text(p).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise SimpoQError(f"{p}:{n}: not valid JSON ({e})") from e
-        if not isinstance(row, dict) or not isinstance(row.get("question"), str):
+    for n, row in read_jsonl(p, "task file"):
+        if not isinstance(row.get("question"), str):
             raise SimpoQError(f"{p}:{n}: expected an object with a string \"question\"")
         qid = str(row.get("id", f"{task}#{len(out)}"))
         if task == "gsm8k":

@@ -11,7 +11,6 @@ keep_end rule. Bad rows are counted by reason and reported, never silently dropp
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from collections import Counter
@@ -50,22 +49,9 @@ def read_rows(path: str | os.PathLike) -> list[dict]:
         except ImportError as e:
             raise SimpoQError(f"{p}: reading Parquet needs the `pyarrow` package") from e
         return pq.read_table(p).to_pylist()
-    rows = []
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise SimpoQError(f"{p}: cannot read preference data ({e})") from e
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise SimpoQError(f"{p}:{n}: not valid JSON ({e.msg})") from e
-        if not isinstance(row, dict):
-            raise SimpoQError(f"{p}:{n}: expected a JSON object per line")
-        rows.append(row)
-    return rows
+    from simpo_q.textfile import read_jsonl
+
+    return [row for _, row in read_jsonl(p, "preference data file")]
 
 
 def render_answer(content: str) -> str:

@@ -1,5 +1,5 @@
 //! GGUF v3: value types, a streaming writer (temporary file renamed at the end) and a
-//! bounds-checked reader over a memory map. Layout facts: shared/docs/ggml-quants.md §7.
+//! bounds-checked reader over a memory map. Layout facts: docs/conversion.md.
 
 mod reader;
 mod types;

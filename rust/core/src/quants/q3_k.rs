@@ -35,8 +35,7 @@ pub(crate) fn pack_scale(scales: &mut [u8], j: usize, l: u8) {
 
 /// Steps shared by both paths once the packed scales and `d` are set: re-quantize each
 /// sub-block against its decoded scale (keeping the first-pass L where that scale is 0),
-/// then split L into the high-bit mask and the 2-bit planes. Element e's high bit goes to
-/// bit e/32 of hmask[e%32], as ggml's running (m, hm) counter places it.
+/// then pack the levels.
 #[inline(always)]
 pub(crate) fn requantize_and_pack(x: &[f32], L: &mut [i8; QK_K], y: &mut [u8]) {
     let d = fp16_to_fp32(u16::from_le_bytes([y[108], y[109]]));
@@ -51,6 +50,13 @@ pub(crate) fn requantize_and_pack(x: &[f32], L: &mut [i8; QK_K], y: &mut [u8]) {
             L[16 * j + ii] = (l + 4) as i8;
         }
     }
+    pack_levels(L, y);
+}
+
+/// Splits the levels L (0..7) into the high-bit mask and the 2-bit planes. Element e's high
+/// bit goes to bit e/32 of hmask[e%32], as ggml's running (m, hm) counter places it.
+#[inline(always)]
+pub(crate) fn pack_levels(L: &mut [i8; QK_K], y: &mut [u8]) {
     let mut hmask = [0u8; 32];
     for k in 0..QK_K / 32 {
         for l in 0..32 {

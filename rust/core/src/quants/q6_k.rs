@@ -59,6 +59,12 @@ pub(crate) fn finish_block(x: &[f32], L: &mut [i8; QK_K], scales: &[f32; QK_K / 
             L[16 * j + ii] = (l + 32) as i8;
         }
     }
+    pack_levels(L, y);
+}
+
+/// The levels L (0..63) into the low-nibble and high-two-bit planes.
+#[inline(always)]
+pub(crate) fn pack_levels(L: &[i8; QK_K], y: &mut [u8]) {
     let (ql, rest) = y.split_at_mut(128);
     let qh = &mut rest[..64];
     for (h, j) in (0..QK_K).step_by(128).enumerate() {

@@ -154,44 +154,18 @@ fn write(k: &Kind, p: &Params, q: &[i32; QK_K], b: &mut [u8]) {
                 q3_k::pack_scale(&mut b[96..108], j, (p.sc[j] + 32) as u8);
             }
             b[108..110].copy_from_slice(&p.d.to_le_bytes());
-            let mut hmask = [0u8; 32];
-            for kk in 0..QK_K / 32 {
-                for l in 0..32 {
-                    let v = L[32 * kk + l];
-                    let high = v > 3;
-                    hmask[l] |= (high as u8) << kk;
-                    L[32 * kk + l] = if high { v - 4 } else { v };
-                }
-            }
-            b[..32].copy_from_slice(&hmask);
-            for j in (0..QK_K).step_by(128) {
-                for l in 0..32 {
-                    b[32 + j / 4 + l] = L[j + l] as u8
-                        | ((L[j + l + 32] as u8) << 2)
-                        | ((L[j + l + 64] as u8) << 4)
-                        | ((L[j + l + 96] as u8) << 6);
-                }
-            }
+            q3_k::pack_levels(&mut L, b);
         }
         QuantType::Q6_K => {
             b[208..210].copy_from_slice(&p.d.to_le_bytes());
             for j in 0..16 {
                 b[192 + j] = p.sc[j] as i8 as u8;
             }
-            let (ql, rest) = b.split_at_mut(128);
-            let qh = &mut rest[..64];
-            for (h, j) in (0..QK_K).step_by(128).enumerate() {
-                for l in 0..32 {
-                    let q1 = (q[j + l] + 32) as u8;
-                    let q2 = (q[j + l + 32] + 32) as u8;
-                    let q3 = (q[j + l + 64] + 32) as u8;
-                    let q4 = (q[j + l + 96] + 32) as u8;
-                    ql[64 * h + l] = (q1 & 0xF) | ((q3 & 0xF) << 4);
-                    ql[64 * h + l + 32] = (q2 & 0xF) | ((q4 & 0xF) << 4);
-                    qh[32 * h + l] =
-                        (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
-                }
+            let mut L = [0i8; QK_K];
+            for i in 0..QK_K {
+                L[i] = (q[i] + 32) as i8;
             }
+            q6_k::pack_levels(&L, b);
         }
         _ => {
             b[0..2].copy_from_slice(&p.d.to_le_bytes());
