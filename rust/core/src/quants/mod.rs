@@ -286,7 +286,10 @@ pub fn weight_limit(imatrix: Option<&[f32]>) -> Result<f32> {
     if wmax == 0.0 {
         return Ok(f32::MAX);
     }
-    Ok((MAX_IMPORTANCE_WEIGHT2 / wmax).sqrt().max(1.0))
+    // in f64: for importances below ~3e-5 the f32 quotient overflows to infinity, which would
+    // let any weight through (x² itself then overflows in the block sums)
+    let limit = (f64::from(MAX_IMPORTANCE_WEIGHT2) / f64::from(wmax)).sqrt();
+    Ok((limit.min(f64::from(f32::MAX)) as f32).max(1.0))
 }
 
 /// An importance vector: one finite, non-negative value per column.
@@ -513,6 +516,11 @@ mod tests {
             let back = dequantize(t, &y, 256).unwrap();
             assert!(back.iter().all(|v| v.is_finite()), "{t:?}");
             assert!(back.iter().any(|v| *v != 0.0), "{t:?}: all zero");
+            // tiny importances do not lift the limit: 1e-5 · (3.2e19)² is past it
+            let mut x_big = x.clone();
+            x_big[0] = 3.162_281e19;
+            let e = quantize(t, &x_big, 256, Some(&[1e-5f32; 256])).unwrap_err().to_string();
+            assert!(e.contains("at row 0, column 0"), "{t:?}: {e}");
         }
     }
 
