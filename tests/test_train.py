@@ -283,7 +283,7 @@ def test_pipeline_quantizes_the_weights_in_memory(model_dir: Path, tmp_path: Pat
     """train → imatrix → GGUF from the in-memory fp32 weights equals quantizing the saved
     fp32 final directory with the same importance matrix: no intermediate file involved."""
     from simpo_q.gguf import metadata_dict, open_gguf
-    from simpo_q.pipeline import run_pipeline
+    from simpo_q.pipeline import recipe_page, run_pipeline
     from simpo_q.quantize_model import quantize_model
 
     r = load_recipe(REPO / "recipes" / "tiny.yaml", [f"model={model_dir}", f"output_dir={tmp_path / 'run'}",
@@ -291,8 +291,9 @@ def test_pipeline_quantizes_the_weights_in_memory(model_dir: Path, tmp_path: Pat
     calib = REPO / "python" / "simpo_q" / "data" / "calibration.txt"
     out = run_pipeline(r, tmp_path / "m.gguf", imatrix=calib, imatrix_ctx=128, imatrix_chunks=2, quiet=True)
     assert out is not None and (tmp_path / "Modelfile").exists() and (tmp_path / "NOTICE").exists()
+    # the same page (licence, tags, training) as the pipeline's, so that all metadata but the name compare
     ref = quantize_model(tmp_path / "run" / "final", tmp_path / "ref.gguf", imatrix=tmp_path / "m.imatrix.gguf",
-                         quiet=True)
+                         quiet=True, page=recipe_page(r))
     a, b = open_gguf(out), open_gguf(ref)
     assert [t[:3] for t in a.tensors] == [t[:3] for t in b.tensors]
     for name, *_ in b.tensors:

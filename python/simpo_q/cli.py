@@ -74,8 +74,32 @@ def _quantize(args: argparse.Namespace) -> int:
     quantize_model(args.input, args.out, args.type, overrides=ov, dry_run=args.dry_run, ollama=args.ollama,
                    quiet=args.quiet, threads=args.threads, imatrix=args.imatrix, imatrix_ctx=args.ctx,
                    imatrix_chunks=args.chunks, force=args.force, refine=args.refine, target_bpw=args.target_bpw,
-                   target_size=target_size)
+                   target_size=target_size, name=args.name, page=_page(args), model_card=args.model_card)
     return 0
+
+
+def _page(args: argparse.Namespace, always: bool = False):
+    """The page options of quantize and pipeline (None when quantize was given none of them:
+    its metadata then stays llama-quantize's)."""
+    from simpo_q.publish import Page, parse_parameters
+
+    given = args.license or args.license_file or args.base_model or args.parameter or args.system
+    if not (given or always or getattr(args, "ollama", False) or getattr(args, "model_card", False)):
+        return None
+    return Page(license=args.license, license_file=args.license_file, base_model=list(args.base_model),
+                system=args.system, parameters=parse_parameters(args.parameter))
+
+
+def _page_options(p: argparse.ArgumentParser) -> None:
+    """What the Modelfile, the model card and the GGUF's general.* keys say about the model."""
+    p.add_argument("--license", metavar="ID",
+                   help="licence id for the card and general.license (default: the architecture's, gemma for Gemma)")
+    p.add_argument("--license-file", metavar="FILE", help="full licence text for the Modelfile's LICENSE block")
+    p.add_argument("--base-model", action="append", default=[], metavar="ID",
+                   help="Hugging Face id of the model this one derives from (repeatable; general.base_model.*)")
+    p.add_argument("--parameter", action="append", default=[], metavar="KEY=VALUE",
+                   help="an Ollama PARAMETER over the architecture's defaults (repeatable; stop may repeat)")
+    p.add_argument("--system", metavar="TEXT", help="the Modelfile's SYSTEM prompt")
 
 
 def _imatrix(args: argparse.Namespace) -> int:
@@ -99,6 +123,10 @@ def _imatrix(args: argparse.Namespace) -> int:
     from simpo_q._native import Imatrix
     from simpo_q.outputs import check_output
 
+    if args.model:
+        from simpo_q.hub import local
+
+        args.model = str(local(args.model))  # a hub id is read from its cached snapshot
     check_output(args.output, [args.model, args.file, *args.in_file])
     if args.file:
         if args.model:
@@ -181,7 +209,8 @@ def _pipeline(args: argparse.Namespace) -> int:
                  imatrix_ctx=args.ctx, imatrix_chunks=args.chunks, ollama=not args.no_ollama, quiet=args.quiet,
                  name=args.name, force=args.force, eval_text=args.eval_text, eval_ctx=args.eval_ctx,
                  eval_chunks=args.eval_chunks, refine=args.refine, target_bpw=args.target_bpw,
-                 target_size=None if args.target_size is None else _size(args.target_size))
+                 target_size=None if args.target_size is None else _size(args.target_size),
+                 page=_page(args, always=True), model_card=not args.no_model_card)
     return 0
 
 
@@ -264,13 +293,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="regex on the tensor name = ggml type (repeatable; first match wins)")
     q.add_argument("--pure", action="store_true", help="no per-tensor policy: the file type's type everywhere")
     q.add_argument("--dry-run", action="store_true", help="print each tensor's type and the predicted size")
-    q.add_argument("--ollama", action="store_true", help="also write a Modelfile (and NOTICE for Gemma)")
+    q.add_argument("--ollama", action="store_true",
+                   help="also write a Modelfile (template, parameters, licence) and NOTICE for Gemma")
+    q.add_argument("--model-card", action="store_true", help="also write README.md, a Hugging Face model card")
+    q.add_argument("--name", help="general.name of the GGUF (default: the source directory's name)")
+    _page_options(q)
     q.add_argument("--threads", type=_positive, default=None, help="threads (default: all cores)")
     q.add_argument("--imatrix", help="imatrix file (.gguf or .dat) or a calibration text to compute one from")
     q.add_argument("--ctx", type=_positive, default=512, help="context per chunk when computing the imatrix")
     q.add_argument("--chunks", type=_positive, default=None, help="at most N chunks when computing the imatrix")
     q.add_argument("--force", action="store_true",
-                   help="replace existing files beside OUT (OUT.imatrix.gguf, Modelfile, NOTICE)")
+                   help="replace existing files beside OUT (OUT.imatrix.gguf, Modelfile, NOTICE, README.md)")
     q.add_argument("--tensor-type-file", metavar="FILE",
                    help="PATTERN=TYPE items separated by spaces or newlines (llama-quantize's format)")
     q.add_argument("--target-bpw", type=float, metavar="B",
@@ -312,8 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--ctx", type=_positive, default=512, help="tokens per importance-matrix chunk")
     pp.add_argument("--chunks", type=_positive, default=None, help="at most N importance-matrix chunks")
     pp.add_argument("--no-ollama", action="store_true", help="do not write the Modelfile and NOTICE")
+    pp.add_argument("--no-model-card", action="store_true", help="do not write README.md (the model card)")
+    _page_options(pp)
     pp.add_argument("--force", action="store_true",
-                    help="replace existing files beside OUT (OUT.imatrix.gguf, Modelfile, NOTICE)")
+                    help="replace existing files beside OUT (OUT.imatrix.gguf, Modelfile, NOTICE, README.md)")
     pp.add_argument("--name", help="general.name of the GGUF (default: the recipe's output_dir name)")
     pp.add_argument("--eval-text", metavar="FILE",
                     help="end with `eval kld` of the GGUF against the trained model on this (held-out) text, "

@@ -39,7 +39,10 @@ def hf_plan(src: HFDirectory, tensor_type) -> list[Planned]:
 def converted_metadata(src: HFDirectory, file_type: int, n_params: int) -> list[tuple[str, str, object]]:
     arch = adapter_for(src.config, str(src.path / "config.json"))
     cfg = src.config
-    name = Path(cfg.get("_name_or_path") or src.path.resolve().name).name
+    from simpo_q.hub import repo_name
+
+    # a hub snapshot's folder is a commit hash: the repository names the model instead
+    name = Path(cfg.get("_name_or_path") or repo_name(src.path) or src.path.resolve().name).name
     md: list[tuple[str, str, object]] = [
         ("general.architecture", "str", arch.ARCH),
         ("general.type", "str", "model"),
@@ -61,6 +64,9 @@ def convert(model_dir: str | os.PathLike, out: str | os.PathLike, outtype: str =
     if outtype not in OUTTYPES:
         raise SimpoQError(f"--outtype: {outtype!r} is not one of {', '.join(OUTTYPES)}")
     qtype, file_type = OUTTYPES[outtype]
+    from simpo_q.hub import local
+
+    model_dir = local(model_dir)  # a hub id is read from its cached snapshot
     src = HFDirectory(model_dir)
     check_output(out, [model_dir])
 

@@ -55,8 +55,10 @@ def collect(model_dir: str | os.PathLike, text_file: str | os.PathLike, *, ctx: 
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from simpo_q.hub import local
     from simpo_q.sources import HFDirectory
 
+    model_dir = local(model_dir)  # a hub id is read from its cached snapshot
     src = HFDirectory(model_dir)  # clear errors for a bad directory before loading torch state
     text = read_text(text_file)
     if quiet:

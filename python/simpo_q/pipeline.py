@@ -16,14 +16,15 @@ from simpo_q._native import SimpoQError
 
 
 def _check_args(recipe, out: Path, ftype: str, imatrix, ollama: bool, force: bool, ctx: int,
-                chunks: int | None) -> None:
+                chunks: int | None, page, model_card: bool) -> None:
     """Before hours of training: the file type must exist, --imatrix must be readable, and
     every output must be writable, not an input, and (beside OUT) not already there."""
     from simpo_q import imatrix as im
     from simpo_q.arch import adapter_for
+    from simpo_q.model_card import card_beside
+    from simpo_q.ollama import ollama_files
     from simpo_q.outputs import check_output, imatrix_beside
     from simpo_q.policy import check_file_type
-    from simpo_q.quantize_model import ollama_files
     from simpo_q.sources import HFDirectory
 
     check_file_type(ftype)
@@ -45,36 +46,44 @@ def _check_args(recipe, out: Path, ftype: str, imatrix, ollama: bool, force: boo
     check_output(out, inputs)
     if text is not None:
         check_output(imatrix_beside(out), inputs, side_file=True, force=force)
+    resolved = page.resolve(adapter_for(src.config, str(src.path / "config.json")))  # licence, parameters
     if ollama:
-        arch = adapter_for(src.config, str(src.path / "config.json")).ARCH
-        for side in ollama_files(out, arch):
+        for side in ollama_files(out, resolved):
             check_output(side, [*inputs, out], side_file=True, force=force)
+    if model_card:
+        check_output(card_beside(out), [*inputs, out], side_file=True, force=force)
 
 
 def run_pipeline(recipe, out: str | os.PathLike, *, ftype: str = "Q3_K_S", imatrix=None, imatrix_ctx: int = 512,
                  imatrix_chunks: int | None = None, ollama: bool = True, quiet: bool = False,
                  name: str | None = None, force: bool = False, eval_text=None, eval_ctx: int = 512,
                  eval_chunks: int | None = None, refine: bool = False, target_bpw: float | None = None,
-                 target_size: int | None = None) -> Path | None:
+                 target_size: int | None = None, page=None, model_card: bool = True) -> Path | None:
     """Returns the GGUF's path on rank 0, None on the other ranks. The GGUF's general.name is
     `name`, by default the run's name (the recipe's output_dir), not that of its `final`
-    directory."""
+    directory. `page` (simpo_q.publish.Page) holds the command line's licence, base model,
+    parameters and system prompt; the recipe fills in the rest (recipe_page)."""
     import torch.distributed as dist
     from transformers import AutoTokenizer
 
     from simpo_q import imatrix as im
     from simpo_q.outputs import imatrix_beside
     from simpo_q.quantize_model import quantize_model
-    from simpo_q.train.loop import train
+    from simpo_q.train.loop import resolve_hub_ids, train
     from simpo_q.train.weights import ModelWeights, serve_weights
 
     out = Path(out)
-    _check_args(recipe, out, ftype, imatrix, ollama, force, imatrix_ctx, imatrix_chunks)
+    page = recipe_page(recipe, page)  # before resolving: the card names hub ids, not cache folders
+    recipe = resolve_hub_ids(recipe)
+    _check_args(recipe, out, ftype, imatrix, ollama, force, imatrix_ctx, imatrix_chunks, page, model_card)
     if eval_text is not None:
         from simpo_q.textfile import read_text
 
         read_text(eval_text, "evaluation text")  # a bad evaluation text fails now, not after training
     run_dir, model = train(recipe, quiet=quiet, keep_model=True)
+    from simpo_q.train.loop import run_summary
+
+    page.training = {**(page.training or {}), **run_summary(run_dir)}
     final = Path(run_dir) / "final"
     if not (final / "config.json").exists():
         raise SimpoQError(f"{final}: the training run did not finish (stop_after_steps?)")
@@ -97,13 +106,44 @@ def run_pipeline(recipe, out: str | os.PathLike, *, ftype: str = "Q3_K_S", imatr
                               imatrix_chunks=imatrix_chunks, ollama=ollama, quiet=quiet,
                               name=name or Path(recipe.output_dir).resolve().name, force=force,
                               inputs=(recipe.model, recipe.data, recipe.eval_data), refine=refine,
-                              target_bpw=target_bpw, target_size=target_size)
+                              target_bpw=target_bpw, target_size=target_size, page=page,
+                              model_card=model_card and eval_text is None)
     if not quiet:
         print(f"pipeline: trained {final}, wrote {path}", file=sys.stderr)
     if eval_text is not None:
-        evaluate_gguf(model, final, path, ftype, imatrix is not None, eval_text, ctx=eval_ctx, chunks=eval_chunks,
-                      quiet=quiet)
+        reports = evaluate_gguf(model, final, path, ftype, imatrix is not None, eval_text, ctx=eval_ctx,
+                                chunks=eval_chunks, quiet=quiet)
+        if model_card and page.card is not None:
+            from simpo_q.evaluate.kld import render
+
+            page.evaluation = f"on {Path(eval_text).name}\n" + render(reports)
+            page.card.write()
+            if not quiet:
+                print(f"wrote {page.card.path} (model card, with the evaluation)", file=sys.stderr)
     return path
+
+
+def recipe_page(recipe, page=None):
+    """The page of a trained model: the command line's choices over the recipe's (system
+    prompt, Ollama parameters), the base model and data when they are hub ids, and the
+    training settings for the model card."""
+    import dataclasses
+
+    from simpo_q.hub import hub_id
+    from simpo_q.publish import Page
+
+    page = dataclasses.replace(page) if page is not None else Page()
+    if not page.base_model and hub_id(recipe.model):
+        page.base_model = [recipe.model]
+    if page.base_name is None:
+        page.base_name = Path(recipe.model).name
+    if not page.datasets and hub_id(recipe.data):
+        page.datasets = [recipe.data]
+    page.parameters = {**recipe.ollama_parameters, **page.parameters}
+    if page.system is None:
+        page.system = recipe.ollama_system
+    page.training = {f.name: getattr(recipe, f.name) for f in dataclasses.fields(recipe)}
+    return page
 
 
 def evaluate_gguf(model, final: Path, gguf: Path, ftype: str, with_imatrix: bool, text_file, *, ctx: int,

@@ -12,11 +12,15 @@ import numpy as np
 
 import simpo_q
 from simpo_q._native import SimpoQError
+from simpo_q.arch import adapter_by_arch
 from simpo_q.convert import converted_metadata, hf_plan
 from simpo_q.gguf import open_gguf
 from simpo_q.gguf_out import ALIGNMENT, Planned, tensor_bytes, write_gguf
+from simpo_q.model_card import Card, Made, card_beside
+from simpo_q.ollama import ollama_files, write_ollama_files
 from simpo_q.outputs import check_output, imatrix_beside, write_text
 from simpo_q.policy import FILE_TYPES, Overrides, check_file_type, plan_types, weights_map_key
+from simpo_q.publish import Page
 from simpo_q.sources import HFDirectory, StateDictSource
 
 FLOAT_INPUTS = ("F32", "F16", "BF16")
@@ -26,7 +30,7 @@ def _from_hf(path):
     src = path if isinstance(path, StateDictSource) else HFDirectory(path)
     plan = hf_plan(src, lambda name, shape: "F32")
     n_params = sum(int(np.prod(p.shape)) for p in plan)
-    return converted_metadata(src, 0, n_params), plan
+    return converted_metadata(src, 0, n_params), plan, src
 
 
 def _from_gguf(path: Path):
@@ -93,11 +97,14 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
                    quiet: bool = False, threads: int | None = None, imatrix=None, imatrix_ctx: int = 512,
                    imatrix_chunks: int | None = None, name: str | None = None, force: bool = False,
                    inputs: tuple = (), refine: bool = False, target_bpw: float | None = None,
-                   target_size: int | None = None) -> Path | None:
+                   target_size: int | None = None, page: Page | None = None,
+                   model_card: bool = False) -> Path | None:
     """`name`, when given, replaces general.name (otherwise the source directory's name).
-    Files written beside OUT (OUT.imatrix.gguf, Modelfile, NOTICE) are refused when they
-    exist, unless `force`. `inputs`: further paths the output must not replace (the
-    pipeline's recipe inputs)."""
+    Files written beside OUT (OUT.imatrix.gguf, Modelfile, NOTICE, README.md) are refused
+    when they exist, unless `force`. `inputs`: further paths the output must not replace (the
+    pipeline's recipe inputs). `page` (licence, base model, Ollama parameters...) goes into
+    the GGUF's general.* keys, the Modelfile (`ollama`) and the model card (`model_card`);
+    the quantizer sets `page.card`, which the pipeline rewrites with its evaluation."""
     general_name = name
     ftype = check_file_type(ftype)
     if imatrix_ctx < 1:
@@ -113,14 +120,17 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
     budgeted = target_bpw is not None or target_size is not None
     reader = None  # set for a GGUF input, whose unchanged tensors are copied byte for byte
     if isinstance(inp, StateDictSource):
-        metadata, source = _from_hf(inp)
+        metadata, source, origin = _from_hf(inp)
         inp = inp.path  # the directory gives config, tokenizer and the imatrix model
     else:
-        inp = Path(inp)
+        from simpo_q.hub import local
+
+        inp = local(inp)  # a hub id is read from its cached snapshot
         if inp.is_dir():
-            metadata, source = _from_hf(inp)
+            metadata, source, origin = _from_hf(inp)
         elif inp.is_file():
             metadata, source, reader = _from_gguf(inp)
+            origin = reader
         elif inp.exists():
             raise SimpoQError(f"{inp}: not a regular file or a directory (a device or pipe?); give a Hugging Face "
                               f"model directory or a GGUF file")
@@ -132,6 +142,16 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
     input_types = {p.name: p.qtype for p in source}
     types = plan_types(ftype, [(p.name, p.shape) for p in source], overrides, input_types)
     arch = str(next((v for k, _, v in metadata if k == "general.architecture"), ""))
+    adapter = adapter_by_arch(arch, str(inp))
+    publishing = page is not None or ollama or model_card
+    if publishing and page is None:
+        page = Page()
+    if page is not None and page.base_name is None:
+        page.base_name = inp.name
+    if page is not None and not page.tags:
+        page.tags = ["gguf", "llama.cpp", "ollama", ftype, *(["imatrix"] if kind else []),
+                     *(["simpo"] if page.training is not None else [])]
+    resolved = page.resolve(adapter) if page is not None else None
     saved = imatrix_beside(out)
     if not dry_run:
         ins = [inp, imatrix if kind in ("file", "text") else None, *inputs]
@@ -139,8 +159,10 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
         if kind == "text":
             check_output(saved, ins, side_file=True, force=force)
         if ollama:
-            for side in ollama_files(Path(out), arch):
+            for side in ollama_files(Path(out), resolved):
                 check_output(side, [*ins, out], side_file=True, force=force)
+        if model_card:
+            check_output(card_beside(out), [*ins, out], side_file=True, force=force)
         if budgeted:
             check_output(tensor_types_beside(out), [*ins, out], side_file=True, force=force)
     imat, imat_file = _importance(imatrix, kind, inp, saved, quiet, imatrix_ctx, imatrix_chunks)
@@ -168,6 +190,8 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
     md += [("general.quantization_version", "u32", 2), ("general.file_type", "u32", FILE_TYPES[ftype][0])]
     if general_name:
         md = [(k, t, general_name if k == "general.name" else v) for k, t, v in md]
+    if resolved is not None:
+        md = _with_general(md, resolved.general_metadata(sum(int(np.prod(p.shape)) for p in plan)))
     if refine:
         # the file records how it was made; llama.cpp ignores keys it does not know
         refined = sorted({p.qtype for p in plan if p.refine and p.qtype in simpo_q.REFINABLE_TYPES})
@@ -214,10 +238,44 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
         if not quiet:
             print(f"wrote {tt} (the chosen types; llama-quantize --tensor-type-file reads it)", file=sys.stderr)
     if ollama:
-        for f in write_ollama_files(out, arch):
+        assert resolved is not None
+        for f in write_ollama_files(out, adapter, resolved):
             if not quiet:
                 print(f"wrote {f}", file=sys.stderr)
+    if page is not None and resolved is not None:
+        title = str(next((v for k, _, v in md if k == "general.name"), out.stem))
+        made = Made(out.name, ftype, [p.qtype for p in plan], _describe(inp, origin), reader is not None,
+                    imatrix=None if imat is None else {
+                        "file": Path(imat_file).name, "dataset": imat.datasets[0] if imat.datasets else None,
+                        "chunks": imat.chunk_count or None, "ctx": imat.chunk_size or None},
+                    refined=refine, budget=(f"--target-bpw {target_bpw}" if target_bpw is not None else
+                                            f"--target-size {target_size} bytes" if target_size is not None else None),
+                    size_bytes=path.stat().st_size)
+        page.card = Card(card_beside(out), title, adapter, resolved, made)
+        if model_card:
+            page.card.write()
+            if not quiet:
+                print(f"wrote {page.card.path} (model card)", file=sys.stderr)
     return path
+
+
+def _with_general(md: list, general: list) -> list:
+    """The page's general.* keys where the converter puts them: after general.size_label."""
+    keys = {k for k, _, _ in general}
+    md = [e for e in md if e[0] not in keys]
+    at = next((i + 1 for i, (k, _, _) in enumerate(md) if k == "general.size_label"),
+              next((i + 1 for i, (k, _, _) in enumerate(md) if k == "general.name"), len(md)))
+    return md[:at] + general + md[at:]
+
+
+def _describe(inp: Path, origin) -> str:
+    """Where the weights came from, for the model card."""
+    if isinstance(origin, HFDirectory):
+        return f"the {'/'.join(sorted(d.lower() for d in origin.dtypes()))} safetensors of `{inp.name}`"
+    if isinstance(origin, StateDictSource):
+        return "the trained weights in memory, tensor by tensor"
+    types = sorted({qt for _, _, qt, _, _ in origin.tensors})
+    return f"the {'/'.join(types)} GGUF `{inp.name}`"
 
 
 def _vector(imat, imat_file, name: str, shape: tuple[int, ...], qtype: str, quiet: bool):
@@ -235,37 +293,7 @@ def _vector(imat, imat_file, name: str, shape: tuple[int, ...], qtype: str, quie
     return v
 
 
-MODELFILE = '''FROM ./{gguf}
-TEMPLATE """{{{{- range $i, $_ := .Messages }}}}
-{{{{- $last := eq (len (slice $.Messages $i)) 1 }}}}
-{{{{- if or (eq .Role "user") (eq .Role "system") }}}}<start_of_turn>user
-{{{{ .Content }}}}<end_of_turn>
-{{{{ if $last }}}}<start_of_turn>model
-{{{{ end }}}}
-{{{{- else if eq .Role "assistant" }}}}<start_of_turn>model
-{{{{ .Content }}}}{{{{ if not $last }}}}<end_of_turn>
-{{{{ end }}}}
-{{{{- end }}}}
-{{{{- end }}}}"""
-PARAMETER stop "<start_of_turn>"
-PARAMETER stop "<end_of_turn>"
-PARAMETER num_ctx 4096
-'''
-GEMMA_NOTICE = ("Gemma is provided under and subject to the Gemma Terms of Use found at "
-                "ai.google.dev/gemma/terms\n")
-
-
 def tensor_types_beside(out: str | os.PathLike) -> Path:
     """Where a size-budget allocation is written: OUT.tensor-types.txt."""
     out = Path(out)
     return out.with_name(out.name.removesuffix(".gguf") + ".tensor-types.txt")
-
-
-def ollama_files(gguf: Path, arch: str) -> list[Path]:
-    """The files `--ollama` writes beside the GGUF: the Modelfile, and NOTICE for Gemma."""
-    return [gguf.parent / "Modelfile", *([gguf.parent / "NOTICE"] if arch.startswith("gemma") else [])]
-
-
-def write_ollama_files(gguf: Path, arch: str) -> list[Path]:
-    texts = {"Modelfile": MODELFILE.format(gguf=gguf.name), "NOTICE": GEMMA_NOTICE}
-    return [write_text(p, texts[p.name]) for p in ollama_files(gguf, arch)]

@@ -72,6 +72,10 @@ class HFDirectory:
     def shape(self, name: str) -> tuple[int, ...]:
         return self._shape[name]
 
+    def dtypes(self) -> set[str]:
+        """The stored dtypes (BF16, F16, F32...), for the model card."""
+        return set(self._dtype.values())
+
     def load(self, name: str) -> np.ndarray:
         """The tensor widened to float32 (C order)."""
         from safetensors import SafetensorError, safe_open

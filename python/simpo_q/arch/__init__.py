@@ -19,3 +19,12 @@ def adapter_for(config: dict, where: str):
         f"{where}: unsupported architecture {archs or config.get('model_type')!r}; "
         f"supported: {', '.join(sorted(ADAPTERS))}"
     )
+
+
+def adapter_by_arch(arch: str, where: str):
+    """The adapter of a GGUF's general.architecture."""
+    for a in ADAPTERS.values():
+        if a.ARCH == arch:
+            return a
+    raise SimpoQError(f"{where}: unsupported architecture {arch!r}; supported: "
+                      f"{', '.join(sorted(a.ARCH for a in ADAPTERS.values()))}")

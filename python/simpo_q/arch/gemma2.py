@@ -130,3 +130,39 @@ def hparams_metadata(cfg: dict, file_type: int) -> list[tuple[str, str, object]]
         ("gemma2.final_logit_softcapping", "f32", cfg["final_logit_softcapping"]),
         ("gemma2.attention.sliding_window", "u32", cfg["sliding_window"]),
     ]
+
+
+# ---- what a published Gemma-2 file carries (the Ollama page and the model card) ----
+
+# Ollama's TEMPLATE over .Messages (Go text/template), rendering what Gemma's Hugging Face
+# chat template renders after its generation prompt, less the leading <bos> (llama.cpp adds
+# that token itself). Gemma has no system role: a system message is put at the start of the
+# next user turn, followed by a space, as Ollama's own gemma2 page does. The last assistant
+# turn is left open (no <end_of_turn>), so that Ollama can continue it.
+OLLAMA_TEMPLATE = """{{- $system := "" }}
+{{- range $i, $_ := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1 }}
+{{- if eq .Role "system" }}{{ $system = .Content }}
+{{- else if eq .Role "user" }}<start_of_turn>user
+{{ if $system }}{{ $system }} {{ $system = "" }}{{ end }}{{ .Content }}<end_of_turn>
+{{ if $last }}<start_of_turn>model
+{{ end }}
+{{- else if eq .Role "assistant" }}<start_of_turn>model
+{{ .Content }}{{ if not $last }}<end_of_turn>
+{{ end }}
+{{- end }}
+{{- end }}"""
+
+# the parameters of Ollama's page for gemma-2-9b-it-SimPO; both turn markers stop generation
+OLLAMA_PARAMETERS = {"num_ctx": 4096, "num_predict": 4096, "repeat_penalty": 1,
+                     "stop": ["<start_of_turn>", "<end_of_turn>"]}
+
+LICENSE = "gemma"  # the Gemma Terms of Use (simpo_q.publish.LICENSES)
+
+CITATION = """@article{gemma_2024,
+    title={Gemma 2: Improving Open Language Models at a Practical Size},
+    url={https://arxiv.org/abs/2408.00118},
+    publisher={Google DeepMind},
+    author={Gemma Team},
+    year={2024}
+}"""

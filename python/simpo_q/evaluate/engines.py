@@ -182,7 +182,9 @@ def load_reference(path: str | os.PathLike, *, ctx: int, device: str, dtype: str
                    flash_attn: bool = True):
     """The full-precision model: a Hugging Face directory (torch) or an F32/F16/BF16/Q8_0
     GGUF (llama.cpp)."""
-    p = Path(path)
+    from simpo_q.hub import local
+
+    p = local(path)  # a hub id is read from its cached snapshot
     if p.is_dir():
         return TorchModel.from_directory(p, device=device, dtype=dtype)
     if not is_gguf(p):

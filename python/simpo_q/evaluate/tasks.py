@@ -239,8 +239,9 @@ class GGUFChat:
 
 def load_chat_model(path: str, *, ctx: int, device: str, dtype: str, threads: int | None):
     from simpo_q.evaluate.engines import is_gguf
+    from simpo_q.hub import local
 
-    p = Path(path)
+    p = local(path)  # a hub id is read from its cached snapshot
     if p.is_dir():
         return HFChat(p, device, dtype)
     if is_gguf(p):

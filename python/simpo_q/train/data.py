@@ -32,23 +32,39 @@ class Pair:
         return len(self.prompt) + max(len(self.chosen), len(self.rejected))
 
 
-def read_rows(path: str | os.PathLike) -> list[dict]:
+def read_rows(path: str | os.PathLike, split: str = "train") -> list[dict]:
+    """Rows of a JSON-lines or Parquet file, of a `datasets` folder (save_to_disk), or of one
+    split of a hub dataset snapshot (its Parquet/JSON-lines files)."""
     p = Path(path)
     if p.is_dir():
+        if not any((p / f).is_file() for f in ("dataset_dict.json", "dataset_info.json", "state.json")):
+            from simpo_q.hub import split_files
+
+            files = split_files(p, split)
+            if not files:
+                raise SimpoQError(f"{p}: no preference data here (no Parquet or JSON-lines files, not a datasets "
+                                  f"folder)")
+            return [row for f in files for row in read_rows(f)]
         try:
             import datasets
         except ImportError as e:
             raise SimpoQError(f"{p}: reading a datasets directory needs the `datasets` package") from e
         ds = datasets.load_from_disk(str(p))
         if isinstance(ds, datasets.DatasetDict):
-            ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+            if split not in ds:
+                raise SimpoQError(f"{p}: no split {split!r} (splits: {', '.join(ds)}); choose one with "
+                                  f"--set data_split=...")
+            ds = ds[split]
         return [dict(r) for r in ds]
     if p.suffix == ".parquet":
         try:
             import pyarrow.parquet as pq
         except ImportError as e:
             raise SimpoQError(f"{p}: reading Parquet needs the `pyarrow` package") from e
-        return pq.read_table(p).to_pylist()
+        try:
+            return pq.read_table(p).to_pylist()
+        except (OSError, ValueError) as e:
+            raise SimpoQError(f"{p}: cannot read Parquet ({e})") from e
     from simpo_q.textfile import read_jsonl
 
     return [row for _, row in read_jsonl(p, "preference data file")]

@@ -194,6 +194,38 @@ def _reduce(vals: dict[str, float], world: int) -> dict[str, float]:
     return {k: float(v) / world for k, v in zip(vals, t.tolist(), strict=True)}
 
 
+def run_summary(run_dir: str | os.PathLike) -> dict:
+    """The optimizer steps of a finished run and its last held-out evaluation, from the
+    metrics.jsonl that `train` writes (for the model card)."""
+    steps, last_eval = 0, None
+    p = Path(run_dir) / "metrics.jsonl"
+    if p.is_file():
+        for line in p.read_text(encoding="utf-8").splitlines():
+            try:
+                m = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            steps = max(steps, int(m.get("step", 0)))
+            if "eval_rewards/accuracies" in m:
+                last_eval = m
+    out: dict = {"steps": steps}
+    if last_eval is not None:
+        out["eval_step"] = last_eval["step"]
+        out["eval_accuracy"] = last_eval["eval_rewards/accuracies"]
+        out["eval_margin"] = last_eval.get("eval_rewards/margins")
+    return out
+
+
+def resolve_hub_ids(r: Recipe) -> Recipe:
+    """The recipe with its model and data hub ids replaced by their cached snapshot folders."""
+    import dataclasses
+
+    from simpo_q import hub
+
+    return dataclasses.replace(r, model=str(hub.local(r.model, "model")), data=str(hub.local(r.data, "dataset")),
+                               eval_data=None if r.eval_data is None else str(hub.local(r.eval_data, "dataset")))
+
+
 def train(r: Recipe, *, quiet: bool = False, keep_model: bool = False):
     """Runs the recipe; returns the output directory, or (directory, model) with keep_model."""
     from tqdm.auto import tqdm
@@ -202,8 +234,10 @@ def train(r: Recipe, *, quiet: bool = False, keep_model: bool = False):
     from simpo_q.sources import HFDirectory
     from simpo_q.train.checkpoint import load_checkpoint, save_checkpoint, save_final
 
-    # a missing or inconsistent model fails here, in a second, not inside transformers (which
-    # would try the network for a path it does not find, or fill a missing weight randomly)
+    # hub ids become folders of the Hugging Face cache; then a missing or inconsistent model
+    # fails here, in a second, not inside transformers (which would try the network for a
+    # path it does not find, or fill a missing weight randomly)
+    r = resolve_hub_ids(r)
     HFDirectory(r.model)
     rank, world = _dist(force=r.fsdp == "always")
     fsdp = world > 1 or r.fsdp == "always"
@@ -217,7 +251,7 @@ def train(r: Recipe, *, quiet: bool = False, keep_model: bool = False):
     device = _device()
     out = Path(r.output_dir)
     tok = AutoTokenizer.from_pretrained(r.model)
-    pairs, bad = tokenize_pairs(read_rows(r.data), tok, max_length=r.max_length,
+    pairs, bad = tokenize_pairs(read_rows(r.data, r.data_split), tok, max_length=r.max_length,
                                 max_prompt_length=r.max_prompt_length)
     skipped = ", ".join(f"{n} {why}" for why, n in bad.items()) or "none"
     if not pairs:
@@ -226,7 +260,7 @@ def train(r: Recipe, *, quiet: bool = False, keep_model: bool = False):
         print(f"{r.data}: {len(pairs)} usable pairs; skipped: {skipped}", file=sys.stderr)
     eval_pairs = []
     if r.eval_data:
-        eval_pairs, _ = tokenize_pairs(read_rows(r.eval_data), tok, max_length=r.max_length,
+        eval_pairs, _ = tokenize_pairs(read_rows(r.eval_data, r.eval_data_split), tok, max_length=r.max_length,
                                        max_prompt_length=r.max_prompt_length)
     elif r.eval_fraction > 0:
         n_eval = max(1, int(len(pairs) * r.eval_fraction))

@@ -30,7 +30,15 @@ H100_BF16_TFLOPS = 989.0  # dense peak of an H100 SXM
 
 
 def model_shape(model: str) -> dict:
+    from simpo_q import hub
+
     p = Path(model) / "config.json"
+    if not p.is_file() and hub.hub_id(model):
+        try:
+            p = hub.local(model, "model", files=["config.json"]) / "config.json"
+        except SimpoQError:
+            if "gemma-2-9b" not in model:
+                raise
     if p.is_file():
         return json.loads(p.read_text())
     if "gemma-2-9b" in model:

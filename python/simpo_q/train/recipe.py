@@ -4,6 +4,7 @@ and for FSDP2 under torchrun."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -47,6 +48,10 @@ class Recipe:
     threads: int = 0
     save_dtype: str = "bfloat16"  # of the final HF directory (the checkpoint keeps fp32)
     fsdp: str = "auto"  # "auto": FSDP2 when torchrun starts several ranks; "always": also for one
+    data_split: str = "train"  # the split of a hub dataset (or a datasets folder) to train on
+    eval_data_split: str = "test"  # the split of eval_data, when it is a hub dataset
+    ollama_system: str | None = None  # SYSTEM of the Modelfile `pipeline` writes
+    ollama_parameters: dict = dataclasses.field(default_factory=dict)  # PARAMETERs over the architecture's
 
     @property
     def gamma(self) -> float:
@@ -70,6 +75,11 @@ def _coerce(field: dataclasses.Field, raw, where: str):
             return int(raw)
         if t.startswith("float"):
             return float(raw)
+        if t.startswith("dict"):
+            v = json.loads(raw) if isinstance(raw, str) else raw
+            if not isinstance(v, dict):
+                raise ValueError("expected a mapping (in YAML, or as JSON with --set)")
+            return v
         return str(raw)
     except (TypeError, ValueError) as e:
         raise SimpoQError(f"{where}: {field.name}: cannot use {raw!r} ({e})") from e
@@ -143,6 +153,12 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> Recipe:
         if getattr(r, key) not in allowed:
             raise SimpoQError(f"{p}: {key}: {getattr(r, key)!r} is not one of {', '.join(allowed)}")
     _check_ranges(r, str(p))
+    from simpo_q.publish import check_parameter
+
+    r.ollama_parameters = {k: check_parameter(str(k), v, f"{p}: ollama_parameters")
+                           for k, v in r.ollama_parameters.items()}
+    if r.ollama_system is not None and '"""' in r.ollama_system:
+        raise SimpoQError(f"{p}: ollama_system must not contain \"\"\" (it ends a Modelfile block)")
     if not r.model:
         raise SimpoQError(f"{p}: the recipe names no model (set model: a Hugging Face model directory)")
     if not r.data:
