@@ -32,7 +32,12 @@ def hf_plan(src: HFDirectory, tensor_type) -> list[Planned]:
         def load(hf=hf) -> np.ndarray:
             return arch.transform(hf, src.load(hf))
 
-        plan.append(Planned(name, tuple(shape), tensor_type(name, tuple(shape)), load))
+        rows = None
+        if hasattr(src, "load_rows") and len(shape) == 2:
+            def rows(start: int, stop: int, hf=hf) -> np.ndarray:
+                return arch.transform(hf, src.load_rows(hf, start, stop))
+
+        plan.append(Planned(name, tuple(shape), tensor_type(name, tuple(shape)), load, rows=rows))
     return plan
 
 

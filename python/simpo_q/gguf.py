@@ -38,6 +38,11 @@ class GGUFOutput:
         raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
         self._w.write_tensor(name, raw)
 
+    def write_part(self, name: str, data: np.ndarray) -> None:
+        """The next block of rows of `name` (the tensor is complete with its last byte)."""
+        raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+        self._w.write_tensor_part(name, raw)
+
     def finish(self) -> None:
         self._w.finish()
 

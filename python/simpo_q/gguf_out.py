@@ -5,8 +5,9 @@ float32 data) streamed through the native quantizer into the native writer. `con
 from __future__ import annotations
 
 import os
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +27,16 @@ class Planned:
     imatrix: np.ndarray | None = None
     raw: bool = False
     refine: bool = False  # the refined encoder (same format; see quants/refine.rs)
+    # float32 rows [start, stop) of a 2-D tensor, when the source can read part of one: a large
+    # tensor then goes through in blocks of rows and is never whole in memory
+    rows: Callable[[int, int], np.ndarray] | None = None
 
 
 ALIGNMENT = 32  # GGUF's default data alignment, which simpo-q's writer uses
+
+# float32 bytes of one block of rows: k-quants quantize rows independently, so the bytes are the
+# same whatever the block; 64 MiB keeps two blocks (one read ahead) well under the memory budget
+BLOCK_BYTES = 64 << 20
 
 
 def shape_bytes(qtype: str, shape: tuple[int, ...]) -> int:
@@ -45,33 +53,74 @@ def encode(p: Planned, threads: int | None = None) -> np.ndarray:
     data = p.load()
     if p.raw:
         return data
+    return _quantize_rows(p, data.reshape(-1, p.shape[-1]), 0, threads)
+
+
+def _quantize_rows(p: Planned, rows: np.ndarray, first_row: int, threads: int | None) -> np.ndarray:
     # every type, F32 included, goes through the core, which checks each value as it
     # converts it (no float32 temporary of a whole tensor for a finiteness scan)
-    rows = data.reshape(-1, p.shape[-1])
     try:
         return simpo_q.quantize(np.ascontiguousarray(rows, dtype=np.float32), p.qtype, p.imatrix, threads=threads,
                                 refine=p.refine)
-    except SimpoQError as e:  # the core names the row and column; the tensor is known here
-        raise SimpoQError(f"tensor {p.name}: {e}") from e
+    except SimpoQError as e:  # the core names the row and column; the tensor and block are known here
+        msg = str(e)
+        if first_row:
+            msg = re.sub(r"at row (\d+)", lambda m: f"at row {int(m.group(1)) + first_row}", msg)
+        raise SimpoQError(f"tensor {p.name}: {msg}") from e
+
+
+def block_rows(p: Planned, block_bytes: int = BLOCK_BYTES) -> int | None:
+    """Rows per block for a tensor read in blocks, or None when it goes through whole."""
+    if p.raw or p.rows is None or len(p.shape) != 2:
+        return None
+    per_row = p.shape[1] * 4
+    if p.shape[0] * per_row <= block_bytes:
+        return None
+    return max(1, block_bytes // per_row)
+
+
+def encode_blocks(p: Planned, step: int, threads: int | None, pool) -> Iterator[np.ndarray]:
+    """The quantized bytes of `p` in blocks of `step` rows, the next block read (on `pool`)
+    while this one is quantized: reading and widening overlap the quantizer."""
+    assert p.rows is not None
+    n = p.shape[0]
+    starts = list(range(0, n, step))
+    ahead = pool.submit(p.rows, 0, min(step, n))
+    for k, r0 in enumerate(starts):
+        rows = ahead.result()
+        if k + 1 < len(starts):
+            r1 = starts[k + 1]
+            ahead = pool.submit(p.rows, r1, min(r1 + step, n))
+        yield _quantize_rows(p, rows, r0, threads)
+        del rows
 
 
 def write_gguf(out: str | os.PathLike, metadata: list[tuple[str, str, object]], plan: list[Planned], *,
-               quiet: bool = False, threads: int | None = None, log=None) -> Path:
+               quiet: bool = False, threads: int | None = None, log=None, block_bytes: int | None = None) -> Path:
     """Writes the file (temporary name, renamed at the end). Prints llama-quantize's
-    `[ i/ n] name - [shape], type = ...` line per tensor unless quiet."""
+    `[ i/ n] name - [shape], type = ...` line per tensor unless quiet. Tensors larger than
+    `block_bytes` of float32 whose source reads rows go through in blocks of rows."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm.auto import tqdm
 
     log = log or (lambda s: print(s, file=sys.stderr))
     out = Path(out)
     w = GGUFOutput(out, metadata, [(p.name, p.shape, p.qtype) for p in plan])
     try:
-        bar = tqdm(plan, desc=f"writing {out.name}", unit="tensor", disable=quiet, file=sys.stderr)
-        for i, p in enumerate(bar, 1):
-            if not quiet:
-                shape = ", ".join(str(d) for d in reversed(p.shape))
-                bar.write(f"[{i:4d}/{len(plan):4d}] {p.name:36s} - [{shape:>18s}], type = {p.qtype:6s}",
-                          file=sys.stderr)
-            w.write(p.name, encode(p, threads))
+        with ThreadPoolExecutor(1, thread_name_prefix="simpo-q-read") as pool:
+            bar = tqdm(plan, desc=f"writing {out.name}", unit="tensor", disable=quiet, file=sys.stderr)
+            for i, p in enumerate(bar, 1):
+                if not quiet:
+                    shape = ", ".join(str(d) for d in reversed(p.shape))
+                    bar.write(f"[{i:4d}/{len(plan):4d}] {p.name:36s} - [{shape:>18s}], type = {p.qtype:6s}",
+                              file=sys.stderr)
+                step = block_rows(p, block_bytes or BLOCK_BYTES)
+                if step is None:
+                    w.write(p.name, encode(p, threads))
+                else:
+                    for part in encode_blocks(p, step, threads, pool):
+                        w.write_part(p.name, part)
         w.finish()
     except BaseException:
         w.abort()

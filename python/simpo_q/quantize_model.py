@@ -47,7 +47,12 @@ def _from_gguf(path: Path):
             raw = r.tensor_bytes(name)
             return simpo_q.dequantize(raw, qtype, shape[-1]).reshape(shape)
 
-        plan.append(Planned(name, shape, qtype, load))
+        def rows(start: int, stop: int, name=name, qtype=qtype, cols=shape[-1]) -> np.ndarray:
+            rb = simpo_q.row_size(qtype, cols)
+            raw = r.tensor_bytes(name)[start * rb:stop * rb]
+            return simpo_q.dequantize(raw, qtype, cols).reshape(stop - start, cols)
+
+        plan.append(Planned(name, shape, qtype, load, rows=rows if len(shape) == 2 else None))
     return [(k, t, v) for k, t, v in r.metadata], plan, r
 
 
@@ -184,7 +189,7 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
             plan.append(Planned(name, p.shape, t, lambda n=name, r=reader: r.tensor_bytes(n), raw=True))
         else:
             plan.append(Planned(name, p.shape, t, p.load, imatrix=_vector(imat, imat_file, name, p.shape, t, quiet),
-                                refine=refine))
+                                refine=refine, rows=p.rows))
     md = [(k, t, v) for k, t, v in metadata if k not in ("general.quantization_version", "general.file_type",
                                                           "split.no", "split.count", "split.tensors.count")]
     md += [("general.quantization_version", "u32", 2), ("general.file_type", "u32", FILE_TYPES[ftype][0])]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +37,19 @@ class SafetensorsStreamWriter:
         self.f.write(struct.pack("<Q", len(raw)))
         self.f.write(raw)
 
-    def write(self, name: str, data: bytes) -> None:
-        if name != self.order[self.next] or len(data) != self.sizes[name]:
-            raise ValueError(f"{self.path}: tensor {name} out of order or of the wrong size")
-        self.f.write(data)
+    def write(self, name: str, data: bytes | Iterable[bytes]) -> None:
+        """The tensor's bytes, whole or as pieces (blocks of rows), so that a large tensor
+        never has to be in memory at once."""
+        if name != self.order[self.next]:
+            raise ValueError(f"{self.path}: tensor {name} out of order")
+        n = 0
+        for piece in ([data] if isinstance(data, (bytes, bytearray, memoryview)) else data):
+            n += len(piece)
+            if n > self.sizes[name]:
+                break
+            self.f.write(piece)
+        if n != self.sizes[name]:
+            raise ValueError(f"{self.path}: tensor {name}: {n} bytes, {self.sizes[name]} expected")
         self.next += 1
 
     def close(self) -> None:
@@ -65,9 +74,10 @@ def shard_plan(specs: list[tuple[str, tuple[int, ...], str]], shards: int) -> li
     return groups
 
 
-def write_weights(out: Path, specs, tensors: Iterator[tuple[str, bytes]], shards: int, dtype: str = "BF16") -> None:
-    """Writes `tensors` (HF name, bytes of `dtype`, in `specs` order) as one file or `shards`
-    files with Hugging Face's index."""
+def write_weights(out: Path, specs, tensors: Iterator[tuple[str, bytes | Iterable[bytes]]], shards: int,
+                  dtype: str = "BF16") -> None:
+    """Writes `tensors` (HF name, bytes of `dtype` or an iterable of pieces of them, in
+    `specs` order) as one file or `shards` files with Hugging Face's index."""
     if shards == 1:
         files = [("model.safetensors", list(range(len(specs))))]
     else:
@@ -83,7 +93,7 @@ def write_weights(out: Path, specs, tensors: Iterator[tuple[str, bytes]], shards
             assert name == specs[i][0]
             w.write(name, data)
             weight_map[name] = fname
-            total += len(data)
+            total += w.sizes[name]
         w.close()
     if shards > 1:
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}

@@ -32,13 +32,15 @@ class HFDirectory:
         self._where: dict[str, Path] = {}
         self._dtype: dict[str, str] = {}
         self._shape: dict[str, tuple[int, ...]] = {}
+        self._offset: dict[str, int] = {}  # of the tensor's first byte in its file
         for f in self.files:
-            for name, (dtype, shape) in _header(f).items():
+            for name, (dtype, shape, offset) in _header(f).items():
                 if name in self._where:
                     raise SimpoQError(f"{f}: tensor {name!r} is also in {self._where[name]}")
                 self._where[name] = f
                 self._dtype[name] = dtype
                 self._shape[name] = shape
+                self._offset[name] = offset
         # every tensor present with the shape the config implies, before anything is written
         adapter_for(self.config, str(cfg)).check_tensors(self.config, self._shape, str(self.path))
 
@@ -78,6 +80,36 @@ class HFDirectory:
 
     def load(self, name: str) -> np.ndarray:
         """The tensor widened to float32 (C order)."""
+        shape = self._shape[name]
+        if self._dtype[name] in _WIDEN and len(shape) >= 1:
+            rows = self.load_rows(name, 0, shape[0] if len(shape) > 1 else 1)
+            return rows.reshape(shape)
+        return self._load_safetensors(name)
+
+    def load_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of a 2-D tensor (of a 1-D one: the whole of it as one row),
+        read from the file into memory of their own size and widened to float32: a block of
+        a large tensor costs its block alone (no memory map kept resident, no torch)."""
+        shape = self._shape[name]
+        dtype = self._dtype[name]
+        cols = shape[-1] if shape else 1
+        if dtype not in _WIDEN:
+            return self._load_safetensors(name).reshape(-1, cols)[start:stop]
+        item = _DTYPE_SIZES[dtype]
+        f = self._where[name]
+        n = (stop - start) * cols * item
+        raw = bytearray(n)  # read into, not read and copied
+        try:
+            with open(f, "rb") as fh:
+                fh.seek(self._offset[name] + start * cols * item)
+                got = fh.readinto(raw)
+        except OSError as e:
+            raise SimpoQError(f"{f}: cannot read tensor {name!r}: {e.strerror}") from e
+        if got != n:
+            raise SimpoQError(f"{f}: truncated while reading tensor {name!r}")
+        return _WIDEN[dtype](raw).reshape(stop - start, cols)
+
+    def _load_safetensors(self, name: str) -> np.ndarray:
         from safetensors import SafetensorError, safe_open
 
         f = self._where[name]
@@ -89,6 +121,16 @@ class HFDirectory:
         a = np.ascontiguousarray(t.float().numpy(), dtype=np.float32)
         return a
 
+
+def _bf16(raw: bytearray) -> np.ndarray:
+    # bf16 is the top half of a float32: widening is exact
+    return (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+
+
+# stored dtypes widened here, exactly, without torch
+_WIDEN = {"F32": lambda raw: np.frombuffer(raw, dtype="<f4"),
+          "F16": lambda raw: np.frombuffer(raw, dtype="<f2").astype(np.float32),
+          "BF16": _bf16}
 
 MAX_JSON_BYTES = 64 << 20  # config.json and an index are kilobytes; a larger file is not one
 
@@ -118,7 +160,7 @@ def read_config(path: Path) -> dict:
 _DTYPE_SIZES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
-def _header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+def _header(path: Path) -> dict[str, tuple[str, tuple[int, ...], int]]:
     """Reads and checks a safetensors header without loading data: truncated or corrupt
     files are reported here, naming the file, before anything is written."""
     size = path.stat().st_size
@@ -156,7 +198,7 @@ def _header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
         count = math.prod(shape)
         if (b - a) != count * _DTYPE_SIZES[dtype]:
             raise SimpoQError(f"{path}: corrupt entry for {name!r}: {b - a} bytes for {dtype} {list(shape)}")
-        out[name] = (dtype, shape)
+        out[name] = (dtype, shape, 8 + n + a)
     return out
 
 

@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -135,6 +136,23 @@ def init_tensor(seed: int, name: str, shape: tuple[int, ...], kind: str) -> np.n
     return (rng.standard_normal(shape, dtype=np.float32) * std).astype(np.float32)
 
 
+def init_tensor_bf16_blocks(seed: int, name: str, shape: tuple[int, ...], kind: str,
+                            block_elems: int = 1 << 24) -> Iterator[bytes]:
+    """`init_tensor`'s values as bf16 bytes, generated and converted in blocks of rows (the
+    generator's stream is the same in pieces): a 256000 × 3584 embedding costs one block."""
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    std = {"embed": 0.02, "linear": 0.02, "norm": 0.1}[kind]
+    rows = shape[0] if shape else 1
+    per_row = int(np.prod(shape[1:])) if len(shape) > 1 else (shape[0] if shape else 1)
+    if len(shape) <= 1:
+        yield f32_to_bf16_bytes((rng.standard_normal(shape, dtype=np.float32) * std).astype(np.float32))
+        return
+    step = max(1, block_elems // max(1, per_row))
+    for r0 in range(0, rows, step):
+        block = rng.standard_normal((min(step, rows - r0), *shape[1:]), dtype=np.float32)
+        yield f32_to_bf16_bytes((block * std).astype(np.float32))
+
+
 def f32_to_bf16_bytes(x: np.ndarray) -> bytes:
     """Round to nearest even, as torch's .to(bfloat16) does (NaN never occurs here)."""
     u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
@@ -242,7 +260,7 @@ def build_tiny_model(out_dir: str | os.PathLike, cfg: TinyConfig = TinyConfig(),
     (out / "config.json").write_text(json.dumps(hf_config(cfg), indent=2, sort_keys=True) + "\n")
     write_generation_config(out)
     specs = tensor_specs(cfg)
-    gen = ((n, f32_to_bf16_bytes(init_tensor(cfg.seed, n, s, k))) for n, s, k in specs)
+    gen = ((n, init_tensor_bf16_blocks(cfg.seed, n, s, k)) for n, s, k in specs)
     write_weights(out, specs, gen, cfg.shards)
     if pretrain_steps > 0:
         from simpo_q.tiny.pretrain import pretrain

@@ -173,3 +173,58 @@ fn truncated_and_corrupted_files_are_errors_not_crashes() {
         .contains("claims"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn tensors_written_in_parts_equal_tensors_written_whole() {
+    let dir = std::env::temp_dir().join(format!("sq-gguf-parts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let whole = dir.join("whole.gguf");
+    let data = write_sample(&whole);
+    let infos: Vec<TensorInfo> = GgufFile::open(&whole)
+        .unwrap()
+        .tensors
+        .iter()
+        .map(|t| TensorInfo {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            ggml_type: t.ggml_type,
+        })
+        .collect();
+    let parts = dir.join("parts.gguf");
+    let mut w = GgufWriter::create(&parts, &sample_kvs(), infos.clone()).unwrap();
+    for (t, d) in infos.iter().zip(&data) {
+        // uneven pieces, an empty one among them
+        for piece in [
+            &d[..d.len() / 3],
+            &d[d.len() / 3..d.len() / 3],
+            &d[d.len() / 3..],
+        ] {
+            w.write_tensor_part(&t.name, piece).unwrap();
+        }
+    }
+    w.finish().unwrap();
+    assert_eq!(
+        std::fs::read(&whole).unwrap(),
+        std::fs::read(&parts).unwrap()
+    );
+    // too many bytes in parts, and a whole write after a part, are refused
+    let mut w = GgufWriter::create(&dir.join("bad.gguf"), &[], infos.clone()).unwrap();
+    let n = data[0].len();
+    w.write_tensor_part(&infos[0].name, &data[0][..n - 1])
+        .unwrap();
+    let e = w
+        .write_tensor_part(&infos[0].name, &data[0][..2])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!("{} bytes given, {n} expected", n + 1)),
+        "{e}"
+    );
+    let e = w
+        .write_tensor(&infos[0].name, &data[0])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("written whole after a part"), "{e}");
+    drop(w);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -153,6 +153,23 @@ impl GgufWriterPy {
         py.detach(|| w.write_tensor(name, bytes)).map_err(to_py)
     }
 
+    /// The next piece of the next tensor (blocks of rows of a large tensor, in order).
+    fn write_tensor_part(
+        &mut self,
+        py: Python<'_>,
+        name: &str,
+        data: &Bound<'_, PyArray1<u8>>,
+    ) -> PyResult<()> {
+        let w = self
+            .inner
+            .as_mut()
+            .ok_or_else(|| bad_arg("writer is closed"))?;
+        let data = data.readonly();
+        let bytes = data.as_slice()?;
+        py.detach(|| w.write_tensor_part(name, bytes))
+            .map_err(to_py)
+    }
+
     fn finish(&mut self, py: Python<'_>) -> PyResult<()> {
         let w = self
             .inner

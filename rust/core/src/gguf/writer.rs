@@ -25,6 +25,8 @@ pub struct GgufWriter {
     infos: Vec<TensorInfo>,
     sizes: Vec<u64>,
     next: usize,
+    /// bytes of the next tensor already written by `write_tensor_part`
+    partial: u64,
     alignment: u64,
 }
 
@@ -123,6 +125,7 @@ impl GgufWriter {
             infos,
             sizes,
             next: 0,
+            partial: 0,
             alignment,
         };
         w.write_all(&head)?;
@@ -148,6 +151,27 @@ impl GgufWriter {
 
     /// Appends the data of the next tensor, which must be `name` with exactly its size.
     pub fn write_tensor(&mut self, name: &str, data: &[u8]) -> Result<()> {
+        if self.partial != 0 {
+            return Err(Error::file(
+                &self.dest,
+                format!("tensor {name:?}: written whole after a part of it"),
+            ));
+        }
+        if let Some(&n) = self.sizes.get(self.next) {
+            if self.infos[self.next].name == name && data.len() as u64 != n {
+                return Err(Error::file(
+                    &self.dest,
+                    format!("tensor {name:?}: {} bytes given, {n} expected", data.len()),
+                ));
+            }
+        }
+        self.write_tensor_part(name, data)
+    }
+
+    /// Appends the next piece of the next tensor, which must be `name`: a tensor may arrive in
+    /// several pieces (blocks of rows), so that no caller holds a whole large tensor. The
+    /// padding follows its last byte.
+    pub fn write_tensor_part(&mut self, name: &str, data: &[u8]) -> Result<()> {
         let Some(info) = self.infos.get(self.next) else {
             return Err(Error::file(
                 &self.dest,
@@ -164,15 +188,21 @@ impl GgufWriter {
             ));
         }
         let n = self.sizes[self.next];
-        if data.len() as u64 != n {
+        let end = self.partial + data.len() as u64;
+        if end > n {
             return Err(Error::file(
                 &self.dest,
-                format!("tensor {name:?}: {} bytes given, {n} expected", data.len()),
+                format!("tensor {name:?}: {end} bytes given, {n} expected"),
             ));
         }
         self.write_all(data)?;
+        if end < n {
+            self.partial = end;
+            return Ok(());
+        }
         let zeros = vec![0u8; (pad(n, self.alignment) - n) as usize];
         self.write_all(&zeros)?;
+        self.partial = 0;
         self.next += 1;
         Ok(())
     }

@@ -519,7 +519,9 @@ mod tests {
             // tiny importances do not lift the limit: 1e-5 · (3.2e19)² is past it
             let mut x_big = x.clone();
             x_big[0] = 3.162_281e19;
-            let e = quantize(t, &x_big, 256, Some(&[1e-5f32; 256])).unwrap_err().to_string();
+            let e = quantize(t, &x_big, 256, Some(&[1e-5f32; 256]))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("at row 0, column 0"), "{t:?}: {e}");
         }
     }

@@ -1,0 +1,133 @@
+"""Large tensors go through the quantizer in blocks of rows (read, widened, quantized and
+written piece by piece, the next block read while this one is quantized): the bytes are the
+same as whole-tensor quantization for every path, and errors still name the tensor's row.
+The memory this saves is measured by benches/bench_9b.py, not here."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import simpo_q.gguf_out as gguf_out
+from simpo_q._native import SimpoQError
+from simpo_q.convert import convert
+from simpo_q.quantize_model import quantize_model
+from simpo_q.sources import HFDirectory
+from simpo_q.tiny import TinyConfig, build_tiny_model, cached_tiny_model
+
+REPO = Path(__file__).parent.parent
+CALIB = REPO / "python" / "simpo_q" / "data" / "calibration.txt"
+
+
+@pytest.fixture(scope="module")
+def model() -> Path:
+    return cached_tiny_model(REPO / ".cache", pretrain_steps=200, quiet=True)
+
+
+@pytest.fixture
+def tiny_blocks(monkeypatch) -> list[tuple[str, int]]:
+    """Blocks of a few rows (every 2-D tensor of the tiny model is split), recorded."""
+    seen: list[tuple[str, int]] = []
+    real = gguf_out.encode_blocks
+
+    def spy(p, step, threads, pool):
+        seen.append((p.name, step))
+        yield from real(p, step, threads, pool)
+
+    monkeypatch.setattr(gguf_out, "BLOCK_BYTES", 3 * 1024 + 17)
+    monkeypatch.setattr(gguf_out, "encode_blocks", spy)
+    return seen
+
+
+def _whole_then_blocks(make, tmp_path: Path, monkeypatch) -> tuple[bytes, bytes, list]:
+    a = make(tmp_path / "whole.gguf").read_bytes()
+    seen: list = []
+    real = gguf_out.encode_blocks
+
+    def spy(p, step, threads, pool):
+        seen.append((p.name, step))
+        yield from real(p, step, threads, pool)
+
+    monkeypatch.setattr(gguf_out, "BLOCK_BYTES", 3 * 1024 + 17)
+    monkeypatch.setattr(gguf_out, "encode_blocks", spy)
+    b = make(tmp_path / "blocks.gguf").read_bytes()
+    return a, b, seen
+
+
+@pytest.mark.parametrize("how", ["Q3_K_S", "Q4_K_M+imatrix", "Q4_K_M+refine", "Q8_0", "f16-convert", "q8_0-convert",
+                                 "from-F16-GGUF"])
+def test_blocks_of_rows_give_the_same_bytes(model: Path, tmp_path: Path, monkeypatch, how: str) -> None:
+    if how.endswith("-convert"):
+        def make(out):
+            return convert(model, out, how.split("-")[0], quiet=True)
+    elif how == "from-F16-GGUF":
+        f16 = convert(model, tmp_path / "f16.gguf", "f16", quiet=True)
+
+        def make(out):
+            return quantize_model(f16, out, "Q4_K_M", quiet=True)
+    else:
+        ftype, _, extra = how.partition("+")
+        imat = None
+        if extra == "imatrix":
+            from simpo_q import imatrix as im
+
+            imat = tmp_path / "i.gguf"
+            im.collect(model, CALIB, ctx=64, chunks=2, quiet=True).save(str(imat), "gguf")
+
+        def make(out):
+            return quantize_model(model, out, ftype, quiet=True, imatrix=imat, refine=extra == "refine")
+    a, b, seen = _whole_then_blocks(make, tmp_path, monkeypatch)
+    assert a == b
+    assert len(seen) >= 14 and ("token_embd.weight", 3) in seen  # 3 rows of 256 float32 per block
+
+
+def test_an_error_in_a_later_block_names_the_tensors_row(model: Path, tmp_path: Path, tiny_blocks) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    d = tmp_path / "m"
+    shutil.copytree(model, d)
+    sd = load_file(str(d / "model.safetensors"))
+    sd["model.layers.1.mlp.up_proj.weight"][301, 5] = float("nan")
+    save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
+    assert torch.isnan(sd["model.layers.1.mlp.up_proj.weight"]).any()
+    with pytest.raises(SimpoQError, match=r"tensor blk.1.ffn_up.weight: x: non-finite value NaN at row 301, column 5"):
+        quantize_model(d, tmp_path / "x.gguf", "Q4_K_M", quiet=True)
+    assert not (tmp_path / "x.gguf").exists()
+    assert ("blk.1.ffn_up.weight", 3) in tiny_blocks
+
+
+@pytest.mark.parametrize("dtype", ["BF16", "F16", "F32"])
+def test_rows_read_from_the_file_equal_safetensors(tmp_path: Path, dtype: str) -> None:
+    """The reader widens a block of rows from the file itself (no torch): the same values
+    safetensors gives, for each stored dtype, in a sharded checkpoint too."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    d = build_tiny_model(tmp_path / "m", TinyConfig(shards=2))
+    torch_dtype = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}[dtype]
+    for f in d.glob("model-*.safetensors"):
+        sd = {k: v.to(torch_dtype) for k, v in load_file(str(f)).items()}
+        save_file(sd, str(f), metadata={"format": "pt"})
+    src = HFDirectory(d)
+    assert src.dtypes() == {dtype}
+    for name in src.names():
+        ref = src._load_safetensors(name)
+        assert np.array_equal(src.load(name), ref), name
+        if ref.ndim == 2:
+            n = ref.shape[0]
+            for a, b in ((0, 1), (n // 3, n // 2), (n - 2, n)):
+                assert np.array_equal(src.load_rows(name, a, b), ref[a:b]), (name, a, b)
+
+
+@pytest.mark.parametrize("shape,kind", [((3072, 256), "embed"), ((256,), "norm"), ((512, 256), "linear")])
+def test_the_builder_writes_the_same_weights_in_blocks(shape, kind) -> None:
+    """The model builder generates and converts large tensors in blocks of rows; the random
+    stream is the same in pieces, so the weights (and every cached model) are unchanged."""
+    from simpo_q.tiny.builder import f32_to_bf16_bytes, init_tensor, init_tensor_bf16_blocks
+
+    whole = f32_to_bf16_bytes(init_tensor(42, "t", shape, kind))
+    blocks = list(init_tensor_bf16_blocks(42, "t", shape, kind, block_elems=1000))
+    assert b"".join(blocks) == whole and (len(blocks) > 1 or len(shape) == 1)
