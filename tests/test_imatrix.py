@@ -287,3 +287,49 @@ def test_set_entry_takes_reduced_statistics_and_refuses_bad_ones(collected) -> N
     for bad in (np.array([1.0, -1.0], np.float32), np.array([np.nan], np.float32), np.zeros(0, np.float32)):
         with pytest.raises(SimpoQError, match="blk.0.attn_q.weight"):
             m.set_entry("blk.0.attn_q.weight", bad, 4)
+
+
+def _assert_same_statistics(a: Imatrix, b: Imatrix, rtol: float = 0.0) -> None:
+    assert a.names() == b.names() and a.chunk_count == b.chunk_count and len(a) == 7 * 2
+    for n in a.names():
+        (x, cx), (y, cy) = a.entry(n), b.entry(n)
+        assert cx == cy, n
+        np.testing.assert_allclose(y, x, rtol=rtol, atol=0, err_msg=n)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("budget", [None, 2 * CTX * 256 * 4])
+def test_layer_by_layer_equals_the_whole_model(model, collected, dtype, budget) -> None:
+    """--offload runs each chunk through one loaded layer at a time (in one pass, or in
+    several when the hidden states of all chunks exceed the budget): the same sums and counts
+    as the whole model in memory (each chunk runs the same operations, so bit for bit)."""
+    from simpo_q.imatrix_offload import collect_offloaded
+
+    ref = collected if dtype == "float32" else im.collect(model, CALIB, ctx=CTX, chunks=CHUNKS, dtype=dtype,
+                                                          quiet=True)
+    got = collect_offloaded(model, CALIB, ctx=CTX, chunks=CHUNKS, dtype=dtype, quiet=True, hidden_budget=budget)
+    _assert_same_statistics(ref, got, rtol=1e-5 if dtype == "bfloat16" else 0.0)
+    assert got.datasets == [str(CALIB)]
+
+
+def test_offload_is_chosen_when_the_model_does_not_fit(model, collected, tmp_path, monkeypatch, capsys) -> None:
+    import simpo_q.imatrix_offload as off
+
+    shards = tmp_path / "sharded"
+    from simpo_q.tiny import TinyConfig, build_tiny_model
+
+    build_tiny_model(shards, TinyConfig(shards=3))
+    whole = tmp_path / "whole.gguf"
+    assert cli(["--quiet", "imatrix", str(shards), "-f", str(CALIB), "--ctx", str(CTX), "--chunks", "3",
+                "-o", str(whole)]) == 0
+    assert cli(["imatrix", str(shards), "-f", str(CALIB), "--ctx", str(CTX), "--chunks", "3", "-o",
+                str(tmp_path / "flag.gguf"), "--offload"]) == 0
+    assert "one decoder layer at a time (--offload)" in capsys.readouterr().err
+    monkeypatch.setattr(off, "available_bytes", lambda device: 1 << 20)  # 1 MiB free: the 2M model does not fit
+    assert cli(["imatrix", str(shards), "-f", str(CALIB), "--ctx", str(CTX), "--chunks", "3", "-o",
+                str(tmp_path / "auto.gguf")]) == 0
+    assert "one decoder layer at a time (the model needs 0.0 GiB in float32, cpu has 0.0 GiB free" \
+        in capsys.readouterr().err
+    ref = im.load(whole)
+    _assert_same_statistics(ref, im.load(tmp_path / "flag.gguf"))
+    _assert_same_statistics(ref, im.load(tmp_path / "auto.gguf"))

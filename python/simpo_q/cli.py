@@ -143,8 +143,16 @@ def _imatrix(args: argparse.Namespace) -> int:
             sources = ", ".join(str(x) for x in args.in_file[:args.in_file.index(f)]) or "nothing"
             raise SimpoQError(f"{f}: cannot merge into {sources}: {e}") from e
     if args.file:
-        im.collect(args.model, args.file, ctx=args.ctx, chunks=args.chunks, device=args.device, dtype=args.dtype,
-                   quiet=args.quiet, into=m)
+        from simpo_q.imatrix_offload import collect_offloaded, needs_offload
+
+        kw = dict(ctx=args.ctx, chunks=args.chunks, device=args.device, dtype=args.dtype, quiet=args.quiet, into=m)
+        why = "--offload" if args.offload else needs_offload(args.model, args.device, args.dtype)
+        if why:
+            if not args.quiet:
+                print(f"imatrix: one decoder layer at a time ({why})", file=sys.stderr)
+            collect_offloaded(args.model, args.file, **kw)
+        else:
+            im.collect(args.model, args.file, **kw)
     im.save(m, args.output)
     if not args.quiet:
         print(f"wrote {args.output} ({len(m)} entries, {m.chunk_count} chunks)", file=sys.stderr)
@@ -324,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", default="cpu", help="cpu or cuda")
     m.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="torch dtype of the model")
     m.add_argument("--in-file", action="append", default=[], help="merge this imatrix (repeatable)")
+    m.add_argument("--offload", action="store_true",
+                   help="run the model one decoder layer at a time, loading each from the files (about one layer "
+                        "of memory; chosen by itself when the model does not fit the device)")
     m.add_argument("--show", metavar="FILE", help="print per-tensor statistics of an imatrix file")
     m.set_defaults(func=_imatrix)
 

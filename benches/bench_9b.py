@@ -1,0 +1,157 @@
+"""The real size: a generated checkpoint with gemma-2-9b-it's exact shapes (42 layers, hidden
+3584, intermediate 14336, 16 heads, 8 KV heads, head_dim 256, vocabulary 256000; 9.24B
+parameters, bf16 in 4 shards with an index; the tiny model's tokenizer, whose ids fit the
+vocabulary, padded to 256000 by both converters), built in bounded memory and cached. Then,
+each step in its own process, with wall time and peak RSS:
+
+- simpo-q quantize --type Q3_K_S, without and with an importance matrix;
+- simpo-q imatrix --offload (2 chunks of 128 tokens), one decoder layer at a time;
+- llama.cpp's route on the same files: convert_hf_to_gguf.py --outtype bf16, then
+  llama-quantize --imatrix (the same matrix) Q3_K_S with 2 threads;
+
+and asserts that simpo-q's tensors equal llama-quantize's. The disk high-water mark is
+sampled throughout. About 52 GB of free disk at the peak; checked first.
+
+    .venv/bin/python benches/bench_9b.py [--work .cache/bench-9b] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "benches"))
+
+SHAPE = {"layers": 42, "hidden": 3584, "intermediate": 14336, "heads": 16, "kv_heads": 8, "head_dim": 256,
+         "vocab": 256000}
+GIB = 1 << 30
+
+
+def build(out: Path, shards: int = 4) -> None:
+    """The checkpoint, tensor by tensor and block by block (bounded memory), then `.complete`."""
+    from simpo_q.safetensors_out import write_weights
+    from simpo_q.tiny import TinyConfig, cached_tiny_model
+    from simpo_q.tiny.builder import hf_config, init_tensor_bf16_blocks, tensor_specs
+
+    tiny = cached_tiny_model(REPO / ".cache", pretrain_steps=0, quiet=True)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in tiny.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "added_tokens", "chat_template", "generation")):
+            shutil.copy2(f, out / f.name)
+    cfg = TinyConfig(**SHAPE, shards=shards)
+    c = hf_config(cfg)
+    c["query_pre_attn_scalar"] = SHAPE["head_dim"]  # gemma-2-9b's value
+    (out / "config.json").write_text(json.dumps(c, indent=2, sort_keys=True) + "\n")
+    specs = tensor_specs(cfg)
+    write_weights(out, specs, ((n, init_tensor_bf16_blocks(0, n, s, k)) for n, s, k in specs), shards)
+    (out / ".complete").write_text("ok\n")
+
+
+class DiskWatch:
+    """The largest amount of disk used, above the start, on the file system of `path`."""
+
+    def __init__(self, path: Path):
+        self.path, self.start, self.peak = path, self._used(path), 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    @staticmethod
+    def _used(path: Path) -> int:
+        s = os.statvfs(path)
+        return (s.f_blocks - s.f_bfree) * s.f_frsize
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            self.peak = max(self.peak, self._used(self.path) - self.start)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._t.join()
+        return max(self.peak, self._used(self.path) - self.start)
+
+
+def main() -> None:
+    from bench_pipeline import run
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", default=str(REPO / ".cache" / "bench-9b"))
+    ap.add_argument("--keep", action="store_true", help="keep the output files")
+    ap.add_argument("--skip-llama", action="store_true", help="only simpo-q's steps")
+    args = ap.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    model = work / "gemma2-9b-shaped"
+    ckpt_bytes = 18_483_411_968 + (1 << 20)  # bf16 weights and headers
+    quant_bytes = 4_338_428_192
+    need = (0 if (model / ".complete").exists() else ckpt_bytes) + 3 * quant_bytes \
+        + (0 if args.skip_llama else ckpt_bytes) + 2 * GIB
+    free = shutil.disk_usage(work).free
+    if free < need:
+        raise SystemExit(f"{work}: {free / GIB:.1f} GiB free; this benchmark needs {need / GIB:.1f} GiB (the "
+                         f"checkpoint, a bf16 GGUF for llama.cpp's route, three Q3_K_S files)")
+    py = sys.executable
+    disk = DiskWatch(work)
+    rows = []
+    if not (model / ".complete").exists():
+        shutil.rmtree(model, ignore_errors=True)
+        code = (f"import sys; sys.path.insert(0, {str(REPO / 'benches')!r}); from pathlib import Path; "
+                f"from bench_9b import build; build(Path({str(model)!r}))")
+        rows.append(("simpo-q", "build the checkpoint (bf16, 4 shards)", *run([py, "-c", code])))
+    out = work / "out"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    calib = REPO / "python" / "simpo_q" / "data" / "calibration.txt"
+    sq = [py, "-m", "simpo_q", "--quiet"]
+    rows.append(("simpo-q", "quantize --type Q3_K_S",
+                 *run([*sq, "quantize", str(model), str(out / "plain.gguf"), "--type", "Q3_K_S"])))
+    rows.append(("simpo-q", "imatrix --offload --ctx 128 --chunks 2 (float32)",
+                 *run([*sq, "imatrix", str(model), "-f", str(calib), "--ctx", "128", "--chunks", "2", "--offload",
+                       "-o", str(out / "9b.imatrix.gguf")])))
+    rows.append(("simpo-q", "quantize --type Q3_K_S --imatrix",
+                 *run([*sq, "quantize", str(model), str(out / "ours.gguf"), "--type", "Q3_K_S", "--imatrix",
+                       str(out / "9b.imatrix.gguf")])))
+    same = None
+    if not args.skip_llama:
+        from llama_cpp_tree import llama_cpp_tools, llama_cpp_tree
+
+        tree, tools = llama_cpp_tree(), llama_cpp_tools()
+        rows.append(("llama.cpp", "convert_hf_to_gguf.py --outtype bf16",
+                     *run([py, str(tree / "convert_hf_to_gguf.py"), str(model), "--outtype", "bf16", "--outfile",
+                           str(out / "bf16.gguf")])))
+        rows.append(("llama.cpp", "llama-quantize --imatrix ... Q3_K_S 2",
+                     *run([str(tools / "llama-quantize"), "--imatrix", str(out / "9b.imatrix.gguf"),
+                           str(out / "bf16.gguf"), str(out / "ref.gguf"), "Q3_K_S", "2"])))
+        (out / "bf16.gguf").unlink()
+        from simpo_q.gguf import open_gguf
+
+        a, b = open_gguf(out / "ours.gguf"), open_gguf(out / "ref.gguf")
+        same = [t[:3] for t in a.tensors] == [t[:3] for t in b.tensors] and all(
+            (a.tensor_bytes(t[0]) == b.tensor_bytes(t[0])).all() for t in b.tensors)
+        n_same = sum(bool((a.tensor_bytes(t[0]) == b.tensor_bytes(t[0])).all()) for t in b.tensors)
+        same = f"{n_same}/{len(b.tensors)}" if same else f"NOT identical: {n_same}/{len(b.tensors)}"
+    peak_disk = disk.stop()
+    size = (out / "ours.gguf").stat().st_size
+    print(f"# gemma-2-9b-it shapes, 9.24B parameters; {os.cpu_count()} cores, "
+          f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / GIB:.0f} GiB RAM, "
+          f"{time.strftime('%Y-%m-%d')}; Q3_K_S file {size} bytes; tensors identical to llama-quantize's: {same}; "
+          f"disk high-water mark {peak_disk / GIB:.1f} GiB above the start")
+    print()
+    print("| route | step | wall (s) | peak RSS (MiB) |")
+    print("|---|---|---|---|")
+    for route, step, wall, rss in rows:
+        print(f"| {route} | {step} | {wall:.1f} | {rss:.0f} |")
+    if not args.keep:
+        shutil.rmtree(out)
+
+
+if __name__ == "__main__":
+    main()
