@@ -23,11 +23,17 @@ sys.path.insert(0, str(REPO / "tests"))
 
 def run(cmd: list[str], env=None) -> tuple[float, float]:
     """(wall seconds, peak RSS in MiB) of one child process."""
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, ru = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t0
-    err = p.stderr.read().decode(errors="replace") if p.stderr else ""
+    import tempfile
+
+    # stderr to a file, not a pipe: a chatty child (llama-quantize logs every tensor) would
+    # fill a pipe nobody reads until it exits, and block forever
+    with tempfile.TemporaryFile() as log:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        _, status, ru = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+        log.seek(0)
+        err = log.read().decode(errors="replace")
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{cmd[:3]} failed:\n{err[-3000:]}")
     return wall, ru.ru_maxrss / 1024

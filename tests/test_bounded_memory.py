@@ -131,3 +131,21 @@ def test_the_builder_writes_the_same_weights_in_blocks(shape, kind) -> None:
     whole = f32_to_bf16_bytes(init_tensor(42, "t", shape, kind))
     blocks = list(init_tensor_bf16_blocks(42, "t", shape, kind, block_elems=1000))
     assert b"".join(blocks) == whole and (len(blocks) > 1 or len(shape) == 1)
+
+
+def test_not_enough_disk_is_said_before_any_work(model: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """The output's size is known from the plan: a folder without room fails at once, with
+    the numbers, before the importance matrix is computed."""
+    import shutil as sh
+    from collections import namedtuple
+
+    from simpo_q.cli import main as cli
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(sh, "disk_usage", lambda p: usage(10 << 20, 9 << 20, 1 << 20))
+    assert cli(["quantize", str(model), str(tmp_path / "m.gguf"), "--imatrix", str(CALIB)]) == 2
+    err = capsys.readouterr().err
+    assert "m.gguf: the Q3_K_S GGUF needs 0.06 GiB" in err and "GiB free" in err, err
+    assert list(tmp_path.iterdir()) == []
+    assert cli(["convert", str(model), str(tmp_path / "f.gguf")]) == 2
+    assert "f.gguf: the f16 GGUF needs" in capsys.readouterr().err

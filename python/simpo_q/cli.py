@@ -152,7 +152,8 @@ def _imatrix(args: argparse.Namespace) -> int:
                 print(f"imatrix: one decoder layer at a time ({why})", file=sys.stderr)
             collect_offloaded(args.model, args.file, **kw)
         else:
-            im.collect(args.model, args.file, **kw)
+            # llama-imatrix's rule: a batch of -b tokens holds -b / ctx chunks
+            im.collect(args.model, args.file, batch=max(1, args.batch_size // args.ctx), **kw)
     im.save(m, args.output)
     if not args.quiet:
         print(f"wrote {args.output} ({len(m)} entries, {m.chunk_count} chunks)", file=sys.stderr)
@@ -332,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", default="cpu", help="cpu or cuda")
     m.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="torch dtype of the model")
     m.add_argument("--in-file", action="append", default=[], help="merge this imatrix (repeatable)")
+    m.add_argument("-b", "--batch-size", type=_positive, default=2048,
+                   help="tokens per forward, as llama-imatrix: -b / --ctx chunks run together")
     m.add_argument("--offload", action="store_true",
                    help="run the model one decoder layer at a time, loading each from the files (about one layer "
                         "of memory; chosen by itself when the model does not fit the device)")

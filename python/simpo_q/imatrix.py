@@ -49,8 +49,9 @@ def chunk_tokens(tok, text: str, ctx: int, chunks: int | None, where: str) -> li
 
 def collect(model_dir: str | os.PathLike, text_file: str | os.PathLike, *, ctx: int = 512,
             chunks: int | None = None, device: str = "cpu", dtype: str = "float32",
-            quiet: bool = False, into: Imatrix | None = None) -> Imatrix:
-    """Loads a Hugging Face directory and collects its importance matrix over `text_file`."""
+            quiet: bool = False, into: Imatrix | None = None, batch: int = 1) -> Imatrix:
+    """Loads a Hugging Face directory and collects its importance matrix over `text_file`,
+    `batch` chunks per forward."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -72,17 +73,21 @@ def collect(model_dir: str | os.PathLike, text_file: str | os.PathLike, *, ctx: 
             raise SimpoQError(f"{src.path}: weight {name} has non-finite values (NaN or infinity); the model is "
                               f"broken, not the calibration text")
     model.to(device).eval()
-    return collect_from_model(model, tok, text_file, ctx=ctx, chunks=chunks, quiet=quiet, into=into, text=text)
+    return collect_from_model(model, tok, text_file, ctx=ctx, chunks=chunks, quiet=quiet, into=into, text=text,
+                              batch=batch)
 
 
 def collect_from_model(model, tok, text_file: str | os.PathLike, *, ctx: int = 512, chunks: int | None = None,
-                       quiet: bool = False, into: Imatrix | None = None, text: str | None = None) -> Imatrix | None:
+                       quiet: bool = False, into: Imatrix | None = None, text: str | None = None,
+                       batch: int = 1) -> Imatrix | None:
     """The importance matrix of a model already in memory: a Hugging Face causal LM, or the
     trainer's SimPOModel, sharded by FSDP2 or not. Under torch.distributed every rank must
     call this: rank r runs chunks r, r+world, …, and the sums and counts are added across
     ranks onto rank 0, which gets the Imatrix (the other ranks get None). The running
     perplexity is llama-imatrix's: each chunk's second half. `text`: the file's contents, when
-    the caller has read them already."""
+    the caller has read them already. `batch` chunks go through each forward together (fewer,
+    larger matrix products and hook calls; the rows reach the accumulator in the same order,
+    the products may round differently in the last bit)."""
     import torch
     import torch.distributed as dist
     from tqdm.auto import tqdm
@@ -98,7 +103,7 @@ def collect_from_model(model, tok, text_file: str | os.PathLike, *, ctx: int = 5
     batches = chunk_tokens(tok, text, ctx, chunks, str(text_file))
     # one process adds straight into `into`, row after row, as llama-imatrix continues a file
     local = into if into is not None and world == 1 else Imatrix(ctx)
-    active = [True]  # off for the padding forwards that keep the ranks' collectives in step
+    active = [batch]  # chunks of this forward that count: fewer for the padding that keeps ranks in step
     hooks, widths = [], {}
     for i, layer in enumerate(hf.model.layers):
         for hf_name, gguf in LINEARS.items():
@@ -108,7 +113,7 @@ def collect_from_model(model, tok, text_file: str | os.PathLike, *, ctx: int = 5
 
             def hook(_m, args, name=name):
                 if active[0]:
-                    x = args[0].detach().reshape(-1, args[0].shape[-1])
+                    x = args[0].detach()[:active[0]].reshape(-1, args[0].shape[-1])
                     x = x.to(device="cpu", dtype=torch.float32).contiguous()
                     local.add(name, x.numpy())  # a view of x: no copy; Rust reads it with the GIL released
 
@@ -118,22 +123,22 @@ def collect_from_model(model, tok, text_file: str | os.PathLike, *, ctx: int = 5
     was_training = run.training
     run.eval()
     nll = torch.zeros(2, dtype=torch.float64)  # Σ -log p, tokens scored
-    steps = -(-len(batches) // world)
+    steps = -(-len(batches) // (world * batch))
     t0 = time.perf_counter()
-    bar = tqdm(range(steps), desc="imatrix", unit="chunk", disable=quiet or rank != 0, file=sys.stderr)
+    bar = tqdm(range(steps), desc="imatrix", unit="step", disable=quiet or rank != 0, file=sys.stderr)
     try:
         with torch.no_grad():
             for s in bar:
-                k = s * world + rank
-                active[0] = k < len(batches)
-                x = torch.tensor([batches[min(k, len(batches) - 1)]])
-                lab = labels.clone()
-                lab[0, first + 1:] = x[0, first + 1:]
+                first_k = (s * world + rank) * batch
+                active[0] = max(0, min(batch, len(batches) - first_k))
+                x = torch.tensor([batches[min(first_k + j, len(batches) - 1)] for j in range(batch)])
+                lab = labels.expand(batch, -1).clone()
+                lab[:, first + 1:] = x[:, first + 1:]
                 avg = run(x.to(device), torch.ones_like(x).to(device), lab.to(device), ctx)
-                if active[0]:
-                    n_scored = ctx - first - 1
-                    nll += torch.tensor([-float(avg[0]) * n_scored, n_scored], dtype=torch.float64)
-                done = min(len(batches), (s + 1) * world)
+                n_scored = ctx - first - 1
+                for j in range(active[0]):
+                    nll += torch.tensor([-float(avg[j]) * n_scored, n_scored], dtype=torch.float64)
+                done = min(len(batches), (s + 1) * world * batch)
                 bar.set_postfix(ppl=f"{math.exp(nll[0] / nll[1]):.3f}",
                                 tok_s=f"{done * ctx / (time.perf_counter() - t0):.0f}")
     finally:

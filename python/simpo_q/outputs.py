@@ -66,6 +66,21 @@ def check_output(out: str | os.PathLike, inputs: Iterable[str | os.PathLike | No
     return out
 
 
+def check_space(out: str | os.PathLike, nbytes: int, what: str = "the file") -> None:
+    """Refuses, before any work, an output the folder has no room for (the temporary file
+    is written whole before it replaces an old one, so the old one's space does not count)."""
+    import shutil
+
+    folder = Path(out).parent if str(Path(out).parent) else Path(".")
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if nbytes > free:
+        raise SimpoQError(f"{out}: {what} needs {nbytes / 2**30:.2f} GiB ({nbytes} bytes); {folder} has "
+                          f"{free / 2**30:.2f} GiB free")
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """A text file through the guarded native writer."""
     write_file(os.fspath(path), text.encode("utf-8"))

@@ -15,10 +15,10 @@ from simpo_q._native import SimpoQError
 from simpo_q.arch import adapter_by_arch
 from simpo_q.convert import converted_metadata, hf_plan
 from simpo_q.gguf import open_gguf
-from simpo_q.gguf_out import ALIGNMENT, Planned, tensor_bytes, write_gguf
+from simpo_q.gguf_out import ALIGNMENT, Planned, shape_bytes, tensor_bytes, write_gguf
 from simpo_q.model_card import Card, Made, card_beside
 from simpo_q.ollama import ollama_files, write_ollama_files
-from simpo_q.outputs import check_output, imatrix_beside, write_text
+from simpo_q.outputs import check_output, check_space, imatrix_beside, write_text
 from simpo_q.policy import FILE_TYPES, Overrides, check_file_type, plan_types, weights_map_key
 from simpo_q.publish import Page
 from simpo_q.sources import HFDirectory, StateDictSource
@@ -161,6 +161,9 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
     if not dry_run:
         ins = [inp, imatrix if kind in ("file", "text") else None, *inputs]
         check_output(out, ins)
+        # the tensor data at the planned types, plus room for the metadata (the vocabulary)
+        check_space(out, sum(shape_bytes(types[p.name], p.shape) + ALIGNMENT for p in source) + (64 << 20),
+                    f"the {ftype} GGUF")
         if kind == "text":
             check_output(saved, ins, side_file=True, force=force)
         if ollama:

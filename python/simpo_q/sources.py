@@ -107,7 +107,7 @@ class HFDirectory:
             raise SimpoQError(f"{f}: cannot read tensor {name!r}: {e.strerror}") from e
         if got != n:
             raise SimpoQError(f"{f}: truncated while reading tensor {name!r}")
-        return _WIDEN[dtype](raw).reshape(stop - start, cols)
+        return _WIDEN[dtype](raw, cols).reshape(stop - start, cols)
 
     def _load_safetensors(self, name: str) -> np.ndarray:
         from safetensors import SafetensorError, safe_open
@@ -122,15 +122,18 @@ class HFDirectory:
         return a
 
 
-def _bf16(raw: bytearray) -> np.ndarray:
-    # bf16 is the top half of a float32: widening is exact
-    return (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+def _widen(dtype: str):
+    """Stored rows → float32 by the native core (ggml's exact bf16/f16 conversions, one pass,
+    on every core); no torch, no numpy temporaries."""
+    def widen(raw: bytearray, cols: int) -> np.ndarray:
+        import simpo_q
+
+        return simpo_q.dequantize(np.frombuffer(raw, dtype=np.uint8), dtype, cols)
+
+    return widen
 
 
-# stored dtypes widened here, exactly, without torch
-_WIDEN = {"F32": lambda raw: np.frombuffer(raw, dtype="<f4"),
-          "F16": lambda raw: np.frombuffer(raw, dtype="<f2").astype(np.float32),
-          "BF16": _bf16}
+_WIDEN = {d: _widen(d) for d in ("F32", "F16", "BF16")}
 
 MAX_JSON_BYTES = 64 << 20  # config.json and an index are kilobytes; a larger file is not one
 
