@@ -294,8 +294,16 @@ def tiny_disk(tmp_path):
         subprocess.run(["umount", str(mnt)], check=False)
 
 
-def test_full_output_location(model, tiny_disk: Path) -> None:
+def test_full_output_location(model, tiny_disk: Path, monkeypatch) -> None:
     out = tiny_disk / "out.gguf"
+    # said before any work, from the planned size
+    with pytest.raises(SimpoQError, match=r"out.gguf: the Q3_K_S GGUF needs 0.01 GiB .* has 0.00 GiB free"):
+        quantize_model(model, out, "Q3_K_S", quiet=True)
+    assert list(tiny_disk.iterdir()) == []
+    # and if the disk fills during the write anyway (another writer), nothing is left
+    import simpo_q.quantize_model as qm
+
+    monkeypatch.setattr(qm, "check_space", lambda *a, **k: None)
     with pytest.raises(SimpoQError, match=r"out.gguf: write failed: No space left on device"):
         quantize_model(model, out, "Q3_K_S", quiet=True)
     assert list(tiny_disk.iterdir()) == []

@@ -86,6 +86,6 @@ def convert(model_dir: str | os.PathLike, out: str | os.PathLike, outtype: str =
     from simpo_q.gguf_out import ALIGNMENT, tensor_bytes
     from simpo_q.outputs import check_space
 
-    check_space(out, sum(tensor_bytes(p) + ALIGNMENT for p in plan) + (64 << 20), f"the {outtype} GGUF")
+    check_space(out, sum(tensor_bytes(p) + ALIGNMENT for p in plan) + (8 << 20), f"the {outtype} GGUF")
     n_params = sum(int(np.prod(p.shape)) for p in plan)
     return write_gguf(out, converted_metadata(src, file_type, n_params), plan, quiet=quiet, threads=threads)

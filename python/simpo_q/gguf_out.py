@@ -111,7 +111,18 @@ def write_gguf(out: str | os.PathLike, metadata: list[tuple[str, str, object]], 
     out = Path(out)
     w = GGUFOutput(out, metadata, [(p.name, p.shape, p.qtype) for p in plan])
     try:
-        with ThreadPoolExecutor(1, thread_name_prefix="simpo-q-read") as pool:
+        # three stages at once: the next block is read, this one quantized, the previous one
+        # written (the writer keeps the order; at most one write is in flight)
+        with ThreadPoolExecutor(1, thread_name_prefix="simpo-q-read") as pool, \
+                ThreadPoolExecutor(1, thread_name_prefix="simpo-q-write") as writer:
+            pending = None
+
+            def put(write, name: str, data) -> None:
+                nonlocal pending
+                if pending is not None:
+                    pending.result()  # raises the write's error, if any
+                pending = writer.submit(write, name, data)
+
             bar = tqdm(plan, desc=f"writing {out.name}", unit="tensor", disable=quiet, file=sys.stderr)
             for i, p in enumerate(bar, 1):
                 if not quiet:
@@ -120,10 +131,12 @@ def write_gguf(out: str | os.PathLike, metadata: list[tuple[str, str, object]], 
                               file=sys.stderr)
                 step = block_rows(p, block_bytes or BLOCK_BYTES)
                 if step is None:
-                    w.write(p.name, encode(p, threads))
+                    put(w.write, p.name, encode(p, threads))
                 else:
                     for part in encode_blocks(p, step, threads, pool):
-                        w.write_part(p.name, part)
+                        put(w.write_part, p.name, part)
+            if pending is not None:
+                pending.result()
         w.finish()
     except BaseException:
         w.abort()

@@ -162,7 +162,7 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
         ins = [inp, imatrix if kind in ("file", "text") else None, *inputs]
         check_output(out, ins)
         # the tensor data at the planned types, plus room for the metadata (the vocabulary)
-        check_space(out, sum(shape_bytes(types[p.name], p.shape) + ALIGNMENT for p in source) + (64 << 20),
+        check_space(out, sum(shape_bytes(types[p.name], p.shape) + ALIGNMENT for p in source) + (8 << 20),
                     f"the {ftype} GGUF")
         if kind == "text":
             check_output(saved, ins, side_file=True, force=force)
