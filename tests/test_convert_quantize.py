@@ -174,10 +174,18 @@ def test_ollama_files(model: Path, tmp_path: Path) -> None:
     assert "Gemma Terms of Use found at ai.google.dev/gemma/terms" in (tmp_path / "NOTICE").read_text()
 
 
-def test_dry_run_writes_nothing(model: Path, tmp_path: Path, capsys) -> None:
+def test_dry_run_writes_nothing(model: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     assert cli(["quantize", str(model), str(tmp_path / "x.gguf"), "--type", "Q4_K_M", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "token_embd.weight" in out and "type = Q6_K" in out and "predicted size" in out
+    assert "token_embd.weight" in out and "type = Q6_K" in out and "predicted size" in out and " BPW)" in out
+    assert list(tmp_path.iterdir()) == []
+    # nor computes anything: a calibration text is not run through the model
+    import simpo_q.imatrix as im
+
+    monkeypatch.setattr(im, "collect", lambda *a, **k: pytest.fail("the dry run collected an importance matrix"))
+    calib = REPO / "python" / "simpo_q" / "data" / "calibration.txt"
+    assert cli(["quantize", str(model), str(tmp_path / "x.gguf"), "--dry-run", "--imatrix", str(calib)]) == 0
+    assert "dry run: the importance matrix is not computed" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 

@@ -330,10 +330,10 @@ def test_offload_is_chosen_when_the_model_does_not_fit(model, collected, tmp_pat
                 str(tmp_path / "auto.gguf")]) == 0
     assert "one decoder layer at a time (the model needs 0.0 GiB in float32, cpu has 0.0 GiB free" \
         in capsys.readouterr().err
-    # the whole-model run batches the chunks (-b 2048 / --ctx): products may round differently
+    # on the CPU the whole-model run takes one chunk per forward too: bit for bit
     ref = im.load(whole)
-    _assert_same_statistics(ref, im.load(tmp_path / "flag.gguf"), rtol=1e-5)
-    _assert_same_statistics(ref, im.load(tmp_path / "auto.gguf"), rtol=1e-5)
+    _assert_same_statistics(ref, im.load(tmp_path / "flag.gguf"))
+    _assert_same_statistics(ref, im.load(tmp_path / "auto.gguf"))
 
 
 @pytest.mark.parametrize("batch", [3, 8])

@@ -124,7 +124,8 @@ def plan_budget(plan, types: dict[str, str], importance_of, *, target_bpw: float
     params = sum(int(np.prod(p.shape)) for p in plan)
     budget = int(target_bpw * params / 8) if target_bpw is not None else int(target_size)
     fixed, choices = 0, []
-    for p in tqdm(plan, desc="measuring types", unit="tensor", disable=quiet, file=sys.stderr):
+    for p in tqdm(plan, desc="measuring types", unit="tensor", disable=True if quiet else None,
+                  file=sys.stderr):
         quantized = types[p.name] not in ("F32", "F16", "BF16") and len(p.shape) >= 2
         if not quantized or p.name in FIXED:
             fixed += shape_bytes(types[p.name], p.shape)

@@ -123,7 +123,8 @@ def write_gguf(out: str | os.PathLike, metadata: list[tuple[str, str, object]], 
                     pending.result()  # raises the write's error, if any
                 pending = writer.submit(write, name, data)
 
-            bar = tqdm(plan, desc=f"writing {out.name}", unit="tensor", disable=quiet, file=sys.stderr)
+            bar = tqdm(plan, desc=f"writing {out.name}", unit="tensor", disable=True if quiet else None,
+                       file=sys.stderr)
             for i, p in enumerate(bar, 1):
                 if not quiet:
                     shape = ", ".join(str(d) for d in reversed(p.shape))

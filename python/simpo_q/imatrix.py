@@ -125,7 +125,8 @@ def collect_from_model(model, tok, text_file: str | os.PathLike, *, ctx: int = 5
     nll = torch.zeros(2, dtype=torch.float64)  # Σ -log p, tokens scored
     steps = -(-len(batches) // (world * batch))
     t0 = time.perf_counter()
-    bar = tqdm(range(steps), desc="imatrix", unit="step", disable=quiet or rank != 0, file=sys.stderr)
+    bar = tqdm(range(steps), desc="imatrix", unit="step", disable=True if quiet or rank != 0 else None,
+               file=sys.stderr)
     try:
         with torch.no_grad():
             for s in bar:

@@ -184,8 +184,8 @@ def collect_offloaded(model_dir: str | os.PathLike, text_file: str | os.PathLike
     group = max(1, (hidden_budget or HIDDEN_BUDGET) // per_chunk)
     out = into if into is not None else Imatrix(ctx)
     passes = -(-len(batches) // group)
-    bar = tqdm(total=len(layers) * passes, desc="imatrix (by layer)", unit="layer", disable=quiet,
-               file=sys.stderr)
+    bar = tqdm(total=len(layers) * passes, desc="imatrix (by layer)", unit="layer",
+               disable=True if quiet else None, file=sys.stderr)
     t0 = time.perf_counter()
     with torch.no_grad():
         for g0 in range(0, len(batches), group):

@@ -58,9 +58,14 @@ def _fallback(name: str, t: str, ne0: int) -> str:
 
 
 def check_file_type(ftype: str) -> str:
-    """The file type's canonical (upper-case) name, or a clear error."""
+    """The file type's canonical (upper-case) name, from a name or llama-quantize's number
+    (`15` is Q4_K_M), or a clear error."""
+    by_id = {str(i): name for name, (i, _) in FILE_TYPES.items()}
+    if ftype.strip() in by_id:
+        return by_id[ftype.strip()]
     if ftype.upper() not in FILE_TYPES:
-        raise SimpoQError(f"--type: unknown file type {ftype!r}; supported: {', '.join(FILE_TYPES)}")
+        raise SimpoQError(f"--type: unknown file type {ftype!r}; supported: "
+                          f"{', '.join(f'{n} ({i})' for n, (i, _) in FILE_TYPES.items())}")
     return ftype.upper()
 
 

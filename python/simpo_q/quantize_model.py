@@ -173,6 +173,11 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
             check_output(card_beside(out), [*ins, out], side_file=True, force=force)
         if budgeted:
             check_output(tensor_types_beside(out), [*ins, out], side_file=True, force=force)
+    if dry_run and kind == "text":
+        # a dry run computes nothing: the types do not depend on the importance matrix
+        print("dry run: the importance matrix is not computed" +
+              ("; the budget's errors are measured without one" if budgeted else ""), file=sys.stderr)
+        kind = None
     imat, imat_file = _importance(imatrix, kind, inp, saved, quiet, imatrix_ctx, imatrix_chunks)
     table = None
     if budgeted:
@@ -233,7 +238,9 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
             total += n + (-n % ALIGNMENT)
             shape = ", ".join(str(d) for d in reversed(p.shape))
             print(f"[{i:4d}/{len(plan):4d}] {p.name:36s} - [{shape:>18s}], type = {p.qtype:6s}, {n} bytes")
-        print(f"predicted size: {total} bytes of tensor data ({total / 2**20:.2f} MiB) in {len(plan)} tensors")
+        params = sum(int(np.prod(p.shape)) for p in plan)
+        print(f"predicted size: {total} bytes of tensor data ({total / 2**20:.2f} MiB, "
+              f"{8 * sum(tensor_bytes(p) for p in plan) / params:.2f} BPW) in {len(plan)} tensors")
         return None
     out = Path(out)
     path = write_gguf(out, md, plan, quiet=quiet, threads=threads)

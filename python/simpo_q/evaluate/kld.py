@@ -160,7 +160,7 @@ def run_kld(reference, models: list, text: str, *, ctx: int = 512, chunks: int |
     first = ctx // 2
     stats = [KldStats() for _ in models]
     t0 = time.perf_counter()
-    bar = tqdm(batches, desc="kld", unit="chunk", disable=quiet, file=sys.stderr)
+    bar = tqdm(batches, desc="kld", unit="chunk", disable=True if quiet else None, file=sys.stderr)
     for i, chunk in enumerate(bar, 1):
         targets = np.asarray(chunk[first + 1:], dtype=np.int64)
         base = reference.logits(chunk, first)

@@ -281,7 +281,8 @@ def tasks_files(models: list[str], task: str, data: str, *, limit: int | None = 
     reports = []
     for chat in chats:
         verdicts = []
-        for q in tqdm(questions, desc=Path(chat.name).name, unit="question", disable=quiet, file=sys.stderr):
+        for q in tqdm(questions, desc=Path(chat.name).name, unit="question", disable=True if quiet else None,
+                      file=sys.stderr):
             verdicts.append(judge(task, q, chat.answer(q.prompt, max_tokens)))
         reports.append(summarize(chat.name, verdicts))
     flipped = flips(reports[0], reports[1]) if len(reports) == 2 else None

@@ -45,7 +45,7 @@ def pretrain(model_dir: Path, text: str, *, steps: int, seed: int, quiet: bool =
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     gen = torch.Generator().manual_seed(seed)
-    bar = tqdm(range(steps), desc="pretrain", disable=quiet)
+    bar = tqdm(range(steps), desc="pretrain", disable=True if quiet else None)
     for _ in bar:
         idx = torch.randint(0, n_chunks, (batch,), generator=gen)
         x = data[idx]

@@ -290,7 +290,9 @@ def train(r: Recipe, *, quiet: bool = False, keep_model: bool = False):
             with open(metrics_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": 0, **{f"eval_{k}": v for k, v in ev.items()}}) + "\n")
     reset_peak_memory(device)
-    bar = tqdm(total=total, initial=step, desc="simpo", disable=quiet or rank != 0, file=sys.stderr)
+    # disable=None: no bar in a pipe or a log file (plain lines instead, below)
+    bar = tqdm(total=total, initial=step, desc="simpo", disable=True if quiet or rank != 0 else None,
+               file=sys.stderr)
     t0, tokens = time.perf_counter(), 0
     pending: list[dict] = []  # the steps since metrics were last written (every logging_steps)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -341,11 +343,15 @@ def train(r: Recipe, *, quiet: bool = False, keep_model: bool = False):
                  peak_memory_gib=peak_memory(device) / 2**30)
         if rank == 0:
             pending.append(m)
-            if step % r.logging_steps == 0 or step == total:
-                with open(metrics_path, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(interval_metrics(pending)) + "\n")
-                pending.clear()
             rate = tokens * world / (time.perf_counter() - t0)
+            if step % r.logging_steps == 0 or step == total:
+                line = interval_metrics(pending)
+                with open(metrics_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(line) + "\n")
+                pending.clear()
+                if bar.disable and not quiet:  # a log file or a pipe: a plain line, no bar redraws
+                    print(f"step {step}/{total} loss {line['loss']:.4f} margin {line['rewards/margins']:.4f} "
+                          f"acc {line['rewards/accuracies']:.3f} tokens/s {rate:.0f}", file=sys.stderr)
             bar.set_postfix(loss=f"{m['loss']:.3f}", margin=f"{m['rewards/margins']:.3f}",
                             acc=f"{m['rewards/accuracies']:.2f}", tok_s=f"{rate:.0f}")
             bar.update(1)
