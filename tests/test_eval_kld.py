@@ -71,6 +71,8 @@ def ours(files: dict[str, Path]) -> dict[str, dict]:
 
 def _number(pattern: str, text: str) -> float:
     m = re.search(pattern + r"\s*:?\s*(-?[0-9.]+)", text)
+    if not m:  # keep the whole output for a post-mortem (an intermittent short output was seen once)
+        Path(os.environ.get("TMPDIR", "/tmp"), "llama-perplexity-short-output.txt").write_text(text)
     assert m, (pattern, text[-2000:])
     return float(m.group(1))
 
