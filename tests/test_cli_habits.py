@@ -1,5 +1,6 @@
 """Habits of llama.cpp users (issue 18, the parts done so far): --quiet after the subcommand,
-defaults in --help, file types by name in inspect, readable parameter counts in plan."""
+defaults in --help, file types by name in inspect, readable parameter counts in plan,
+llama-quantize's positional type and thread count, and its log line for line."""
 
 from __future__ import annotations
 
@@ -58,3 +59,41 @@ def test_quantize_takes_llama_quantizes_positional_type_and_threads(tmp_path: Pa
     assert "--type Q3_K_S and the positional type Q4_K_M disagree" in capsys.readouterr().err
     assert cli(["quantize", str(model), str(tmp_path / "x.gguf"), "99"]) == 2
     assert "unknown file type '99'; supported: F32 (0), F16 (1)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("hidden", [256, 288])  # 288: rows not divisible by 256, so k-quants fall back
+def test_quantize_logs_what_llama_quantize_logs(tmp_path: Path, hidden: int) -> None:
+    """From the same BF16 GGUF, `quantize` prints llama-quantize's per-tensor lines (input
+    type, conversion, sizes in MiB), its fallback warnings, its closing model and quant
+    sizes with bits per weight and its fallback count, line for line."""
+    import re
+    import subprocess
+    import sys
+
+    from ggml_ref import require
+    from simpo_q.convert import convert
+    from simpo_q.tiny import TinyConfig
+
+    try:
+        from llama_cpp_tree import llama_cpp_tools
+
+        tools = llama_cpp_tools()
+    except Exception as e:
+        require("llama-quantize built from the llama-cpp-python 0.3.36 tree", e)
+    model = cached_tiny_model(REPO / ".cache", TinyConfig(hidden=hidden, intermediate=2 * hidden), pretrain_steps=0,
+                              quiet=True)
+    bf16 = convert(model, tmp_path / "bf16.gguf", "bf16", quiet=True)
+    ref = subprocess.run([str(tools / "llama-quantize"), str(bf16), str(tmp_path / "ref.gguf"), "Q4_K_M", "2"],
+                         capture_output=True, text=True, check=True)
+    ours = subprocess.run([sys.executable, "-m", "simpo_q", "quantize", str(bf16), str(tmp_path / "ours.gguf"),
+                           "Q4_K_M", "2"], capture_output=True, text=True, check=True)
+
+    def lines(text: str) -> list[str]:
+        keep = [x for x in text.splitlines() if x.startswith(("[", "warning:")) or "size  =" in x
+                or "required fallback" in x]
+        return [re.sub(r"^(llama_model_quantize_impl|quantize): ", "", x) for x in keep]
+
+    want = lines(ref.stdout + ref.stderr)
+    assert len([x for x in want if x.startswith("[")]) == 24
+    assert any(x.startswith("warning:") for x in want) == (hidden == 288)
+    assert lines(ours.stderr) == want

@@ -37,7 +37,10 @@ def hf_plan(src: HFDirectory, tensor_type) -> list[Planned]:
             def rows(start: int, stop: int, hf=hf) -> np.ndarray:
                 return arch.transform(hf, src.load_rows(hf, start, stop))
 
-        plan.append(Planned(name, tuple(shape), tensor_type(name, tuple(shape)), load, rows=rows))
+        # what the quantizer's log calls the input's type: norms become float32 (+1 added)
+        src_type = src.stored_type(hf) if len(shape) == 2 else "F32"
+        plan.append(Planned(name, tuple(shape), tensor_type(name, tuple(shape)), load, rows=rows,
+                            src_type=src_type))
     return plan
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import simpo_q
 from simpo_q._native import SimpoQError
 from simpo_q.gguf import GGUFOutput
+from simpo_q.policy import ggml_type_name
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Planned:
     # float32 rows [start, stop) of a 2-D tensor, when the source can read part of one: a large
     # tensor then goes through in blocks of rows and is never whole in memory
     rows: Callable[[int, int], np.ndarray] | None = None
+    src_type: str | None = None  # the input's type, for llama-quantize's log (None: not a quantizer's input)
 
 
 ALIGNMENT = 32  # GGUF's default data alignment, which simpo-q's writer uses
@@ -50,6 +52,36 @@ def shape_bytes(qtype: str, shape: tuple[int, ...]) -> int:
 
 def tensor_bytes(p: Planned) -> int:
     return shape_bytes(p.qtype, p.shape)
+
+
+def format_tensor_shape(shape: tuple[int, ...]) -> str:
+    """llama_format_tensor_shape: the four ggml dimensions, innermost first, %6d each."""
+    ne = [*reversed(shape), *[1] * (4 - len(shape))]
+    return ", ".join(f"{d:6d}" for d in ne)
+
+
+def log_line(i: int, n: int, p: Planned) -> str:
+    """llama-quantize's line for one tensor (src/llama-quant.cpp): the input's type, the
+    conversion and the sizes in MiB; convert's plan (no input type) gets the short form."""
+    head = f"[{i:4d}/{n:4d}] {p.name:<36s} - [{format_tensor_shape(p.shape)}], type = "
+    if p.src_type is None:
+        return head + f"{ggml_type_name(p.qtype):>6s}"
+    src = ggml_type_name(p.src_type)
+    new = tensor_bytes(p) / 2**20
+    if p.src_type == p.qtype:
+        return head + f"{src:>6s}, size = {new:8.3f} MiB"
+    old = shape_bytes(p.src_type, p.shape) / 2**20
+    return head + f"{src:>6s}, converting to {ggml_type_name(p.qtype)} .. size = {old:8.2f} MiB -> {new:8.2f} MiB"
+
+
+def size_summary(plan: list[Planned]) -> list[str]:
+    """llama-quantize's closing lines: the input's and the output's tensor sizes, in MiB and
+    bits per weight."""
+    n = sum(int(np.prod(p.shape)) for p in plan)
+    org = sum(shape_bytes(p.src_type or p.qtype, p.shape) for p in plan)
+    new = sum(tensor_bytes(p) for p in plan)
+    return [f"quantize: model size  = {org / 2**20:8.2f} MiB ({org * 8.0 / n:.2f} BPW)",
+            f"quantize: quant size  = {new / 2**20:8.2f} MiB ({new * 8.0 / n:.2f} BPW)"]
 
 
 def encode(p: Planned, threads: int | None = None) -> np.ndarray:
@@ -127,9 +159,7 @@ def write_gguf(out: str | os.PathLike, metadata: list[tuple[str, str, object]], 
                        file=sys.stderr)
             for i, p in enumerate(bar, 1):
                 if not quiet:
-                    shape = ", ".join(str(d) for d in reversed(p.shape))
-                    bar.write(f"[{i:4d}/{len(plan):4d}] {p.name:36s} - [{shape:>18s}], type = {p.qtype:6s}",
-                              file=sys.stderr)
+                    bar.write(log_line(i, len(plan), p), file=sys.stderr)
                 step = block_rows(p, block_bytes or BLOCK_BYTES)
                 if step is None:
                     put(w.write, p.name, encode(p, threads))

@@ -44,6 +44,11 @@ class Overrides:
     pure: bool = False
 
 
+def ggml_type_name(t: str) -> str:
+    """ggml's spelling of a type (q3_K, q8_0, bf16), as llama.cpp's logs print it."""
+    return t.lower().replace("_k", "_K")
+
+
 def _block(t: str) -> int:
     return type_info(t)[1]
 
@@ -70,8 +75,10 @@ def check_file_type(ftype: str) -> str:
 
 
 def plan_types(ftype: str, tensors: list[tuple[str, tuple[int, ...]]], ov: Overrides | None = None,
-               input_types: dict[str, str] | None = None) -> dict[str, str]:
-    """The output type of every tensor (GGUF names, numpy shapes), in llama.cpp's order."""
+               input_types: dict[str, str] | None = None, fallbacks: list[str] | None = None) -> dict[str, str]:
+    """The output type of every tensor (GGUF names, numpy shapes), in llama.cpp's order.
+    `fallbacks` collects llama-quantize's warning line for each tensor whose row length
+    does not fit its type."""
     ov = ov or Overrides()
     ftype = check_file_type(ftype)
     default = FILE_TYPES[ftype][1]
@@ -110,8 +117,13 @@ def plan_types(ftype: str, tensors: list[tuple[str, tuple[int, ...]]], ov: Overr
             if rx.search(name):
                 t = tt.upper()
                 break
-        t = _fallback(name, t, ne0)
-        out[name] = t
+        new = _fallback(name, t, ne0)
+        if new != t and fallbacks is not None:
+            # llama.cpp's tensor_type_fallback wording
+            unusual = "(WARNING: must use F16 due to unusual shape) " if new == "F16" else ""
+            fallbacks.append(f"warning: {name:<36s} - ncols {ne0:6d} not divisible by {_block(t):3d} (required for "
+                             f"type {ggml_type_name(t):>7s}) {unusual}-> falling back to {ggml_type_name(new):>7s}")
+        out[name] = new
     return out
 
 

@@ -15,7 +15,7 @@ from simpo_q._native import SimpoQError
 from simpo_q.arch import adapter_by_arch
 from simpo_q.convert import converted_metadata, hf_plan
 from simpo_q.gguf import open_gguf
-from simpo_q.gguf_out import ALIGNMENT, Planned, shape_bytes, tensor_bytes, write_gguf
+from simpo_q.gguf_out import ALIGNMENT, Planned, shape_bytes, size_summary, tensor_bytes, write_gguf
 from simpo_q.model_card import Card, Made, card_beside
 from simpo_q.ollama import ollama_files, write_ollama_files
 from simpo_q.outputs import check_output, check_space, imatrix_beside, write_text
@@ -52,7 +52,7 @@ def _from_gguf(path: Path):
             raw = r.tensor_bytes(name)[start * rb:stop * rb]
             return simpo_q.dequantize(raw, qtype, cols).reshape(stop - start, cols)
 
-        plan.append(Planned(name, shape, qtype, load, rows=rows if len(shape) == 2 else None))
+        plan.append(Planned(name, shape, qtype, load, rows=rows if len(shape) == 2 else None, src_type=qtype))
     return [(k, t, v) for k, t, v in r.metadata], plan, r
 
 
@@ -145,7 +145,11 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
     kind = _imatrix_kind(imatrix, inp)
     by_name = {p.name: p for p in source}
     input_types = {p.name: p.qtype for p in source}
-    types = plan_types(ftype, [(p.name, p.shape) for p in source], overrides, input_types)
+    fallbacks: list[str] = []  # llama-quantize's warning lines, one per tensor whose type was replaced
+    types = plan_types(ftype, [(p.name, p.shape) for p in source], overrides, input_types, fallbacks=fallbacks)
+    if not quiet:
+        for line in fallbacks:
+            print(line, file=sys.stderr)
     arch = str(next((v for k, _, v in metadata if k == "general.architecture"), ""))
     adapter = adapter_by_arch(arch, str(inp))
     publishing = page is not None or ollama or model_card
@@ -194,10 +198,11 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
         t = types[name]
         if t == p.qtype and reader is not None:
             # unchanged type: copied byte for byte, as llama-quantize does
-            plan.append(Planned(name, p.shape, t, lambda n=name, r=reader: r.tensor_bytes(n), raw=True))
+            plan.append(Planned(name, p.shape, t, lambda n=name, r=reader: r.tensor_bytes(n), raw=True,
+                                src_type=p.src_type))
         else:
             plan.append(Planned(name, p.shape, t, p.load, imatrix=_vector(imat, imat_file, name, p.shape, t, quiet),
-                                refine=refine, rows=p.rows))
+                                refine=refine, rows=p.rows, src_type=p.src_type))
     md = [(k, t, v) for k, t, v in metadata if k not in ("general.quantization_version", "general.file_type",
                                                           "split.no", "split.count", "split.tensors.count")]
     md += [("general.quantization_version", "u32", 2), ("general.file_type", "u32", FILE_TYPES[ftype][0])]
@@ -245,6 +250,11 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
     out = Path(out)
     path = write_gguf(out, md, plan, quiet=quiet, threads=threads)
     if not quiet:
+        for line in size_summary(plan):
+            print(line, file=sys.stderr)
+        if fallbacks:
+            print(f"quantize: WARNING: {len(fallbacks)} of {len(plan)} tensor(s) required fallback quantization",
+                  file=sys.stderr)
         print(f"wrote {path} ({path.stat().st_size} bytes)", file=sys.stderr)
     if budgeted:
         from simpo_q.allocate import tensor_type_file

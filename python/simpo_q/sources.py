@@ -78,6 +78,10 @@ class HFDirectory:
         """The stored dtypes (BF16, F16, F32...), for the model card."""
         return set(self._dtype.values())
 
+    def stored_type(self, name: str) -> str:
+        """The tensor's stored dtype (BF16, F16, F32), for the quantizer's log."""
+        return self._dtype[name]
+
     def load(self, name: str) -> np.ndarray:
         """The tensor widened to float32 (C order)."""
         shape = self._shape[name]
@@ -217,6 +221,9 @@ class StateDictSource:
 
     def names(self) -> list[str]:
         return sorted(self._t)
+
+    def stored_type(self, name: str) -> str:
+        return "F32"  # handed over widened to float32
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._t[name].shape)
