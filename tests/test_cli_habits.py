@@ -97,3 +97,32 @@ def test_quantize_logs_what_llama_quantize_logs(tmp_path: Path, hidden: int) -> 
     assert len([x for x in want if x.startswith("[")]) == 24
     assert any(x.startswith("warning:") for x in want) == (hidden == 288)
     assert lines(ours.stderr) == want
+
+
+def test_override_kv_gives_llama_quantizes_file(tmp_path: Path, capsys) -> None:
+    """--override-kv KEY=TYPE:VALUE as llama-quantize: ints written as u32 of their magnitude,
+    a key that exists moved to the end; the whole file byte for byte. A malformed one is
+    refused before any work."""
+    import subprocess
+
+    from ggml_ref import require
+    from simpo_q.convert import convert
+
+    try:
+        from llama_cpp_tree import llama_cpp_tools
+
+        tools = llama_cpp_tools()
+    except Exception as e:
+        require("llama-quantize built from the llama-cpp-python 0.3.36 tree", e)
+    model = cached_tiny_model(REPO / ".cache", pretrain_steps=200, quiet=True)
+    bf16 = convert(model, tmp_path / "bf16.gguf", "bf16", quiet=True)
+    kv = ["general.name=str:Renamed", "gemma2.context_length=int:-4096", "my.flag=bool:true", "my.f=float:0.5"]
+    flags = [x for k in kv for x in ("--override-kv", k)]
+    subprocess.run([str(tools / "llama-quantize"), *flags, str(bf16), str(tmp_path / "ref.gguf"), "Q4_K_M", "2"],
+                   capture_output=True, check=True)
+    assert cli(["--quiet", "quantize", *flags, str(bf16), str(tmp_path / "ours.gguf"), "Q4_K_M"]) == 0
+    assert (tmp_path / "ours.gguf").read_bytes() == (tmp_path / "ref.gguf").read_bytes()
+    for bad in ["general.name", "x=int:abc", "x=bool:yes", "x=list:1", "x=str:" + "a" * 128]:
+        assert cli(["quantize", str(bf16), str(tmp_path / "bad.gguf"), "--override-kv", bad]) == 2
+        assert f"--override-kv {bad!r}: expected KEY=" in capsys.readouterr().err
+    assert not (tmp_path / "bad.gguf").exists()

@@ -56,7 +56,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _quantize(args: argparse.Namespace) -> int:
     from simpo_q.policy import Overrides
-    from simpo_q.quantize_model import quantize_model
+    from simpo_q.quantize_model import parse_kv_override, quantize_model
 
     tt = []
     for spec in args.tensor_type:
@@ -76,7 +76,8 @@ def _quantize(args: argparse.Namespace) -> int:
     quantize_model(args.input, args.out, args.type, overrides=ov, dry_run=args.dry_run, ollama=args.ollama,
                    quiet=args.quiet, threads=args.threads, imatrix=args.imatrix, imatrix_ctx=args.ctx,
                    imatrix_chunks=args.chunks, force=args.force, refine=args.refine, target_bpw=args.target_bpw,
-                   target_size=target_size, name=args.name, page=_page(args), model_card=args.model_card)
+                   target_size=target_size, name=args.name, page=_page(args), model_card=args.model_card,
+                   kv_overrides=[parse_kv_override(s) for s in args.override_kv])
     return 0
 
 
@@ -326,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--ollama", action="store_true",
                    help="also write a Modelfile (template, parameters, licence) and NOTICE for Gemma")
     q.add_argument("--model-card", action="store_true", help="also write README.md, a Hugging Face model card")
+    q.add_argument("--override-kv", action="append", default=[], metavar="KEY=TYPE:VALUE",
+                   help="set a metadata key as llama-quantize does (TYPE int, float, bool or str; repeatable)")
     q.add_argument("--name", help="general.name of the GGUF (default: the source directory's name)")
     _page_options(q)
     q.add_argument("--threads", type=_positive, default=None, help="threads (default: all cores)")

@@ -103,13 +103,15 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
                    imatrix_chunks: int | None = None, name: str | None = None, force: bool = False,
                    inputs: tuple = (), refine: bool = False, target_bpw: float | None = None,
                    target_size: int | None = None, page: Page | None = None,
-                   model_card: bool = False) -> Path | None:
+                   model_card: bool = False, kv_overrides: list[tuple[str, str, object]] = ()) -> Path | None:
     """`name`, when given, replaces general.name (otherwise the source directory's name).
     Files written beside OUT (OUT.imatrix.gguf, Modelfile, NOTICE, README.md) are refused
     when they exist, unless `force`. `inputs`: further paths the output must not replace (the
     pipeline's recipe inputs). `page` (licence, base model, Ollama parameters...) goes into
     the GGUF's general.* keys, the Modelfile (`ollama`) and the model card (`model_card`);
-    the quantizer sets `page.card`, which the pipeline rewrites with its evaluation."""
+    the quantizer sets `page.card`, which the pipeline rewrites with its evaluation.
+    `kv_overrides`: (key, type, value) metadata set as llama-quantize's --override-kv does
+    (`parse_kv_override`)."""
     general_name = name
     ftype = check_file_type(ftype)
     if imatrix_ctx < 1:
@@ -215,16 +217,19 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
         refined = sorted({p.qtype for p in plan if p.refine and p.qtype in simpo_q.REFINABLE_TYPES})
         md.append(("quantize.refined", "str", f"simpo-q {simpo_q.__version__} refined encoder: "
                                               f"{', '.join(refined) or 'no refinable type'}"))
+    sets = list(kv_overrides)  # llama-quantize applies the user's overrides, then its imatrix keys
     if imat is not None:
         used = [n for n in imat.names() if n in by_name]
         if not used:
             raise SimpoQError(f"{imat_file}: no entry matches a weight of {inp} (an imatrix of another model?)")
-        md.append(("quantize.imatrix.file", "str", imat_file[:127]))
+        sets.append(("quantize.imatrix.file", "str", imat_file[:127]))
         if imat.datasets:
-            md.append(("quantize.imatrix.dataset", "str", imat.datasets[0][:127]))
-        md.append(("quantize.imatrix.entries_count", "u32", len(imat)))
+            sets.append(("quantize.imatrix.dataset", "str", imat.datasets[0][:127]))
+        sets.append(("quantize.imatrix.entries_count", "u32", len(imat)))
         if imat.chunk_count > 0:
-            md.append(("quantize.imatrix.chunks_count", "u32", imat.chunk_count))
+            sets.append(("quantize.imatrix.chunks_count", "u32", imat.chunk_count))
+    for key, t, v in sets:  # ggml's gguf_set_val: the key (new, or moved from its place) goes last
+        md = [e for e in md if e[0] != key] + [(key, t, v)]
     if budgeted:
         params = sum(int(np.prod(p.shape)) for p in plan)
         data = sum(tensor_bytes(p) for p in plan)
@@ -301,6 +306,28 @@ def _describe(inp: Path, origin) -> str:
         return "the trained weights in memory, tensor by tensor"
     types = sorted({qt for _, _, qt, _, _ in origin.tensors})
     return f"the {'/'.join(types)} GGUF `{inp.name}`"
+
+
+def parse_kv_override(spec: str) -> tuple[str, str, object]:
+    """llama.cpp's string_parse_kv_override: KEY=int:N (written as u32 of |N|, as
+    llama-quantize does), KEY=float:X (f32), KEY=bool:true|false, KEY=str:S (≤ 127 chars)."""
+    key, sep, rest = spec.partition("=")
+    if not sep or not key or len(key) >= 128:
+        raise SimpoQError(f"--override-kv {spec!r}: expected KEY=TYPE:VALUE (TYPE int, float, bool or str)")
+    kind, _, value = rest.partition(":")
+    try:
+        if kind == "int":
+            return key, "u32", abs(int(value)) & 0xFFFFFFFF
+        if kind == "float":
+            return key, "f32", float(value)
+        if kind == "bool" and value in ("true", "false"):
+            return key, "bool", value == "true"
+        if kind == "str" and len(value) <= 127:
+            return key, "str", value
+    except ValueError:
+        pass
+    raise SimpoQError(f"--override-kv {spec!r}: expected KEY=int:N, KEY=float:X, KEY=bool:true|false or "
+                      f"KEY=str:TEXT (at most 127 characters)")
 
 
 def _vector(imat, imat_file, name: str, shape: tuple[int, ...], qtype: str, quiet: bool):
