@@ -331,10 +331,25 @@ def test_quantize_from_gguf_equals_from_hf(model: Path, files, tmp_path: Path, o
     assert metadata_dict(ra) == metadata_dict(b)
 
 
-def test_quantized_gguf_input_is_refused(files, tmp_path: Path) -> None:
-    with pytest.raises(SimpoQError, match=r"tensor 'token_embd.weight' is already Q6_K; requantizing"):
+def test_quantized_gguf_input_needs_allow_requantize(files, tmp_path: Path) -> None:
+    """As llama-quantize: converting an already quantized tensor is refused (before any work)
+    unless --allow-requantize; then it is dequantized as ggml does and quantized again, and
+    the file equals llama-quantize --allow-requantize's byte for byte."""
+    with pytest.raises(SimpoQError, match=r"requantizing from type Q3_K is disabled \(tensor blk.0.attn_k.weight "
+                                          r"would become Q4_K\); pass --allow-requantize"):
         quantize_model(files["Q3_K_S"], tmp_path / "x.gguf", "Q4_K_M", quiet=True)
     assert not (tmp_path / "x.gguf").exists()
+    try:
+        from llama_cpp_tree import llama_cpp_tools
+
+        tools = llama_cpp_tools()
+    except Exception as e:
+        require("llama-quantize built from the llama-cpp-python 0.3.36 tree", e)
+    q8 = quantize_model(files["f32"], tmp_path / "q8.gguf", "Q8_0", quiet=True)
+    subprocess.run([str(tools / "llama-quantize"), "--allow-requantize", str(q8), str(tmp_path / "ref.gguf"),
+                    "Q4_K_M", "2"], capture_output=True, check=True)
+    ours = quantize_model(q8, tmp_path / "ours.gguf", "Q4_K_M", quiet=True, allow_requantize=True)
+    assert ours.read_bytes() == (tmp_path / "ref.gguf").read_bytes()
 
 
 def test_pure_uses_one_type(model: Path, tmp_path: Path) -> None:

@@ -77,7 +77,8 @@ def _quantize(args: argparse.Namespace) -> int:
                    quiet=args.quiet, threads=args.threads, imatrix=args.imatrix, imatrix_ctx=args.ctx,
                    imatrix_chunks=args.chunks, force=args.force, refine=args.refine, target_bpw=args.target_bpw,
                    target_size=target_size, name=args.name, page=_page(args), model_card=args.model_card,
-                   kv_overrides=[parse_kv_override(s) for s in args.override_kv])
+                   kv_overrides=[parse_kv_override(s) for s in args.override_kv],
+                   allow_requantize=args.allow_requantize)
     return 0
 
 
@@ -327,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--ollama", action="store_true",
                    help="also write a Modelfile (template, parameters, licence) and NOTICE for Gemma")
     q.add_argument("--model-card", action="store_true", help="also write README.md, a Hugging Face model card")
+    q.add_argument("--allow-requantize", action="store_true",
+                   help="convert tensors that are already quantized (a quantized GGUF input; the errors add up)")
     q.add_argument("--override-kv", action="append", default=[], metavar="KEY=TYPE:VALUE",
                    help="set a metadata key as llama-quantize does (TYPE int, float, bool or str; repeatable)")
     q.add_argument("--name", help="general.name of the GGUF (default: the source directory's name)")

@@ -34,13 +34,14 @@ def _from_hf(path):
 
 
 def _from_gguf(path: Path):
-    """(metadata, planned float32 loaders, the open reader) of an F32/F16/BF16 GGUF."""
+    """(metadata, planned float32 loaders, the open reader) of a GGUF. Quantized tensors are
+    dequantized as ggml does (requantizing is allowed or refused per tensor, later)."""
     r = open_gguf(path)
     plan = []
     for name, dims, qtype, _, _ in r.tensors:
-        if qtype not in FLOAT_INPUTS:
-            raise SimpoQError(f"{path}: tensor {name!r} is already {qtype}; requantizing is not supported "
-                              f"(give an F32/F16/BF16 GGUF or the Hugging Face directory)")
+        if qtype not in simpo_q.QUANT_TYPES:
+            raise SimpoQError(f"{path}: tensor {name!r} is {qtype}, which simpo-q cannot read (give an "
+                              f"F32/F16/BF16 GGUF or the Hugging Face directory)")
         shape = tuple(reversed(dims))
 
         def load(name=name, qtype=qtype, shape=shape) -> np.ndarray:
@@ -103,7 +104,8 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
                    imatrix_chunks: int | None = None, name: str | None = None, force: bool = False,
                    inputs: tuple = (), refine: bool = False, target_bpw: float | None = None,
                    target_size: int | None = None, page: Page | None = None,
-                   model_card: bool = False, kv_overrides: list[tuple[str, str, object]] = ()) -> Path | None:
+                   model_card: bool = False, kv_overrides: list[tuple[str, str, object]] = (),
+                   allow_requantize: bool = False) -> Path | None:
     """`name`, when given, replaces general.name (otherwise the source directory's name).
     Files written beside OUT (OUT.imatrix.gguf, Modelfile, NOTICE, README.md) are refused
     when they exist, unless `force`. `inputs`: further paths the output must not replace (the
@@ -149,6 +151,12 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
     input_types = {p.name: p.qtype for p in source}
     fallbacks: list[str] = []  # llama-quantize's warning lines, one per tensor whose type was replaced
     types = plan_types(ftype, [(p.name, p.shape) for p in source], overrides, input_types, fallbacks=fallbacks)
+    for name, t in types.items():
+        if input_types[name] not in FLOAT_INPUTS and t != input_types[name] and not allow_requantize:
+            # llama-quantize's rule: a quantized tensor is only converted on request (its
+            # errors add up); one that keeps its type is copied
+            raise SimpoQError(f"{inp}: requantizing from type {input_types[name]} is disabled (tensor {name} "
+                              f"would become {t}); pass --allow-requantize")
     if not quiet:
         for line in fallbacks:
             print(line, file=sys.stderr)
