@@ -154,6 +154,34 @@ def test_conversion_equals_llama_cpp_converter(model: Path, files, tmp_path: Pat
         assert np.array_equal(a.tensor_bytes(name), b.tensor_bytes(name)), name
 
 
+@pytest.mark.parametrize("flags", [["--outtype", "auto"], ["--vocab-only"]])
+def test_convert_speaks_convert_hf_to_gguf(model: Path, tmp_path: Path, flags: list[str]) -> None:
+    """convert_hf_to_gguf.py's own flags give its file: --outtype auto (bf16 here, as stored),
+    --vocab-only (metadata and vocabulary, no tensors), --outfile with {ftype}; and
+    --model-name sets general.name."""
+    try:
+        from llama_cpp_tree import llama_cpp_tree
+
+        tree = llama_cpp_tree()
+    except Exception as e:
+        require("llama.cpp tree from the llama-cpp-python 0.3.36 sdist", e)
+    env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}
+    subprocess.run([sys.executable, str(tree / "convert_hf_to_gguf.py"), str(model), *flags,
+                    "--outfile", str(tmp_path / "ref-{ftype}.gguf")], check=True, capture_output=True, env=env,
+                   timeout=600)
+    assert cli(["--quiet", "convert", str(model), *flags, "--outfile", str(tmp_path / "ours-{ftype}.gguf")]) == 0
+    # the converter's default outtype is auto, ours too: bf16, as the tiny model is stored
+    a, b = open_gguf(tmp_path / "ours-bf16.gguf"), open_gguf(tmp_path / "ref-bf16.gguf")
+    assert [(k, t, v) for k, t, v in a.metadata if k not in NAMING_KEYS] == \
+        [(k, t, v) for k, t, v in b.metadata if k not in NAMING_KEYS]
+    assert [t[:3] for t in a.tensors] == [t[:3] for t in b.tensors]
+    assert (len(a.tensors) == 0) == ("--vocab-only" in flags)
+    for name, *_ in b.tensors:
+        assert np.array_equal(a.tensor_bytes(name), b.tensor_bytes(name)), name
+    assert cli(["--quiet", "convert", str(model), str(tmp_path / "named.gguf"), "--model-name", "Tiny SimPO"]) == 0
+    assert metadata_dict(open_gguf(tmp_path / "named.gguf"))["general.name"] == "Tiny SimPO"
+
+
 def test_sharded_and_single_give_identical_gguf(tmp_path: Path) -> None:
     # the same directory name for both, so general.name agrees too
     (tmp_path / "a").mkdir()

@@ -50,7 +50,11 @@ def _demo(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from simpo_q.convert import convert
 
-    convert(args.model, args.out, args.outtype, quiet=args.quiet, threads=args.threads)
+    out = _one_of("outfile", args.outfile, args.out, None)
+    if out is None:
+        raise SimpoQError("convert: give the output file (OUT or --outfile)")
+    convert(args.model, out, args.outtype, quiet=args.quiet, threads=args.threads, name=args.model_name,
+            vocab_only=args.vocab_only)
     return 0
 
 
@@ -302,11 +306,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = _command(sub, "convert", help="Hugging Face Gemma-2 directory -> GGUF (f32/f16/bf16/q8_0)")
     c.add_argument("model", help="Hugging Face model directory")
-    c.add_argument("out", help="output GGUF")
+    c.add_argument("out", nargs="?", help="output GGUF ({ftype} is replaced by the outtype)")
+    c.add_argument("--outfile", help="output GGUF, as convert_hf_to_gguf.py takes it (same as OUT)")
     from simpo_q.convert import OUTTYPES
     from simpo_q.policy import FILE_TYPES
 
-    c.add_argument("--outtype", default="f16", choices=list(OUTTYPES), help="type of the 2-D weights")
+    c.add_argument("--outtype", default="auto", choices=[*OUTTYPES, "auto"],
+                   help="type of the 2-D weights; auto: bf16 or f16 as the checkpoint stores them")
+    c.add_argument("--model-name", help="general.name of the GGUF (default: the directory's name)")
+    c.add_argument("--vocab-only", action="store_true", help="only the metadata and the vocabulary, no tensors")
     c.add_argument("--threads", type=_positive, default=None, help="threads (default: all cores)")
     c.set_defaults(func=_convert)
 

@@ -44,18 +44,20 @@ def hf_plan(src: HFDirectory, tensor_type) -> list[Planned]:
     return plan
 
 
-def converted_metadata(src: HFDirectory, file_type: int, n_params: int) -> list[tuple[str, str, object]]:
+def converted_metadata(src: HFDirectory, file_type: int, n_params: int,
+                       name: str | None = None) -> list[tuple[str, str, object]]:
     arch = adapter_for(src.config, str(src.path / "config.json"))
     cfg = src.config
     from simpo_q.hub import repo_name
 
     # a hub snapshot's folder is a commit hash: the repository names the model instead
-    name = Path(cfg.get("_name_or_path") or repo_name(src.path) or src.path.resolve().name).name
+    name = name or Path(cfg.get("_name_or_path") or repo_name(src.path) or src.path.resolve().name).name
     md: list[tuple[str, str, object]] = [
         ("general.architecture", "str", arch.ARCH),
         ("general.type", "str", "model"),
         ("general.name", "str", name),
-        ("general.size_label", "str", size_label(n_params)),
+        # no size label without tensors (a vocabulary-only file), as the converter
+        *([("general.size_label", "str", size_label(n_params))] if n_params else []),
     ]
     lic = cfg.get("license")
     if isinstance(lic, str) and lic:
@@ -67,15 +69,35 @@ def converted_metadata(src: HFDirectory, file_type: int, n_params: int) -> list[
     return md
 
 
+def auto_outtype(src: HFDirectory) -> str:
+    """convert_hf_to_gguf.py's `--outtype auto`: the stored type of the first tensor of two
+    or more dimensions, bf16 or f16 (f16 for anything else)."""
+    for hf in src.names():
+        if len(src.shape(hf)) >= 2:
+            return {"BF16": "bf16", "F16": "f16"}.get(src.stored_type(hf), "f16")
+    return "f16"
+
+
 def convert(model_dir: str | os.PathLike, out: str | os.PathLike, outtype: str = "f16", *,
-            quiet: bool = False, threads: int | None = None) -> Path:
-    if outtype not in OUTTYPES:
-        raise SimpoQError(f"--outtype: {outtype!r} is not one of {', '.join(OUTTYPES)}")
-    qtype, file_type = OUTTYPES[outtype]
+            quiet: bool = False, threads: int | None = None, name: str | None = None,
+            vocab_only: bool = False) -> Path:
+    """`outtype` "auto" as the converter; `out` may hold `{ftype}` (or `{FTYPE}`), replaced by
+    the outtype's name (the converter's templated file name); `name` replaces general.name;
+    `vocab_only` writes the metadata and vocabulary without tensors."""
+    if outtype not in (*OUTTYPES, "auto"):
+        raise SimpoQError(f"--outtype: {outtype!r} is not one of {', '.join(OUTTYPES)}, auto")
     from simpo_q.hub import local
 
     model_dir = local(model_dir)  # a hub id is read from its cached snapshot
     src = HFDirectory(model_dir)
+    if outtype == "auto":
+        outtype = auto_outtype(src)
+    qtype, file_type = OUTTYPES[outtype]
+    # gguf-py's fill_templated_filename: {ftype}/{outtype} lower case, {FTYPE}/{OUTTYPE} upper case
+    for key, value in (("{ftype}", outtype), ("{outtype}", outtype), ("{FTYPE}", outtype.upper()),
+                       ("{OUTTYPE}", outtype.upper())):
+        out = str(out).replace(key, value)
+    out = Path(out)
     check_output(out, [model_dir])
 
     def tensor_type(name: str, shape: tuple[int, ...]) -> str:
@@ -89,6 +111,8 @@ def convert(model_dir: str | os.PathLike, out: str | os.PathLike, outtype: str =
     from simpo_q.gguf_out import ALIGNMENT, tensor_bytes
     from simpo_q.outputs import check_space
 
+    if vocab_only:
+        plan = []
     check_space(out, sum(tensor_bytes(p) + ALIGNMENT for p in plan) + (8 << 20), f"the {outtype} GGUF")
     n_params = sum(int(np.prod(p.shape)) for p in plan)
-    return write_gguf(out, converted_metadata(src, file_type, n_params), plan, quiet=quiet, threads=threads)
+    return write_gguf(out, converted_metadata(src, file_type, n_params, name), plan, quiet=quiet, threads=threads)
