@@ -126,3 +126,26 @@ def test_override_kv_gives_llama_quantizes_file(tmp_path: Path, capsys) -> None:
         assert cli(["quantize", str(bf16), str(tmp_path / "bad.gguf"), "--override-kv", bad]) == 2
         assert f"--override-kv {bad!r}: expected KEY=" in capsys.readouterr().err
     assert not (tmp_path / "bad.gguf").exists()
+
+
+def test_recipe_keys_and_paths(tmp_path: Path, monkeypatch) -> None:
+    """An unknown recipe key names the nearest valid one and lists them all; output_dir in a
+    recipe is relative to the recipe (as model and data), one from --set to the current
+    directory; the shipped tiny recipe writes inside the clone."""
+    from simpo_q._native import SimpoQError
+    from simpo_q.train.recipe import load_recipe
+
+    d = tmp_path / "recipes"
+    d.mkdir()
+    (d / "r.yaml").write_text("model: m\ndata: d\nlearning_rat: 1e-4\n")
+    with pytest.raises(SimpoQError, match=r"unknown recipe key 'learning_rat'; did you mean 'learning_rate'\? "
+                                          r"Valid keys: model, data, "):
+        load_recipe(d / "r.yaml")
+    with pytest.raises(SimpoQError, match=r"--set bta: unknown recipe key; did you mean 'beta'\?"):
+        load_recipe(REPO / "recipes" / "tiny.yaml", ["bta=2"])
+    (d / "r.yaml").write_text("model: m\ndata: d\noutput_dir: ../runs/a\n")
+    monkeypatch.chdir(tmp_path / "recipes")
+    assert load_recipe(d / "r.yaml").output_dir == str(tmp_path / "runs" / "a")
+    assert load_recipe(d / "r.yaml", ["output_dir=here"]).output_dir == "here"
+    tiny = load_recipe(REPO / "recipes" / "tiny.yaml")
+    assert Path(tiny.output_dir) == REPO / "out" / "simpo-tiny"

@@ -116,6 +116,15 @@ def _check_ranges(r: Recipe, where: str) -> None:
         raise SimpoQError(f"{where}: max_steps is {r.max_steps}; give a positive number, or -1 for whole epochs")
 
 
+def _nearest(key, fields) -> str:
+    """'; did you mean X?' and the valid keys, for an unknown one."""
+    import difflib
+
+    close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{hint} Valid keys: {', '.join(fields)}"
+
+
 def load_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> Recipe:
     p = Path(path)
     try:
@@ -137,14 +146,14 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> Recipe:
     values = {}
     for k, v in raw.items():
         if not isinstance(k, str) or k not in fields:
-            raise SimpoQError(f"{p}: unknown recipe key {k!r}")
+            raise SimpoQError(f"{p}: unknown recipe key {k!r}{_nearest(k, fields)}")
         values[k] = _coerce(fields[k], v, str(p))
     for o in overrides:
         if "=" not in o:
             raise SimpoQError(f"--set {o!r}: expected key=value")
         k, v = o.split("=", 1)
         if k not in fields:
-            raise SimpoQError(f"--set {k}: unknown recipe key")
+            raise SimpoQError(f"--set {k}: unknown recipe key{_nearest(k, fields)}")
         values[k] = _coerce(fields[k], v, "--set")
     r = Recipe(**values)
     # checked now, not after hours of training
@@ -168,4 +177,10 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> Recipe:
         v = getattr(r, k)
         if v and not Path(v).is_absolute() and not Path(v).exists() and (base / v).exists():
             setattr(r, k, str(base / v))
+    # an output_dir written in the recipe is relative to the recipe, like its model and data (so a
+    # recipe in a clone writes inside the clone wherever it is run from); one given with --set
+    # is relative to the current directory, as any command-line path
+    if "output_dir" in raw and not any(o.startswith("output_dir=") for o in overrides) \
+            and not Path(r.output_dir).is_absolute():
+        r.output_dir = os.path.normpath(base / r.output_dir)
     return r
