@@ -324,7 +324,7 @@ def test_offload_is_chosen_when_the_model_does_not_fit(model, collected, tmp_pat
                 "-o", str(whole)]) == 0
     assert cli(["imatrix", str(shards), "-f", str(CALIB), "--ctx", str(CTX), "--chunks", "3", "-o",
                 str(tmp_path / "flag.gguf"), "--offload"]) == 0
-    assert "one decoder layer at a time (--offload)" in capsys.readouterr().err
+    assert "one decoder layer at a time (--offload; no perplexity in this mode)" in capsys.readouterr().err
     monkeypatch.setattr(off, "available_bytes", lambda device: 1 << 20)  # 1 MiB free: the 2M model does not fit
     assert cli(["imatrix", str(shards), "-f", str(CALIB), "--ctx", str(CTX), "--chunks", "3", "-o",
                 str(tmp_path / "auto.gguf")]) == 0
@@ -342,3 +342,39 @@ def test_chunks_batched_per_forward_give_the_same_statistics(model, collected, b
     accumulator in the same order, also when the last batch is short."""
     got = im.collect(model, CALIB, ctx=CTX, chunks=CHUNKS, quiet=True, batch=batch)
     _assert_same_statistics(collected, got, rtol=1e-5)
+
+
+def test_imatrix_speaks_llama_imatrix(model, tmp_path, monkeypatch, capsys) -> None:
+    """-m MODEL, the default output imatrix.gguf, --chunk N (skip the first N chunks),
+    --no-ppl, and the closing "Final estimate: PPL = x +/- y" line: against llama-imatrix
+    with the same arguments (sums within 1e-3 as above, the perplexity within 1e-3)."""
+    import re
+
+    bins = tools()
+    f32 = convert(model, tmp_path / "f32.gguf", "f32", quiet=True)
+    ref = tmp_path / "ref.gguf"
+    r = subprocess.run([str(bins / "llama-imatrix"), "-m", str(f32), "-f", str(CALIB), "-o", str(ref), "-c",
+                        str(CTX), "--chunks", "3", "--chunk", "2", "-t", "2"], check=True, capture_output=True,
+                       text=True, timeout=600)
+    want = re.search(r"Final estimate: PPL = ([\d.]+) \+/- ([\d.]+)", r.stdout + r.stderr)
+    monkeypatch.chdir(tmp_path)
+    assert cli(["imatrix", "-m", str(model), "-f", str(CALIB), "--ctx", str(CTX), "--chunks", "3",
+                "--chunk", "2"]) == 0
+    got = re.search(r"Final estimate: PPL = ([\d.]+) \+/- ([\d.]+)", capsys.readouterr().err)
+    assert want and got
+    assert float(got.group(1)) == pytest.approx(float(want.group(1)), rel=1e-3)
+    assert float(got.group(2)) == pytest.approx(float(want.group(2)), rel=1e-2)
+    ours, theirs = im.load(tmp_path / "imatrix.gguf"), im.load(ref)
+    assert ours.names() == theirs.names() and ours.chunk_count == theirs.chunk_count == 3
+    for name in theirs.names():
+        (sa, ca), (sb, cb) = ours.entry(name), theirs.entry(name)
+        assert ca == cb
+        assert np.max(np.abs(sa - sb) / np.abs(sb)) < 1e-3, name
+    # --no-ppl: the same statistics, no perplexity line
+    assert cli(["imatrix", str(model), "-f", str(CALIB), "--ctx", str(CTX), "--chunks", "3", "--chunk", "2",
+                "--no-ppl", "-o", str(tmp_path / "noppl.gguf")]) == 0
+    assert "Final estimate" not in capsys.readouterr().err
+    _assert_same_statistics(ours, im.load(tmp_path / "noppl.gguf"))
+    assert cli(["imatrix", str(model), "-f", str(CALIB), "--ctx", str(CTX), "--chunk", "1000", "-o",
+                str(tmp_path / "x.gguf")]) == 2
+    assert "not enough left after skipping 1000 chunks of 128" in capsys.readouterr().err

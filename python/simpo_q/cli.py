@@ -133,8 +133,13 @@ def _imatrix(args: argparse.Namespace) -> int:
             print(f"{r['name']:36s} {r['columns']:6d} {r['count']:8d} {r['sum']:12.4g} {r['min']:10.4g} "
                   f"{r['max']:10.4g} {r['mean']:10.4g} {r['zero_fraction']:6.1%}")
         return 0
+    args.model = _one_of("model", args.model_opt, args.model, None)
+    if args.chunk < 0:
+        raise SimpoQError(f"--chunk {args.chunk}: must be at least 0")
     if not args.output:
-        raise SimpoQError("imatrix: -o/--output is required")
+        if not args.file:
+            raise SimpoQError("imatrix: -o/--output is required when merging")
+        args.output = "imatrix.gguf"  # llama-imatrix's default
     if args.file and not args.model:
         raise SimpoQError("imatrix: -f needs MODEL")
     if not args.file and not args.in_file:
@@ -164,18 +169,19 @@ def _imatrix(args: argparse.Namespace) -> int:
     if args.file:
         from simpo_q.imatrix_offload import collect_offloaded, needs_offload
 
-        kw = dict(ctx=args.ctx, chunks=args.chunks, device=args.device, dtype=args.dtype, quiet=args.quiet, into=m)
+        kw = dict(ctx=args.ctx, chunks=args.chunks, device=args.device, dtype=args.dtype, quiet=args.quiet, into=m,
+                  skip=args.chunk)
         why = "--offload" if args.offload else needs_offload(args.model, args.device, args.dtype)
         if why:
             if not args.quiet:
-                print(f"imatrix: one decoder layer at a time ({why})", file=sys.stderr)
+                print(f"imatrix: one decoder layer at a time ({why}; no perplexity in this mode)", file=sys.stderr)
             collect_offloaded(args.model, args.file, **kw)
         else:
             # llama-imatrix's rule: a batch of -b tokens holds -b / ctx chunks. Unset: its 2048 on a
             # GPU; one chunk per forward on the CPU, where torch runs batched chunks slower
             # (benches/bench_imatrix_vs_llama.py: 1263 against 1112 tokens/s at 66M)
             b = args.batch_size or (2048 if args.device.startswith("cuda") else args.ctx)
-            im.collect(args.model, args.file, batch=max(1, b // args.ctx), **kw)
+            im.collect(args.model, args.file, batch=max(1, b // args.ctx), ppl=not args.no_ppl, **kw)
     im.save(m, args.output)
     if not args.quiet:
         print(f"wrote {args.output} ({len(m)} entries, {m.chunk_count} chunks)", file=sys.stderr)
@@ -360,9 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=_quantize)
 
     m = _command(sub, "imatrix", help="collect, merge or show an importance matrix (llama-imatrix's job)")
-    m.add_argument("model", nargs="?", help="Hugging Face model directory")
+    m.add_argument("model", nargs="?", help="Hugging Face model directory or hub id")
+    m.add_argument("-m", "--model", dest="model_opt", metavar="MODEL", help="the model, as llama-imatrix takes it")
     m.add_argument("-f", "--file", help="calibration text")
-    m.add_argument("-o", "--output", help="output file (.gguf, or .dat for the legacy format)")
+    m.add_argument("-o", "--output", help="output file (.gguf, or .dat for the legacy format; default imatrix.gguf "
+                                          "when collecting, as llama-imatrix)")
+    m.add_argument("--chunk", type=int, default=0, metavar="N", help="skip the first N chunks of the text")
+    m.add_argument("--no-ppl", action="store_true", help="do not compute the perplexity (no output head)")
     m.add_argument("--ctx", type=_positive, default=512, help="tokens per chunk")
     m.add_argument("--chunks", type=_positive, default=None, help="at most N chunks (default: all)")
     m.add_argument("--device", default="cpu", help="cpu or cuda")

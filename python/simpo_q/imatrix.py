@@ -27,12 +27,17 @@ def read_text(path: str | os.PathLike) -> str:
     return textfile.read_text(path, "calibration text")
 
 
-def chunk_tokens(tok, text: str, ctx: int, chunks: int | None, where: str) -> list[list[int]]:
-    """llama-imatrix's chunking: one trailing newline stripped, tokenized with BOS, at least
-    2·ctx tokens, chunk i = tokens[i·ctx:(i+1)·ctx] with its first token replaced by BOS."""
+def chunk_tokens(tok, text: str, ctx: int, chunks: int | None, where: str, skip: int = 0) -> list[list[int]]:
+    """llama-imatrix's chunking: one trailing newline stripped, tokenized with BOS, the first
+    `skip` chunks' tokens dropped (its --chunk), at least 2·ctx tokens, chunk i =
+    tokens[i·ctx:(i+1)·ctx] with its first token replaced by BOS."""
     if text.endswith("\n"):
         text = text[:-1]
     ids = tok(text).input_ids
+    if skip > 0:
+        if (skip + 2) * ctx >= len(ids):
+            raise SimpoQError(f"{where}: {len(ids)} tokens; not enough left after skipping {skip} chunks of {ctx}")
+        ids = ids[skip * ctx:]
     if len(ids) < 2 * ctx:
         raise SimpoQError(f"{where}: calibration text has {len(ids)} tokens; --ctx {ctx} needs at least "
                           f"{2 * ctx} (two chunks, as llama-imatrix requires)")
@@ -49,7 +54,8 @@ def chunk_tokens(tok, text: str, ctx: int, chunks: int | None, where: str) -> li
 
 def collect(model_dir: str | os.PathLike, text_file: str | os.PathLike, *, ctx: int = 512,
             chunks: int | None = None, device: str = "cpu", dtype: str = "float32",
-            quiet: bool = False, into: Imatrix | None = None, batch: int = 1) -> Imatrix:
+            quiet: bool = False, into: Imatrix | None = None, batch: int = 1, skip: int = 0,
+            ppl: bool = True) -> Imatrix:
     """Loads a Hugging Face directory and collects its importance matrix over `text_file`,
     `batch` chunks per forward."""
     import torch
@@ -74,12 +80,12 @@ def collect(model_dir: str | os.PathLike, text_file: str | os.PathLike, *, ctx: 
                               f"broken, not the calibration text")
     model.to(device).eval()
     return collect_from_model(model, tok, text_file, ctx=ctx, chunks=chunks, quiet=quiet, into=into, text=text,
-                              batch=batch)
+                              batch=batch, skip=skip, ppl=ppl)
 
 
 def collect_from_model(model, tok, text_file: str | os.PathLike, *, ctx: int = 512, chunks: int | None = None,
                        quiet: bool = False, into: Imatrix | None = None, text: str | None = None,
-                       batch: int = 1) -> Imatrix | None:
+                       batch: int = 1, skip: int = 0, ppl: bool = True) -> Imatrix | None:
     """The importance matrix of a model already in memory: a Hugging Face causal LM, or the
     trainer's SimPOModel, sharded by FSDP2 or not. Under torch.distributed every rank must
     call this: rank r runs chunks r, r+world, …, and the sums and counts are added across
@@ -87,7 +93,9 @@ def collect_from_model(model, tok, text_file: str | os.PathLike, *, ctx: int = 5
     perplexity is llama-imatrix's: each chunk's second half. `text`: the file's contents, when
     the caller has read them already. `batch` chunks go through each forward together (fewer,
     larger matrix products and hook calls; the rows reach the accumulator in the same order,
-    the products may round differently in the last bit)."""
+    the products may round differently in the last bit). `skip`: llama-imatrix's --chunk;
+    `ppl` False: no output head (its --no-ppl). With the perplexity, ends with llama-imatrix's
+    "Final estimate: PPL = x +/- y" line unless quiet."""
     import torch
     import torch.distributed as dist
     from tqdm.auto import tqdm
@@ -100,7 +108,7 @@ def collect_from_model(model, tok, text_file: str | os.PathLike, *, ctx: int = 5
     hf = run.hf
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     device = next(hf.parameters()).device
-    batches = chunk_tokens(tok, text, ctx, chunks, str(text_file))
+    batches = chunk_tokens(tok, text, ctx, chunks, str(text_file), skip)
     # one process adds straight into `into`, row after row, as llama-imatrix continues a file
     local = into if into is not None and world == 1 else Imatrix(ctx)
     active = [batch]  # chunks of this forward that count: fewer for the padding that keeps ranks in step
@@ -122,7 +130,7 @@ def collect_from_model(model, tok, text_file: str | os.PathLike, *, ctx: int = 5
     labels = torch.full((1, ctx), -100, dtype=torch.long)
     was_training = run.training
     run.eval()
-    nll = torch.zeros(2, dtype=torch.float64)  # Σ -log p, tokens scored
+    nll = torch.zeros(3, dtype=torch.float64)  # Σ -log p, Σ (log p)², tokens scored
     steps = -(-len(batches) // (world * batch))
     t0 = time.perf_counter()
     bar = tqdm(range(steps), desc="imatrix", unit="step", disable=True if quiet or rank != 0 else None,
@@ -134,18 +142,28 @@ def collect_from_model(model, tok, text_file: str | os.PathLike, *, ctx: int = 5
                 active[0] = max(0, min(batch, len(batches) - first_k))
                 x = torch.tensor([batches[min(first_k + j, len(batches) - 1)] for j in range(batch)])
                 lab = labels.expand(batch, -1).clone()
-                lab[:, first + 1:] = x[:, first + 1:]
-                avg = run(x.to(device), torch.ones_like(x).to(device), lab.to(device), ctx)
-                n_scored = ctx - first - 1
-                for j in range(active[0]):
-                    nll += torch.tensor([-float(avg[j]) * n_scored, n_scored], dtype=torch.float64)
+                if ppl:
+                    lab[:, first + 1:] = x[:, first + 1:]
+                lp, rows = run(x.to(device), torch.ones_like(x).to(device), lab.to(device), ctx, per_token=True)
+                mine = (rows < active[0]).cpu()
+                lp = lp.detach().double().cpu()[mine]
+                nll += torch.stack([-lp.sum(), (lp * lp).sum(), torch.tensor(float(lp.numel()), dtype=torch.float64)])
                 done = min(len(batches), (s + 1) * world * batch)
-                bar.set_postfix(ppl=f"{math.exp(nll[0] / nll[1]):.3f}",
+                bar.set_postfix(ppl=f"{math.exp(nll[0] / nll[2]):.3f}" if nll[2] else "-",
                                 tok_s=f"{done * ctx / (time.perf_counter() - t0):.0f}")
     finally:
         for h in hooks:
             h.remove()
         run.train(was_training)
+    if world > 1:
+        dist.all_reduce(nll_dev := nll.to(device))
+        nll = nll_dev.cpu()
+    if ppl and rank == 0 and not quiet and nll[2] > 1:
+        # llama-imatrix's closing line: exp(mean nll) and its standard error
+        mean, sq, n = float(nll[0] / nll[2]), float(nll[1] / nll[2]), float(nll[2])
+        var = sq - mean * mean
+        err = math.sqrt(var / (n - 1)) if var > 0 else 0.0
+        print(f"Final estimate: PPL = {math.exp(mean):.4f} +/- {err * math.exp(mean):.5f}", file=sys.stderr)
     if world == 1:
         local.chunk_count = local.chunk_count + len(batches)
         local.datasets = [*local.datasets, str(text_file)]

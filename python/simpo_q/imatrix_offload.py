@@ -161,7 +161,7 @@ def _load_layer(layer, src, prefix: str, device, buffers: dict) -> None:
 
 def collect_offloaded(model_dir: str | os.PathLike, text_file: str | os.PathLike, *, ctx: int = 512,
                       chunks: int | None = None, device: str = "cpu", dtype: str = "float32", quiet: bool = False,
-                      into: Imatrix | None = None, hidden_budget: int | None = None) -> Imatrix:
+                      into: Imatrix | None = None, hidden_budget: int | None = None, skip: int = 0) -> Imatrix:
     """`imatrix.collect`'s result, computed one decoder layer at a time."""
     import torch
     from tqdm.auto import tqdm
@@ -174,7 +174,7 @@ def collect_offloaded(model_dir: str | os.PathLike, text_file: str | os.PathLike
     text = read_text(text_file)
     tok = AutoTokenizer.from_pretrained(str(src.path))
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
-    batches = chunk_tokens(tok, text, ctx, chunks, str(text_file))
+    batches = chunk_tokens(tok, text, ctx, chunks, str(text_file), skip)
     model = _skeleton(src, torch_dtype)
     body = model.model
     layers = list(body.layers)

@@ -30,11 +30,15 @@ class SimPOModel(torch.nn.Module):
         super().__init__()
         self.hf = hf
 
-    def forward(self, input_ids, attention_mask, labels, chunk_tokens: int = 1024):
+    def forward(self, input_ids, attention_mask, labels, chunk_tokens: int = 1024, per_token: bool = False):
+        """Each sequence's average log-probability of its labels; with `per_token`, the
+        (log-probabilities, batch rows) of every scored token (for a perplexity's error)."""
         out = self.hf.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         softcap = getattr(self.hf.config, "final_logit_softcapping", None)
         lp, rows = token_logps(out.last_hidden_state, self.hf.lm_head.weight, labels, softcap=softcap,
                                chunk_tokens=chunk_tokens)
+        if per_token:
+            return lp, rows
         return average_logps(lp, rows, input_ids.shape[0])
 
 
