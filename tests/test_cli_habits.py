@@ -149,3 +149,12 @@ def test_recipe_keys_and_paths(tmp_path: Path, monkeypatch) -> None:
     assert load_recipe(d / "r.yaml", ["output_dir=here"]).output_dir == "here"
     tiny = load_recipe(REPO / "recipes" / "tiny.yaml")
     assert Path(tiny.output_dir) == REPO / "out" / "simpo-tiny"
+
+
+def test_train_ends_with_the_model_and_its_last_evaluation(tmp_path: Path, capsys) -> None:
+    model = cached_tiny_model(REPO / ".cache", pretrain_steps=200, quiet=True)
+    assert cli(["train", str(REPO / "recipes" / "tiny.yaml"), "--set", f"model={model}", "--set",
+                f"output_dir={tmp_path / 'run'}", "--set", "max_steps=2", "--set", "eval_steps=1"]) == 0
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"train: 2 steps; the model: {tmp_path / 'run' / 'final'}; held-out reward accuracy ")
+    assert "margin " in last and last.endswith("at step 2")

@@ -220,12 +220,19 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from simpo_q.train.loop import train
+    from simpo_q.train.loop import run_summary, train
     from simpo_q.train.recipe import load_recipe
 
     out = train(load_recipe(args.recipe, args.set), quiet=args.quiet)
     if not args.quiet:
-        print(f"wrote {out}", file=sys.stderr)
+        final = Path(out) / "final"
+        s = run_summary(out)
+        where = str(final) if final.is_dir() else f"not finished, no final model in {out}"
+        line = f"train: {s['steps']} steps; the model: {where}"
+        if "eval_accuracy" in s:
+            margin = f", margin {s['eval_margin']:.4f}" if s.get("eval_margin") is not None else ""
+            line += f"; held-out reward accuracy {s['eval_accuracy']:.3f}{margin} at step {s['eval_step']}"
+        print(line, file=sys.stderr)
     return 0
 
 
