@@ -148,4 +148,4 @@ def test_not_enough_disk_is_said_before_any_work(model: Path, tmp_path: Path, mo
     assert "m.gguf: the Q3_K_S GGUF needs 0.01 GiB" in err and "GiB free" in err, err
     assert list(tmp_path.iterdir()) == []
     assert cli(["convert", str(model), str(tmp_path / "f.gguf")]) == 2
-    assert "f.gguf: the f16 GGUF needs" in capsys.readouterr().err
+    assert "f.gguf: the bf16 GGUF needs" in capsys.readouterr().err  # auto: bf16, as stored

@@ -378,3 +378,21 @@ def test_imatrix_speaks_llama_imatrix(model, tmp_path, monkeypatch, capsys) -> N
     assert cli(["imatrix", str(model), "-f", str(CALIB), "--ctx", str(CTX), "--chunk", "1000", "-o",
                 str(tmp_path / "x.gguf")]) == 2
     assert "not enough left after skipping 1000 chunks of 128" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flag", "names"), [("--exclude-weights", ["attn_v", "ffn_down"]),
+                                             ("--include-weights", ["attn_q"]),
+                                             ("--include-weights", ["no-such-tensor"])])
+def test_include_and_exclude_weights_equal_llama_quantize(model, collected, tmp_path, flag, names) -> None:
+    """Which tensors use the importance matrix, by name substrings, as llama-quantize chooses
+    them (entries_count follows; nothing left means no matrix at all): the same file."""
+    bins = tools()
+    f32 = convert(model, tmp_path / "f32.gguf", "f32", quiet=True)
+    imf = tmp_path / "im.gguf"
+    collected.save(str(imf), "gguf")
+    args = [x for n in names for x in (flag, n)]
+    subprocess.run([str(bins / "llama-quantize"), "--imatrix", str(imf), *args, str(f32), str(tmp_path / "ref.gguf"),
+                    "Q4_K_M", "2"], check=True, capture_output=True, timeout=600)
+    assert cli(["--quiet", "quantize", str(f32), str(tmp_path / "ours.gguf"), "Q4_K_M", "--imatrix", str(imf),
+                *args]) == 0
+    assert (tmp_path / "ours.gguf").read_bytes() == (tmp_path / "ref.gguf").read_bytes()

@@ -82,7 +82,8 @@ def _quantize(args: argparse.Namespace) -> int:
                    imatrix_chunks=args.chunks, force=args.force, refine=args.refine, target_bpw=args.target_bpw,
                    target_size=target_size, name=args.name, page=_page(args), model_card=args.model_card,
                    kv_overrides=[parse_kv_override(s) for s in args.override_kv],
-                   allow_requantize=args.allow_requantize)
+                   allow_requantize=args.allow_requantize, include_weights=tuple(args.include_weights),
+                   exclude_weights=tuple(args.exclude_weights))
     return 0
 
 
@@ -349,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--ollama", action="store_true",
                    help="also write a Modelfile (template, parameters, licence) and NOTICE for Gemma")
     q.add_argument("--model-card", action="store_true", help="also write README.md, a Hugging Face model card")
+    q.add_argument("--include-weights", action="append", default=[], metavar="NAME",
+                   help="use the importance matrix only for tensors whose names contain NAME (repeatable)")
+    q.add_argument("--exclude-weights", action="append", default=[], metavar="NAME",
+                   help="do not use the importance matrix for tensors whose names contain NAME (repeatable)")
     q.add_argument("--allow-requantize", action="store_true",
                    help="convert tensors that are already quantized (a quantized GGUF input; the errors add up)")
     q.add_argument("--override-kv", action="append", default=[], metavar="KEY=TYPE:VALUE",

@@ -105,7 +105,8 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
                    inputs: tuple = (), refine: bool = False, target_bpw: float | None = None,
                    target_size: int | None = None, page: Page | None = None,
                    model_card: bool = False, kv_overrides: list[tuple[str, str, object]] = (),
-                   allow_requantize: bool = False) -> Path | None:
+                   allow_requantize: bool = False, include_weights: tuple[str, ...] = (),
+                   exclude_weights: tuple[str, ...] = ()) -> Path | None:
     """`name`, when given, replaces general.name (otherwise the source directory's name).
     Files written beside OUT (OUT.imatrix.gguf, Modelfile, NOTICE, README.md) are refused
     when they exist, unless `force`. `inputs`: further paths the output must not replace (the
@@ -122,6 +123,11 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
         raise SimpoQError(f"--chunks {imatrix_chunks}: must be at least 1")
     if target_bpw is not None and target_size is not None:
         raise SimpoQError("--target-bpw and --target-size: give one of them")
+    if include_weights and exclude_weights:
+        raise SimpoQError("--include-weights and --exclude-weights: give one of them (as llama-quantize)")
+    if (include_weights or exclude_weights) and imatrix is None:
+        raise SimpoQError("--include-weights/--exclude-weights choose which tensors use the importance matrix; "
+                          "give one with --imatrix")
     if target_bpw is not None and not (0 < target_bpw < 64):
         raise SimpoQError(f"--target-bpw {target_bpw}: expected bits per weight between 0 and 64")
     if target_size is not None and target_size <= 0:
@@ -193,6 +199,8 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
               ("; the budget's errors are measured without one" if budgeted else ""), file=sys.stderr)
         kind = None
     imat, imat_file = _importance(imatrix, kind, inp, saved, quiet, imatrix_ctx, imatrix_chunks)
+    if imat is not None and (include_weights or exclude_weights):
+        imat = _filtered(imat, include_weights, exclude_weights)
     table = None
     if budgeted:
         from simpo_q.allocate import plan_budget
@@ -211,7 +219,8 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
             plan.append(Planned(name, p.shape, t, lambda n=name, r=reader: r.tensor_bytes(n), raw=True,
                                 src_type=p.src_type))
         else:
-            plan.append(Planned(name, p.shape, t, p.load, imatrix=_vector(imat, imat_file, name, p.shape, t, quiet),
+            vec = _vector(imat, imat_file, name, p.shape, t, quiet, bool(include_weights or exclude_weights))
+            plan.append(Planned(name, p.shape, t, p.load, imatrix=vec,
                                 refine=refine, rows=p.rows, src_type=p.src_type))
     md = [(k, t, v) for k, t, v in metadata if k not in ("general.quantization_version", "general.file_type",
                                                           "split.no", "split.count", "split.tensors.count")]
@@ -338,13 +347,31 @@ def parse_kv_override(spec: str) -> tuple[str, str, object]:
                       f"KEY=str:TEXT (at most 127 characters)")
 
 
-def _vector(imat, imat_file, name: str, shape: tuple[int, ...], qtype: str, quiet: bool):
+def _filtered(imat, include: tuple[str, ...], exclude: tuple[str, ...]):
+    """llama-quantize's prepare_imatrix: the entries whose names contain none of `exclude`,
+    or one of `include`; None when nothing is left (the file is then quantized without one,
+    and records none)."""
+    from simpo_q._native import Imatrix
+
+    keep = [n for n in imat.names() if (not exclude or not any(s in n for s in exclude))
+            and (not include or any(s in n for s in include))]
+    if not keep:
+        return None
+    out = Imatrix(imat.chunk_size)
+    for n in keep:
+        s, c = imat.entry(n)
+        out.set_entry(n, s, c)
+    out.datasets, out.chunk_count = imat.datasets, imat.chunk_count
+    return out
+
+
+def _vector(imat, imat_file, name: str, shape: tuple[int, ...], qtype: str, quiet: bool, filtered: bool = False):
     """This tensor's importance vector (in_sum2 / counts, as llama-quantize), or None."""
     if imat is None or qtype in FLOAT_INPUTS:
         return None
     v = imat.importance(name)
     if v is None:
-        if not quiet and name.endswith(".weight") and name != "token_embd.weight":
+        if not quiet and name.endswith(".weight") and name != "token_embd.weight" and not filtered:
             print(f"no imatrix entry for {name}: quantized without one", file=sys.stderr)
         return None
     if len(v) != shape[-1]:
