@@ -62,7 +62,7 @@ def format_tensor_shape(shape: tuple[int, ...]) -> str:
 
 def log_line(i: int, n: int, p: Planned) -> str:
     """llama-quantize's line for one tensor (src/llama-quant.cpp): the input's type, the
-    conversion and the sizes in MiB; convert's plan (no input type) gets the short form."""
+    conversion and the sizes in MiB (a plan without an input type gets the short form)."""
     head = f"[{i:4d}/{n:4d}] {p.name:<36s} - [{format_tensor_shape(p.shape)}], type = "
     if p.src_type is None:
         return head + f"{ggml_type_name(p.qtype):>6s}"

@@ -195,8 +195,9 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
             check_output(tensor_types_beside(out), [*ins, out], side_file=True, force=force)
     if dry_run and kind == "text":
         # a dry run computes nothing: the types do not depend on the importance matrix
-        print("dry run: the importance matrix is not computed" +
-              ("; the budget's errors are measured without one" if budgeted else ""), file=sys.stderr)
+        if not quiet:
+            print("dry run: the importance matrix is not computed" +
+                  ("; the budget's errors are measured without one" if budgeted else ""), file=sys.stderr)
         kind = None
     imat, imat_file = _importance(imatrix, kind, inp, saved, quiet, imatrix_ctx, imatrix_chunks)
     if imat is not None and (include_weights or exclude_weights):
