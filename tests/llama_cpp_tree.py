@@ -83,3 +83,17 @@ def llama_cpp_tools() -> Path:
     subprocess.run([cmake, "--build", str(build), "--target", *TOOLS, "-j", str(os.cpu_count() or 2)], check=True,
                    env=env, capture_output=True)
     return bins
+
+
+def run_logged(cmd: list[str], done, tries: int = 3, **kw):
+    """Runs a llama.cpp tool whose results are in its log, again (at most `tries` times) when
+    `done(text)` says its last lines are missing: llama.cpp's log is written by a worker
+    thread, and lines still queued when the process exits are sometimes lost (seen with
+    llama-perplexity's summary and llama-imatrix's statistics)."""
+    import subprocess
+
+    for _ in range(tries):
+        r = subprocess.run(cmd, capture_output=True, text=True, check=True, **kw)
+        if done(r.stdout + r.stderr):
+            break
+    return r

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -83,13 +82,15 @@ def tool(files: dict[str, Path], tmp_path_factory) -> dict[str, dict]:
     exe = perplexity_tool()
     d = tmp_path_factory.mktemp("tool")
     common = ["-c", str(CTX), "-b", str(CTX), "-t", "2"]
-    base = subprocess.run([str(exe), "-m", str(files["F32"]), "-f", str(EVAL_TEXT), *common,
-                           "--kl-divergence-base", str(d / "base.kld")], capture_output=True, text=True, check=True)
+    from llama_cpp_tree import run_logged
+
+    base = run_logged([str(exe), "-m", str(files["F32"]), "-f", str(EVAL_TEXT), *common,
+                       "--kl-divergence-base", str(d / "base.kld")], lambda text: "Final estimate: PPL" in text)
     out = {"base": {"ppl": _number(r"Final estimate: PPL =", base.stdout + base.stderr),
                     "file_bytes": (d / "base.kld").stat().st_size}}
     for t in [*TYPES, "Q3_K_S+imatrix"]:
-        r = subprocess.run([str(exe), "-m", str(files[t]), *common, "--kl-divergence-base", str(d / "base.kld"),
-                            "--kl-divergence"], capture_output=True, text=True, check=True)
+        r = run_logged([str(exe), "-m", str(files[t]), *common, "--kl-divergence-base", str(d / "base.kld"),
+                        "--kl-divergence"], lambda text: "Same top p" in text)
         text = r.stdout + r.stderr
         out[t] = {"ppl": _number(r"Mean PPL\(Q\)", text), "ppl_base": _number(r"Mean PPL\(base\)", text),
                   "kld": _number(r"Mean    KLD", text), "same_top_p": _number(r"Same top p:", text) / 100}

@@ -396,3 +396,23 @@ def test_include_and_exclude_weights_equal_llama_quantize(model, collected, tmp_
     assert cli(["--quiet", "quantize", str(f32), str(tmp_path / "ours.gguf"), "Q4_K_M", "--imatrix", str(imf),
                 *args]) == 0
     assert (tmp_path / "ours.gguf").read_bytes() == (tmp_path / "ref.gguf").read_bytes()
+
+
+def test_show_statistics_prints_llama_imatrixs_table(model, collected, tmp_path, capsys) -> None:
+    """--show-statistics: llama-imatrix's per-tensor and per-layer tables, row for row, for
+    the same file (its float32 arithmetic in its order, so the printed digits agree)."""
+    import re
+
+    bins = tools()
+    f32 = convert(model, tmp_path / "f32.gguf", "f32", quiet=True)
+    imf = tmp_path / "im.gguf"
+    collected.save(str(imf), "gguf")
+    from llama_cpp_tree import run_logged
+
+    r = run_logged([str(bins / "llama-imatrix"), "-m", str(f32), "--in-file", str(imf), "--show-statistics"],
+                   lambda text: "μCosSim" in text and text.rstrip().splitlines()[-1].count("\t") == 3, timeout=600)
+    want = [re.sub(r"^\d+\.\d+\.\d+\.\d+ I ", "", x) for x in (r.stdout + r.stderr).splitlines() if "\t" in x]
+    assert cli(["imatrix", "--in-file", str(imf), "--show-statistics"]) == 0
+    got = [x for x in capsys.readouterr().out.splitlines() if "\t" in x]
+    assert len(want) == 1 + 14 + 1 + 2, (r.stdout + r.stderr)[-1500:]
+    assert got == want

@@ -125,6 +125,13 @@ def _page_options(p: argparse.ArgumentParser) -> None:
 def _imatrix(args: argparse.Namespace) -> int:
     from simpo_q import imatrix as im
 
+    if args.show_statistics:
+        # llama-imatrix's form: one --in-file (or --show FILE) and --show-statistics
+        files = [*args.in_file, *([args.show] if args.show else [])]
+        if len(files) != 1:
+            raise SimpoQError("--show-statistics: give a single imatrix file (--in-file FILE)")
+        print(im.show_statistics(im.load(files[0]), files[0]))
+        return 0
     if args.show:
         m = im.load(args.show)
         print(f"{args.show}: {len(m)} entries, {m.chunk_count} chunks of {m.chunk_size}, datasets {m.datasets}")
@@ -397,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the model one decoder layer at a time, loading each from the files (about one layer "
                         "of memory; chosen by itself when the model does not fit the device)")
     m.add_argument("--show", metavar="FILE", help="print per-tensor statistics of an imatrix file")
+    m.add_argument("--show-statistics", action="store_true",
+                   help="llama-imatrix's statistics of the --in-file: Σ(Act²), min, max, μ, σ, % active, entropy, "
+                        "ZD score, cosine similarity with the previous layer, and per-layer means")
     m.set_defaults(func=_imatrix)
 
     i = _command(sub, "inspect", help="metadata and tensor table of a GGUF")

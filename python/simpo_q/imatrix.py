@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -231,3 +232,86 @@ def is_imatrix_file(path: str | os.PathLike) -> bool:
             return f.read(4) == b"GGUF"
     except OSError:
         return False
+
+
+def _seq_sum(x) -> float:
+    """A float32 sum in order, as std::accumulate over floats (numpy's own sum is pairwise)."""
+    import numpy as np
+
+    return float(np.add.accumulate(np.asarray(x, dtype=np.float32), dtype=np.float32)[-1]) if len(x) else 0.0
+
+
+def _layer_and_name(tensor: str) -> tuple[str, str]:
+    """llama-imatrix's process_tensor_name: ("N", "attn_q") of "blk.N.attn_q.weight"."""
+    parts = tensor.split(".")
+    layer = next((parts[i + 1] for i in range(len(parts) - 1) if parts[i] == "blk"), "-")
+    name = next((parts[i - 1] for i in range(1, len(parts)) if parts[i] == "weight"), tensor)
+    return layer, name
+
+
+def show_statistics(m: Imatrix, where: str) -> str:
+    """llama-imatrix --show-statistics, ported from its compute_statistics, compute_cossim and
+    show_statistics: per tensor Σ(Act²), min, max, μ, σ, % active, N, entropy (and its share of
+    the maximum), ZD score and cosine similarity with the same tensor of the previous layer;
+    then per layer the element-weighted means. float32 arithmetic in llama's order."""
+    import numpy as np
+
+    f32 = np.float32
+    stats = []
+    for name in m.names():
+        values, count = m.entry(name)
+        if count == 0:
+            continue
+        act = (values / f32(count)).astype(f32)
+        total = f32(_seq_sum(act))
+        mean = f32(total / f32(len(act)))
+        sq = f32(_seq_sum(act * act))
+        var = f32(sq / f32(len(act)) - mean * mean)
+        dev = f32(np.sqrt(max(f32(0), var)))
+        active = f32(1) - f32(np.count_nonzero(np.abs(act) <= f32(1e-5))) / f32(len(act))
+        entropy = f32(0)
+        if total > 0:
+            p = (act / total).astype(f32)
+            p = p[p > 0]
+            entropy = f32(-_seq_sum((p * np.log2(p).astype(f32)).astype(f32)))
+        zd = f32(np.count_nonzero(((act - mean) / dev) > 1)) / f32(len(act)) if dev > 0 else f32(0)
+        stats.append({"tensor": name, "values": values.astype(f32), "total": total, "min": float(act.min()),
+                      "max": float(act.max()), "mean": mean, "dev": dev, "active": active, "n": len(act),
+                      "entropy": entropy, "zd": zd, "cossim": f32(0)})
+    by_name = {s["tensor"]: s for s in stats}
+    for s in stats:
+        mt = re.search(r"blk\.(\d+)\.", s["tensor"])
+        if not mt:
+            continue
+        prev = by_name.get(s["tensor"][:mt.start(1)] + str(int(mt.group(1)) - 1) + s["tensor"][mt.end(1):])
+        if prev is not None:
+            a, b = s["values"], prev["values"]
+            dp = f32(_seq_sum((a * b).astype(f32)))
+            s["cossim"] = f32(dp / (f32(np.sqrt(f32(_seq_sum(a * a)))) * f32(np.sqrt(f32(_seq_sum(b * b))))))
+    stats.sort(key=lambda s: (_layer_and_name(s["tensor"])[1], -float(s["total"])))
+    out = [f"\nComputing statistics for {where} ({len(stats)} tensors)",
+           "\n" + "\t".join([" Layer", "       Tensor", "          Σ(Act²)", "  Min", "            Max", "           μ",
+                             "   σ", " % Active", "N", "   Entropy", "E (norm)", "ZD", "  CosSim"]),
+           "=" * 173]
+    layers: dict[int, list[float]] = {}
+    for s in stats:
+        layer, name = _layer_and_name(s["tensor"])
+        norm = f32(100) * (s["entropy"] / f32(np.log2(s["n"]))) if s["n"] > 0 else f32(0)
+        out.append(f"{layer:>5s}\t{name:<20s}\t{s['total']:10.2f}\t{s['min']:8.4f}\t{s['max']:11.4f}\t"
+                   f"{s['mean']:6.2f}\t{s['dev']:6.2f}\t{s['active'] * 100:8.2f}%\t{s['n']:6d}\t{s['entropy']:10.4f}\t"
+                   f"{norm:6.2f}%\t{100 * s['zd']:10.2f}%\t{s['cossim']:8.4f}")
+        blk = int(layer) if layer.isdigit() else -1
+        w = layers.setdefault(blk, [f32(0), f32(0), f32(0), 0])
+        w[0] += f32(s["n"]) * s["total"]
+        w[1] += f32(s["n"]) * s["zd"]
+        w[2] += f32(s["n"]) * s["cossim"]
+        w[3] += s["n"]
+    out.append(f"\nComputing weighted average statistics per layer ({sum(1 for k in layers if k >= 0)} layers)")
+    out.append("\n" + "\t".join(["  Layer", "     μΣ(Act²)", "      μZD", "μCosSim"]))
+    out.append("=" * 48)
+    for blk in sorted(layers):
+        bias, zd, cos, n = layers[blk]
+        if n == 0 or blk < 0:
+            continue
+        out.append(f"{blk:5d}\t{bias / f32(n):14.2f}\t{100 * zd / f32(n):10.4f}%\t{cos / f32(n):6.4f}")
+    return "\n".join(out) + "\n"
