@@ -1,8 +1,8 @@
 """The main job on the embedded default: the tiny pretrained Gemma-2 model (built and cached
 on first use) is fine-tuned with SimPO on the bundled preference pairs, an importance matrix
 is measured on the bundled calibration text, and the trained weights go straight from memory
-into a Q3_K_S GGUF (Q6_K for the tied embedding) with an Ollama Modelfile and the Gemma
-NOTICE. It ends with what quantization cost: the KL divergence of the file from the trained
+into a Q3_K_S GGUF (Q6_K for the tied embedding) with an Ollama Modelfile, the Gemma
+NOTICE and a model card (README.md). It ends with what quantization cost: the KL divergence of the file from the trained
 model on held-out text (the bundled evaluation text, never used for calibration), beside the
 same type without the importance matrix; and llama.cpp answers a question."""
 
@@ -32,7 +32,7 @@ def run_demo(out: Path, cache: Path, quiet: bool = False) -> list[Path]:
                         eval_text=DATA / "evaluation.txt", eval_ctx=128)
     assert gguf is not None
     written = [model, out / "simpo" / "final", out / "simpo" / "metrics.jsonl", gguf,
-               imatrix_beside(gguf), out / "Modelfile", out / "NOTICE"]
+               imatrix_beside(gguf), out / "Modelfile", out / "NOTICE", out / "README.md"]
     try:
         import llama_cpp
     except ImportError:
