@@ -26,9 +26,9 @@ def model() -> Path:
     return cached_tiny_model(REPO / ".cache", pretrain_steps=200, quiet=True)
 
 
-@pytest.fixture
-def tiny_blocks(monkeypatch) -> list[tuple[str, int]]:
-    """Blocks of a few rows (every 2-D tensor of the tiny model is split), recorded."""
+def _spy_blocks(monkeypatch) -> list[tuple[str, int]]:
+    """Blocks of a few rows from now on (every 2-D tensor of the tiny model is split); the
+    (tensor, rows per block) of each blocked tensor are recorded."""
     seen: list[tuple[str, int]] = []
     real = gguf_out.encode_blocks
 
@@ -41,17 +41,14 @@ def tiny_blocks(monkeypatch) -> list[tuple[str, int]]:
     return seen
 
 
+@pytest.fixture
+def tiny_blocks(monkeypatch) -> list[tuple[str, int]]:
+    return _spy_blocks(monkeypatch)
+
+
 def _whole_then_blocks(make, tmp_path: Path, monkeypatch) -> tuple[bytes, bytes, list]:
     a = make(tmp_path / "whole.gguf").read_bytes()
-    seen: list = []
-    real = gguf_out.encode_blocks
-
-    def spy(p, step, threads, pool):
-        seen.append((p.name, step))
-        yield from real(p, step, threads, pool)
-
-    monkeypatch.setattr(gguf_out, "BLOCK_BYTES", 3 * 1024 + 17)
-    monkeypatch.setattr(gguf_out, "encode_blocks", spy)
+    seen = _spy_blocks(monkeypatch)
     b = make(tmp_path / "blocks.gguf").read_bytes()
     return a, b, seen
 

@@ -307,3 +307,13 @@ def test_recipe_parameters_are_checked_at_load(tmp_path: Path) -> None:
     p.write_text("model: m\ndata: d\nollama_parameters:\n  num_ctxx: 5\n")
     with pytest.raises(SimpoQError, match=r"r.yaml: ollama_parameters: 'num_ctxx' is not an Ollama parameter"):
         load_recipe(p)
+
+
+def test_an_existing_readme_is_kept_unless_forced(model: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "README.md").write_text("mine\n")
+    assert cli(["quantize", str(model), str(tmp_path / "m.gguf"), "--model-card"]) == 2
+    assert "README.md: exists; pass --force to replace it" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md"]
+    assert (tmp_path / "README.md").read_text() == "mine\n"
+    assert cli(["--quiet", "quantize", str(model), str(tmp_path / "m.gguf"), "--model-card", "--force"]) == 0
+    assert (tmp_path / "README.md").read_text().startswith("---\n")

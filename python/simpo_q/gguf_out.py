@@ -40,7 +40,7 @@ ALIGNMENT = 32  # GGUF's default data alignment, which simpo-q's writer uses
 # same whatever the block. 16 MiB: below glibc's largest mmap threshold (32 MiB), so the
 # buffers of one block are recycled from the heap for the next instead of being fresh pages
 # the kernel zeroes (with 64 MiB blocks, first touches of new pages cost half the wall time
-# at 9B on 2 cores: 62 s against 29 s)
+# at 9B on 2 cores, benches/bench_9b.py: 64.7 s with 64 MiB blocks, 31.6 s now, with the write thread)
 BLOCK_BYTES = 16 << 20
 
 
@@ -104,7 +104,7 @@ def _quantize_rows(p: Planned, rows: np.ndarray, first_row: int, threads: int | 
         raise SimpoQError(f"tensor {p.name}: {msg}") from e
 
 
-def block_rows(p: Planned, block_bytes: int = BLOCK_BYTES) -> int | None:
+def block_rows(p: Planned, block_bytes: int) -> int | None:
     """Rows per block for a tensor read in blocks, or None when it goes through whole."""
     if p.raw or p.rows is None or len(p.shape) != 2:
         return None

@@ -86,19 +86,7 @@ def local(s: str | os.PathLike, kind: str = "model", files: list[str] | None = N
                           f"(hf download {repo}{' --repo-type dataset' if kind == 'dataset' else ''})") from e
     except (OSError, ValueError) as e:
         raise SimpoQError(f"{where} it cannot be resolved ({e})") from e
-    p = Path(path)
-    if rev and offline() and not _revision_cached(repo, kind, rev, p):
-        raise SimpoQError(f"{where} revision {rev!r} is not in the cache {cache_dir()}")
-    return p
-
-
-def _revision_cached(repo: str, kind: str, rev: str, snapshot: Path) -> bool:
-    """Offline, huggingface_hub falls back to any snapshot for an unknown branch name on some
-    versions: check that the folder is the revision's own (a commit, or a ref naming it)."""
-    if snapshot.name == rev or snapshot.name.startswith(rev):
-        return True
-    ref = cache_dir() / f"{kind}s--{repo.replace('/', '--')}" / "refs" / rev
-    return ref.is_file() and ref.read_text().strip() == snapshot.name
+    return Path(path)
 
 
 def repo_name(folder: Path) -> str | None:

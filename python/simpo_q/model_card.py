@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -42,7 +42,6 @@ class Made:
     refined: bool = False
     budget: str | None = None  # "--target-bpw 3.5"
     size_bytes: int | None = None
-    extra: list[str] = field(default_factory=list)
 
 
 def card_beside(out: str | os.PathLike) -> Path:
@@ -112,7 +111,6 @@ def render(name: str, arch, page: ResolvedPage, made: Made) -> str:
                    f"llama.cpp's llama-quantize writes for the same input, type and importance matrix.")
     if made.size_bytes is not None:
         out.append(f"- **Size**: {made.size_bytes} bytes.")
-    out += [f"- {x}" for x in made.extra]
     if page.page.evaluation:
         out += ["", "## What quantization cost", "",
                 "KL divergence and perplexity against the full-precision model (`simpo-q eval kld`):", "",

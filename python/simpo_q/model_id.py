@@ -92,25 +92,20 @@ def id_entry(model_id: str, total_params: int) -> dict[str, str]:
     """A base model or dataset entry (name, organization, version, repo_url) of an id or URL,
     as the converter builds it from a model card's `base_model` or `datasets`."""
     entry: dict[str, str] = {}
+    ident: str | None = model_id
     if model_id.startswith(("http://", "https://", "ssh://")):
         entry["repo_url"] = model_id
         m = re.match(r"https?://huggingface.co/([^/]+/[^/]+)$", model_id) if "huggingface.co" in model_id else None
-        if m:
-            full, org, _, _, version, _ = get_model_id_components(m.group(1), total_params)
-            if full is not None:
-                entry["name"] = id_to_title(full)
-            if org is not None:
-                entry["organization"] = id_to_title(org)
-            if version is not None:
-                entry["version"] = version
+        ident = m.group(1) if m else None
+    if ident is None:
         return entry
-    full, org, _, _, version, _ = get_model_id_components(model_id, total_params)
+    full, org, _, _, version, _ = get_model_id_components(ident, total_params)
     if full is not None:
         entry["name"] = id_to_title(full)
     if org is not None:
         entry["organization"] = id_to_title(org)
     if version is not None:
         entry["version"] = version
-    if org is not None and full is not None:
+    if "repo_url" not in entry and org is not None and full is not None:
         entry["repo_url"] = f"https://huggingface.co/{org}/{full}"
     return entry

@@ -161,13 +161,9 @@ class ResolvedPage:
                 for k in ("name", "version", "organization", "repo_url"):
                     if k in e:
                         md.append((f"{prefix}.{i}.{k}", "str", e[k]))
-        if self.tags:
-            md.append(("general.tags", "array[str]", list(self.tags)))
+        if self.page.tags:
+            md.append(("general.tags", "array[str]", list(self.page.tags)))
         return md
-
-    @property
-    def tags(self) -> list[str]:
-        return self.page.tags
 
     def card_front_matter(self) -> dict:
         """The model card's YAML front matter (Hugging Face's keys)."""

@@ -111,7 +111,9 @@ class HFDirectory:
             raise SimpoQError(f"{f}: cannot read tensor {name!r}: {e.strerror}") from e
         if got != n:
             raise SimpoQError(f"{f}: truncated while reading tensor {name!r}")
-        return _WIDEN[dtype](raw, cols).reshape(stop - start, cols)
+        import simpo_q
+
+        return simpo_q.dequantize(np.frombuffer(raw, dtype=np.uint8), dtype, cols).reshape(stop - start, cols)
 
     def _load_safetensors(self, name: str) -> np.ndarray:
         from safetensors import SafetensorError, safe_open
@@ -126,18 +128,9 @@ class HFDirectory:
         return a
 
 
-def _widen(dtype: str):
-    """Stored rows → float32 by the native core (ggml's exact bf16/f16 conversions, one pass,
-    on every core); no torch, no numpy temporaries."""
-    def widen(raw: bytearray, cols: int) -> np.ndarray:
-        import simpo_q
-
-        return simpo_q.dequantize(np.frombuffer(raw, dtype=np.uint8), dtype, cols)
-
-    return widen
-
-
-_WIDEN = {d: _widen(d) for d in ("F32", "F16", "BF16")}
+# stored dtypes widened to float32 by the native core (ggml's exact bf16/f16 conversions, one
+# pass, on every core): no torch, no numpy temporaries
+_WIDEN = ("F32", "F16", "BF16")
 
 MAX_JSON_BYTES = 64 << 20  # config.json and an index are kilobytes; a larger file is not one
 

@@ -144,13 +144,7 @@ impl GgufWriterPy {
         name: &str,
         data: &Bound<'_, PyArray1<u8>>,
     ) -> PyResult<()> {
-        let w = self
-            .inner
-            .as_mut()
-            .ok_or_else(|| bad_arg("writer is closed"))?;
-        let data = data.readonly();
-        let bytes = data.as_slice()?;
-        py.detach(|| w.write_tensor(name, bytes)).map_err(to_py)
+        self.write_with(py, name, data, GgufWriter::write_tensor)
     }
 
     /// The next piece of the next tensor (blocks of rows of a large tensor, in order).
@@ -160,14 +154,7 @@ impl GgufWriterPy {
         name: &str,
         data: &Bound<'_, PyArray1<u8>>,
     ) -> PyResult<()> {
-        let w = self
-            .inner
-            .as_mut()
-            .ok_or_else(|| bad_arg("writer is closed"))?;
-        let data = data.readonly();
-        let bytes = data.as_slice()?;
-        py.detach(|| w.write_tensor_part(name, bytes))
-            .map_err(to_py)
+        self.write_with(py, name, data, GgufWriter::write_tensor_part)
     }
 
     fn finish(&mut self, py: Python<'_>) -> PyResult<()> {
@@ -181,6 +168,25 @@ impl GgufWriterPy {
     /// Drops the temporary file; nothing is left at the destination.
     fn abort(&mut self) {
         self.inner.take();
+    }
+}
+
+impl GgufWriterPy {
+    /// The open writer's `write` on the array's bytes, with the GIL released.
+    fn write_with(
+        &mut self,
+        py: Python<'_>,
+        name: &str,
+        data: &Bound<'_, PyArray1<u8>>,
+        write: fn(&mut GgufWriter, &str, &[u8]) -> simpo_q_core::Result<()>,
+    ) -> PyResult<()> {
+        let w = self
+            .inner
+            .as_mut()
+            .ok_or_else(|| bad_arg("writer is closed"))?;
+        let data = data.readonly();
+        let bytes = data.as_slice()?;
+        py.detach(|| write(w, name, bytes)).map_err(to_py)
     }
 }
 
