@@ -263,9 +263,10 @@ def test_unsupported_architecture(model, tmp_path) -> None:
 
     d = _copy(model, tmp_path)
     cfg = json.loads((d / "config.json").read_text())
-    cfg["architectures"] = ["LlamaForCausalLM"]
+    cfg["architectures"] = ["Qwen2ForCausalLM"]
     (d / "config.json").write_text(json.dumps(cfg))
-    _fails(tmp_path, d, r"unsupported architecture \['LlamaForCausalLM'\]; supported: Gemma2ForCausalLM")
+    _fails(tmp_path, d, r"unsupported architecture \['Qwen2ForCausalLM'\]; supported: Gemma2ForCausalLM, "
+                        r"LlamaForCausalLM, MistralForCausalLM")
 
 
 def test_missing_shard(tmp_path) -> None:

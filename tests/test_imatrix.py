@@ -12,6 +12,7 @@ import pytest
 from ggml_ref import ggml, require
 from simpo_q import imatrix as im
 from simpo_q._native import Imatrix, SimpoQError
+from simpo_q.arch import gemma2
 from simpo_q.cli import main as cli
 from simpo_q.convert import convert
 from simpo_q.gguf import metadata_dict, open_gguf
@@ -55,7 +56,7 @@ def test_sums_equal_plain_torch_hooks(model, collected) -> None:
     counts: dict[str, int] = {}
     hooks = []
     for i, layer in enumerate(hf.model.layers):
-        for hf_name, g in im.LINEARS.items():
+        for hf_name, g in gemma2.LINEARS.items():
             name = f"blk.{i}.{g}.weight"
 
             def hook(_m, args, name=name):

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from simpo_q.arch.gemma2 import CHAT_TEMPLATE as GEMMA_CHAT_TEMPLATE
 from simpo_q.cli import main as cli
 from simpo_q.tiny import TinyConfig, build_tiny_model, cached_tiny_model, corpus
-from simpo_q.tiny.builder import GEMMA_CHAT_TEMPLATE, bundled_text
+from simpo_q.tiny.builder import bundled_text
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -31,7 +31,7 @@ def _tiny_model(args: argparse.Namespace) -> int:
 
     cfg = TinyConfig(seed=args.seed, layers=args.layers, hidden=args.hidden, intermediate=args.intermediate,
                      heads=args.heads, kv_heads=args.kv_heads, head_dim=args.head_dim, vocab=args.vocab,
-                     shards=args.shards)
+                     shards=args.shards, arch=args.arch)
     out = build_tiny_model(args.dir, cfg, pretrain_steps=args.pretrain_steps, quiet=args.quiet)
     if not args.quiet:
         for p in sorted(out.iterdir()):
@@ -113,7 +113,8 @@ def _page(args: argparse.Namespace, always: bool = False):
 def _page_options(p: argparse.ArgumentParser) -> None:
     """What the Modelfile, the model card and the GGUF's general.* keys say about the model."""
     p.add_argument("--license", metavar="ID",
-                   help="licence id for the card and general.license (default: the architecture's, gemma for Gemma)")
+                   help="licence id for the card and general.license (default: the architecture's: gemma for "
+                        "Gemma, none for Llama)")
     p.add_argument("--license-file", metavar="FILE", help="full licence text for the Modelfile's LICENSE block")
     p.add_argument("--base-model", action="append", default=[], metavar="ID",
                    help="Hugging Face id of the model this one derives from (repeatable; general.base_model.*)")
@@ -310,8 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bars or per-file lines")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    t = _command(sub, "tiny-model", help="write the tiny real Gemma-2 checkpoint (deterministic)")
+    t = _command(sub, "tiny-model", help="write a tiny real Gemma-2 or Llama checkpoint (deterministic)")
     t.add_argument("dir", help="output directory")
+    from simpo_q.arch import FAMILIES
+
+    t.add_argument("--arch", choices=[a.ARCH for a in FAMILIES], default="gemma2",
+                   help="model family: gemma2 (Gemma's layout and chat template) or llama (Llama-3's chat "
+                        "template on a SentencePiece vocabulary)")
     t.add_argument("--seed", type=int, default=0, help="random seed of the weights (same seed, same bytes)")
     t.add_argument("--layers", type=int, default=2, help="decoder layers")
     t.add_argument("--hidden", type=int, default=256, help="hidden size")
@@ -325,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train briefly on the bundled text first, so it is a real (tiny) language model")
     t.set_defaults(func=_tiny_model)
 
-    c = _command(sub, "convert", help="Hugging Face Gemma-2 directory -> GGUF (f32/f16/bf16/q8_0)")
+    c = _command(sub, "convert", help="Hugging Face Gemma-2 or Llama directory -> GGUF (f32/f16/bf16/q8_0)")
     c.add_argument("model", help="Hugging Face model directory")
     c.add_argument("out", nargs="?", help="output GGUF ({ftype} is replaced by the outtype)")
     c.add_argument("--outfile", help="output GGUF, as convert_hf_to_gguf.py takes it (same as OUT)")
@@ -355,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--pure", action="store_true", help="no per-tensor policy: the file type's type everywhere")
     q.add_argument("--dry-run", action="store_true", help="print each tensor's type and the predicted size")
     q.add_argument("--ollama", action="store_true",
-                   help="also write a Modelfile (template, parameters, licence) and NOTICE for Gemma")
+                   help="also write a Modelfile (template, parameters, licence) and the NOTICE the licence asks for")
     q.add_argument("--model-card", action="store_true", help="also write README.md, a Hugging Face model card")
     q.add_argument("--include-weights", action="append", default=[], metavar="NAME",
                    help="use the importance matrix only for tensors whose names contain NAME (repeatable)")

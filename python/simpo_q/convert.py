@@ -1,5 +1,5 @@
-"""Hugging Face Gemma-2 directory → GGUF, as llama.cpp's convert_hf_to_gguf.py writes it
-(metadata keys and order, tensor names and order, norm +1, vocabulary), with tensors read
+"""Hugging Face model directory → GGUF, as llama.cpp's convert_hf_to_gguf.py writes it
+(metadata keys and order, tensor names and order, the adapter's transforms, vocabulary), with tensors read
 lazily and written as they are produced."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import numpy as np
 
 from simpo_q._native import SimpoQError
 from simpo_q.arch import adapter_for
+from simpo_q.arch.base import converted_name
 from simpo_q.gguf_out import Planned, size_label, write_gguf
 from simpo_q.outputs import check_output
 from simpo_q.sources import HFDirectory
-from simpo_q.tokenizer import tokenizer_metadata
 
 OUTTYPES = {"f32": ("F32", 0), "f16": ("F16", 1), "bf16": ("BF16", 32), "q8_0": ("Q8_0", 7)}
 
@@ -23,19 +23,20 @@ def hf_plan(src: HFDirectory, tensor_type) -> list[Planned]:
     """Every tensor the converter writes, in its order, with `tensor_type(gguf_name, shape)`."""
     arch = adapter_for(src.config, str(src.path / "config.json"))
     plan = []
+    cfg = src.config
     for hf in src.names():
-        name = arch.gguf_name(hf)
+        name = converted_name(arch, cfg, hf)
         if name is None:
             continue
         shape = src.shape(hf)
 
         def load(hf=hf) -> np.ndarray:
-            return arch.transform(hf, src.load(hf))
+            return arch.transform(cfg, hf, src.load(hf))
 
         rows = None
-        if hasattr(src, "load_rows") and len(shape) == 2:
+        if hasattr(src, "load_rows") and len(shape) == 2 and arch.row_local(cfg, hf):
             def rows(start: int, stop: int, hf=hf) -> np.ndarray:
-                return arch.transform(hf, src.load_rows(hf, start, stop))
+                return arch.transform(cfg, hf, src.load_rows(hf, start, stop))
 
         # what the quantizer's log calls the input's type: norms become float32 (+1 added)
         src_type = src.stored_type(hf) if len(shape) == 2 else "F32"
@@ -64,8 +65,7 @@ def converted_metadata(src: HFDirectory, file_type: int, n_params: int,
         md.append(("general.license", "str", lic))
     md += arch.hparams_metadata(cfg, file_type)
     md.append(("general.quantization_version", "u32", 2))
-    md += tokenizer_metadata(src.path, cfg)
-    md.append(("tokenizer.ggml.add_space_prefix", "bool", False))
+    md += arch.vocab_metadata(src.path, cfg)
     return md
 
 

@@ -15,14 +15,6 @@ from pathlib import Path
 from simpo_q import textfile
 from simpo_q._native import Imatrix, SimpoQError
 
-# HF module (inside model.layers.N) → GGUF weight name (inside blk.N): every linear weight of
-# every block, the ones llama-imatrix collects (token_embd, also the tied output, never is).
-LINEARS = {
-    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-}
-
 
 def read_text(path: str | os.PathLike) -> str:
     return textfile.read_text(path, "calibration text")
@@ -114,8 +106,12 @@ def collect_from_model(model, tok, text_file: str | os.PathLike, *, ctx: int = 5
     local = into if into is not None and world == 1 else Imatrix(ctx)
     active = [batch]  # chunks of this forward that count: fewer for the padding that keeps ranks in step
     hooks, widths = [], {}
+    # the linear layers llama-imatrix collects, as the architecture adapter names them
+    from simpo_q.arch import adapter_for
+
+    linears = adapter_for(hf.config.to_dict(), "the model's config").LINEARS
     for i, layer in enumerate(hf.model.layers):
-        for hf_name, gguf in LINEARS.items():
+        for hf_name, gguf in linears.items():
             mod = layer.get_submodule(hf_name)
             name = f"blk.{i}.{gguf}.weight"
             widths[name] = mod.in_features

@@ -21,7 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from simpo_q._native import Imatrix, SimpoQError
-from simpo_q.imatrix import LINEARS, chunk_tokens, read_text
+from simpo_q.arch import adapter_for
+from simpo_q.arch.base import EMBED, LAYER_PREFIX
+from simpo_q.imatrix import chunk_tokens, read_text
 
 HIDDEN_BUDGET = 1 << 30  # bytes of hidden states held at once; more chunks run in several passes
 
@@ -110,7 +112,7 @@ def _embedding_rows(src, ids, dtype):
         end = start + 1
         while end < len(uniq) and uniq[end] == uniq[end - 1] + 1:
             end += 1
-        rows.append(src.load_rows("model.embed_tokens.weight", int(uniq[start]), int(uniq[end - 1]) + 1))
+        rows.append(src.load_rows(EMBED, int(uniq[start]), int(uniq[end - 1]) + 1))
         start = end
     return uniq, torch.from_numpy(np.concatenate(rows)).to(dtype)
 
@@ -175,6 +177,7 @@ def collect_offloaded(model_dir: str | os.PathLike, text_file: str | os.PathLike
     tok = AutoTokenizer.from_pretrained(str(src.path))
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     batches = chunk_tokens(tok, text, ctx, chunks, str(text_file), skip)
+    linears = adapter_for(src.config, str(src.path / "config.json")).LINEARS
     model = _skeleton(src, torch_dtype)
     body = model.model
     layers = list(body.layers)
@@ -209,9 +212,9 @@ def collect_offloaded(model_dir: str | os.PathLike, text_file: str | os.PathLike
                 inputs.append(calls)
             states = [calls[0][1] for calls in inputs]
             for i, layer in enumerate(layers):
-                _load_layer(layer, src, f"model.layers.{i}.", device, layer_buffers[i])
+                _load_layer(layer, src, f"{LAYER_PREFIX}{i}.", device, layer_buffers[i])
                 hooks = []
-                for hf_name, gguf in LINEARS.items():
+                for hf_name, gguf in linears.items():
                     def hook(_m, args, name=f"blk.{i}.{gguf}.weight"):
                         x = args[0].detach().reshape(-1, args[0].shape[-1])
                         out.add(name, x.to(device="cpu", dtype=torch.float32).contiguous().numpy())

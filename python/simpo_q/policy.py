@@ -74,20 +74,41 @@ def check_file_type(ftype: str) -> str:
     return ftype.upper()
 
 
+@dataclass
+class _State:
+    """What llama.cpp's type choice knows of the model and counts as it goes (its
+    quantize_state_impl)."""
+    ftype: str
+    default: str
+    has_output: bool  # an untied head; otherwise token_embd is the output
+    n_attn_v: int
+    n_layer: int
+    llama_70b: bool  # llama.cpp's LLM_TYPE_70B: its attn_v gets more bits
+    i_attn_v: int = 0
+    i_ffn_down: int = 0
+
+
+def _is_llama_70b(arch: str, shapes: dict[str, tuple[int, ...]], n_layer: int) -> bool:
+    """llama-quant's model-type inference: a llama of 80 layers whose key heads are fewer than
+    its query heads (fewer attn_k rows than attn_q rows)."""
+    q, k = shapes.get("blk.0.attn_q.weight"), shapes.get("blk.0.attn_k.weight")
+    return arch == "llama" and n_layer == 80 and q is not None and k is not None and q[0] != k[0]
+
+
 def plan_types(ftype: str, tensors: list[tuple[str, tuple[int, ...]]], ov: Overrides | None = None,
-               input_types: dict[str, str] | None = None, fallbacks: list[str] | None = None) -> dict[str, str]:
+               input_types: dict[str, str] | None = None, fallbacks: list[str] | None = None,
+               arch: str = "") -> dict[str, str]:
     """The output type of every tensor (GGUF names, numpy shapes), in llama.cpp's order.
     `fallbacks` collects llama-quantize's warning line for each tensor whose row length
-    does not fit its type."""
+    does not fit its type. `arch`: the GGUF architecture (one llama.cpp rule depends on it)."""
     ov = ov or Overrides()
     ftype = check_file_type(ftype)
     default = FILE_TYPES[ftype][1]
     names = sorted((n for n, _ in tensors), key=weights_map_key)
     shapes = dict(tensors)
-    has_output = "output.weight" in shapes
-    n_attn_v = sum(1 for n in names if n.endswith("attn_v.weight"))
     n_layer = sum(1 for n in names if n.endswith("ffn_down.weight"))
-    i_attn_v = i_ffn_down = 0
+    qs = _State(ftype, default, "output.weight" in shapes, sum(1 for n in names if n.endswith("attn_v.weight")),
+                n_layer, _is_llama_70b(arch, shapes, n_layer))
     out: dict[str, str] = {}
     patterns = []
     for p, t in ov.tensor_types:
@@ -104,11 +125,11 @@ def plan_types(ftype: str, tensors: list[tuple[str, tuple[int, ...]]], ov: Overr
         t = default
         quantized_default = default not in ("F32", "F16", "BF16")
         if not ov.pure and quantized_default:
-            t = _get_type(ftype, default, name, ne0, has_output, i_attn_v, n_attn_v, i_ffn_down, n_layer, ov)
+            t = _get_type(qs, name, ne0, ov)
         if name.endswith("attn_v.weight"):
-            i_attn_v += 1
+            qs.i_attn_v += 1
         if name.endswith("ffn_down.weight"):
-            i_ffn_down += 1
+            qs.i_ffn_down += 1
         if ov.token_embedding_type and name == "token_embd.weight":
             t = ov.token_embedding_type.upper()
         if ov.output_tensor_type and name == "output.weight":
@@ -127,26 +148,31 @@ def plan_types(ftype: str, tensors: list[tuple[str, tuple[int, ...]]], ov: Overr
     return out
 
 
-def _get_type(ftype, default, name, ne0, has_output, i_attn_v, n_attn_v, i_ffn_down, n_layer, ov) -> str:
+def _get_type(qs: _State, name: str, ne0: int, ov: Overrides) -> str:
+    """llama.cpp's llama_tensor_get_type for the file types simpo-q writes."""
+    ftype, default = qs.ftype, qs.default
     t = default
-    if name == "output.weight" or (name == "token_embd.weight" and not has_output):
+    if name == "output.weight" or (name == "token_embd.weight" and not qs.has_output):
         if ov.output_tensor_type:
             return ov.output_tensor_type.upper()
         if ne0 % _block(default) != 0:
             return "Q8_0"
         return "Q6_K" if default != "Q8_0" else "Q8_0"
     if name.endswith("attn_v.weight"):
-        i = i_attn_v
+        i = qs.i_attn_v
         if ftype == "Q3_K_M":
             t = "Q5_K" if i < 2 else "Q4_K"
         elif ftype == "Q3_K_L":
             t = "Q5_K"
-        elif ftype in ("Q4_K_M", "Q5_K_M") and use_more_bits(i, n_attn_v):
+        elif ftype in ("Q4_K_M", "Q5_K_M") and use_more_bits(i, qs.n_attn_v):
             t = "Q6_K"
         elif ftype == "Q4_K_S" and i < 4:
             t = "Q5_K"
+        if qs.llama_70b and t in ("Q3_K", "Q4_K"):
+            # 8 query heads share each attn_v: more bits for little size
+            t = "Q5_K"
     elif name.endswith("ffn_down.weight"):
-        i = i_ffn_down
+        i, n_layer = qs.i_ffn_down, qs.n_layer
         if ftype == "Q3_K_M":
             t = "Q5_K" if i < n_layer // 16 else "Q4_K"
         elif ftype == "Q3_K_L":

@@ -156,7 +156,9 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
     by_name = {p.name: p for p in source}
     input_types = {p.name: p.qtype for p in source}
     fallbacks: list[str] = []  # llama-quantize's warning lines, one per tensor whose type was replaced
-    types = plan_types(ftype, [(p.name, p.shape) for p in source], overrides, input_types, fallbacks=fallbacks)
+    arch = str(next((v for k, _, v in metadata if k == "general.architecture"), ""))
+    types = plan_types(ftype, [(p.name, p.shape) for p in source], overrides, input_types, fallbacks=fallbacks,
+                       arch=arch)
     for name, t in types.items():
         if input_types[name] not in FLOAT_INPUTS and t != input_types[name] and not allow_requantize:
             # llama-quantize's rule: a quantized tensor is only converted on request (its
@@ -166,7 +168,6 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
     if not quiet:
         for line in fallbacks:
             print(line, file=sys.stderr)
-    arch = str(next((v for k, _, v in metadata if k == "general.architecture"), ""))
     adapter = adapter_by_arch(arch, str(inp))
     publishing = page is not None or ollama or model_card
     if publishing and page is None:

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from simpo_q._native import SimpoQError
-from simpo_q.arch import adapter_for
+from simpo_q.arch import adapter_for, check_tensors
+from simpo_q.arch.base import LM_HEAD
 
 
 class HFDirectory:
@@ -42,7 +43,7 @@ class HFDirectory:
                 self._shape[name] = shape
                 self._offset[name] = offset
         # every tensor present with the shape the config implies, before anything is written
-        adapter_for(self.config, str(cfg)).check_tensors(self.config, self._shape, str(self.path))
+        check_tensors(adapter_for(self.config, str(cfg)), self.config, self._shape, str(self.path))
 
     def _weight_files(self) -> list[Path]:
         index = self.path / "model.safetensors.index.json"
@@ -210,7 +211,8 @@ class StateDictSource:
     def __init__(self, model_dir: str | os.PathLike, tensors: dict):
         self.path = Path(model_dir)
         self.config = read_config(self.path / "config.json")
-        self._t = {k: v for k, v in tensors.items() if k != "lm_head.weight"}
+        tied = adapter_for(self.config, str(self.path / "config.json")).tied(self.config)
+        self._t = {k: v for k, v in tensors.items() if not (tied and k == LM_HEAD)}  # the head is the embedding
 
     def names(self) -> list[str]:
         return sorted(self._t)

@@ -22,7 +22,7 @@ def _looks_special(tok: str) -> bool:
             or (tok.startswith("<｜") and tok.endswith("｜>")) or tok.startswith("<unused"))
 
 
-def _json(path: Path) -> dict | None:
+def read_json(path: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
@@ -36,7 +36,7 @@ def sentencepiece_vocab(model_dir: Path, vocab_size: int | None):
 
     path = model_dir / "tokenizer.model"
     if not path.is_file():
-        raise SimpoQError(f"{path}: missing; Gemma-2 conversion needs the SentencePiece model")
+        raise SimpoQError(f"{path}: missing; conversion needs the SentencePiece model")
     sp = spm.SentencePieceProcessor()
     try:
         sp.LoadFromFile(str(path))
@@ -58,11 +58,11 @@ def sentencepiece_vocab(model_dir: Path, vocab_size: int | None):
         else:
             t = NORMAL
         tokens[i], scores[i], types[i] = sp.IdToPiece(i), sp.GetScore(i), t
-    added = _json(model_dir / "added_tokens.json") or {}
+    added = read_json(model_dir / "added_tokens.json") or {}
     for text, i in added.items():
         if i < n:
             tokens[i], scores[i], types[i] = text, -1000.0, USER_DEFINED
-    tc = _json(model_dir / "tokenizer_config.json") or {}
+    tc = read_json(model_dir / "tokenizer_config.json") or {}
     for sid, data in tc.get("added_tokens_decoder", {}).items():
         i = int(sid)
         if i >= n:
@@ -78,8 +78,8 @@ def sentencepiece_vocab(model_dir: Path, vocab_size: int | None):
 
 
 def special_vocab(model_dir: Path, config: dict, n_vocab: int) -> list[tuple[str, str, object]]:
-    tj = _json(model_dir / "tokenizer.json") or {}
-    tc = _json(model_dir / "tokenizer_config.json")
+    tj = read_json(model_dir / "tokenizer.json") or {}
+    tc = read_json(model_dir / "tokenizer_config.json")
     added = tj.get("added_tokens", [])
     add: dict[str, bool] = {}
     pp = tj.get("post_processor") or {}

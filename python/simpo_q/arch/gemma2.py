@@ -4,12 +4,15 @@ writes, in its order (docs/conversion.md)."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 
 from simpo_q._native import SimpoQError
+from simpo_q.arch.base import EMBED, LAYER_PREFIX, LM_HEAD, TinyTokenizer, positive_floats, positive_ints
 
 ARCH = "gemma2"
+HF_ARCHS = ("Gemma2ForCausalLM",)
 
 _LAYER = {
     "input_layernorm": "attn_norm",
@@ -25,14 +28,15 @@ _LAYER = {
     "post_feedforward_layernorm": "post_ffw_norm",
 }
 _RE = re.compile(r"^model\.layers\.(\d+)\.(.+)\.weight$")
+LINEARS = {k: v for k, v in _LAYER.items() if k.startswith(("self_attn.", "mlp."))}
 
 
 def gguf_name(hf: str) -> str | None:
     """The GGUF name of an HF tensor, or None for tensors the converter drops (lm_head: the
     embeddings are tied)."""
-    if hf == "lm_head.weight":
+    if hf == LM_HEAD:
         return None
-    if hf == "model.embed_tokens.weight":
+    if hf == EMBED:
         return "token_embd.weight"
     if hf == "model.norm.weight":
         return "output_norm.weight"
@@ -52,21 +56,14 @@ _SIZES = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attentio
 
 def expected_shapes(cfg: dict, where: str) -> dict[str, tuple[int, ...]]:
     """Every tensor a Gemma-2 checkpoint must hold, with the shape its config implies."""
-    vals = {}
-    for k in (*_SIZES, "num_key_value_heads", *_METADATA_INTS):
-        v = cfg.get(k, cfg.get("num_attention_heads") if k == "num_key_value_heads" else None)
-        if type(v) is not int or v < 1:
-            raise SimpoQError(f"{where}: config {k} is {v!r}; expected a positive integer")
-        vals[k] = v
-    for k in _METADATA_FLOATS:
-        v = cfg.get(k)
-        if type(v) not in (int, float) or not np.isfinite(v) or v <= 0:
-            raise SimpoQError(f"{where}: config {k} is {v!r}; expected a positive number")
+    vals = positive_ints(cfg, (*_SIZES, "num_key_value_heads", *_METADATA_INTS), where,
+                         {"num_key_value_heads": cfg.get("num_attention_heads")})
+    positive_floats(cfg, _METADATA_FLOATS, where)
     h, inter, heads, kv, hd = (vals["hidden_size"], vals["intermediate_size"], vals["num_attention_heads"],
                                vals["num_key_value_heads"], vals["head_dim"])
     if heads % kv:
         raise SimpoQError(f"{where}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}")
-    shapes = {"model.embed_tokens.weight": (vals["vocab_size"], h), "model.norm.weight": (h,)}
+    shapes = {EMBED: (vals["vocab_size"], h), "model.norm.weight": (h,)}
     per_layer = {
         "input_layernorm": (h,), "self_attn.q_proj": (heads * hd, h), "self_attn.k_proj": (kv * hd, h),
         "self_attn.v_proj": (kv * hd, h), "self_attn.o_proj": (h, heads * hd), "post_attention_layernorm": (h,),
@@ -75,43 +72,33 @@ def expected_shapes(cfg: dict, where: str) -> dict[str, tuple[int, ...]]:
     }
     for i in range(vals["num_hidden_layers"]):
         for k, sh in per_layer.items():
-            shapes[f"model.layers.{i}.{k}.weight"] = sh
+            shapes[f"{LAYER_PREFIX}{i}.{k}.weight"] = sh
     return shapes
 
 
-def check_tensors(cfg: dict, stored: dict[str, tuple[int, ...]], where: str) -> None:
-    """Refuses a checkpoint whose tensors do not match its config: a missing or unexpected
-    tensor, or one of another shape (llama.cpp would refuse the GGUF; transformers would
-    fill a missing weight with random values)."""
-    want = expected_shapes(cfg, f"{where}/config.json")
-    for name, shape in want.items():
-        if name not in stored:
-            raise SimpoQError(f"{where}: tensor {name!r} is missing (config.json has "
-                              f"{cfg['num_hidden_layers']} layers)")
-        if tuple(stored[name]) != shape:
-            raise SimpoQError(f"{where}: tensor {name!r} has shape {list(stored[name])}, config.json implies "
-                              f"{list(shape)}")
-    tied = want["model.embed_tokens.weight"]
-    for name, shape in stored.items():
-        if name == "lm_head.weight" and tuple(shape) == tied:
-            continue
-        if name not in want:
-            raise SimpoQError(f"{where}: unexpected tensor {name!r} {list(shape)} for a Gemma-2 model of this config")
+def tied(cfg: dict) -> bool:
+    """Gemma-2's head is always its embedding (llama.cpp's gemma2 has no output tensor)."""
+    return True
 
 
-def transform(hf: str, x: np.ndarray) -> np.ndarray:
+def transform(cfg: dict, hf: str, x: np.ndarray) -> np.ndarray:
     """Gemma multiplies by (1 + w) in its RMS norms; llama.cpp by w. Added in float32."""
     if hf.endswith("norm.weight"):
         return (x + np.float32(1.0)).astype(np.float32)
     return x
 
 
-def untransform(hf: str, x: np.ndarray) -> np.ndarray:
+def untransform(cfg: dict, hf: str, x: np.ndarray) -> np.ndarray:
     """`transform` undone: GGUF values back to Hugging Face's (for running a GGUF's weights in
     the Hugging Face model)."""
     if hf.endswith("norm.weight"):
         return (x - np.float32(1.0)).astype(np.float32)
     return x
+
+
+def row_local(cfg: dict, hf: str) -> bool:
+    """Every row of a converted tensor depends on the same row of the stored one."""
+    return True
 
 
 def hparams_metadata(cfg: dict, file_type: int) -> list[tuple[str, str, object]]:
@@ -131,6 +118,13 @@ def hparams_metadata(cfg: dict, file_type: int) -> list[tuple[str, str, object]]
         ("gemma2.attention.sliding_window", "u32", cfg["sliding_window"]),
     ]
 
+
+
+def vocab_metadata(model_dir: Path, cfg: dict) -> list[tuple[str, str, object]]:
+    """The converter's Gemma-2 vocabulary: SentencePiece, then no space prefix."""
+    from simpo_q.tokenizer import tokenizer_metadata
+
+    return [*tokenizer_metadata(model_dir, cfg), ("tokenizer.ggml.add_space_prefix", "bool", False)]
 
 # ---- what a published Gemma-2 file carries (the Ollama page and the model card) ----
 
@@ -166,3 +160,92 @@ CITATION = """@article{gemma_2024,
     author={Gemma Team},
     year={2024}
 }"""
+
+
+# ---- the tiny Gemma-2 simpo-q builds for its tests and demo (simpo_q.tiny.builder) ----
+
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
+    "{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
+)
+
+# Gemma's id layout: <pad> 0, <eos> 1, <bos> 2, <unk> 3, then the user symbols from id 4 on.
+_USER_SYMBOLS = (
+    ("<mask>", "[multimodal]")
+    + tuple(f"<unused{i}>" for i in range(100))
+    + ("<start_of_turn>", "<end_of_turn>", "\n", "\n\n", "\n\n\n", "\t", "\t\t", "\t\t\t")
+)
+TINY_TOKENIZER = TinyTokenizer(
+    pad="<pad>", eos="<eos>", bos="<bos>", unk="<unk>", ids={"pad": 0, "eos": 1, "bos": 2, "unk": 3},
+    user_symbols=_USER_SYMBOLS,
+    special=frozenset({"<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>",
+                       "[multimodal]", *(f"<unused{i}>" for i in range(100))}),
+    chat_template=CHAT_TEMPLATE, tokenizer_class="GemmaTokenizer", eos_token="<eos>",
+    extra_config={"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]},
+    # <end_of_turn> is id 107 in this layout, as in Gemma's own vocabulary
+    generation_config={"bos_token_id": 2, "eos_token_id": [1, 107], "pad_token_id": 0,
+                       "cache_implementation": "hybrid"},
+)
+
+
+def tiny_config(tc) -> dict:
+    """config.json as gemma-2-9b-it's in every field that matters, at small sizes."""
+    return {
+        "architectures": ["Gemma2ForCausalLM"],
+        "model_type": "gemma2",
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "attn_logit_softcapping": 50.0,
+        "final_logit_softcapping": 30.0,
+        "bos_token_id": 2,
+        "eos_token_id": [1, 107],
+        "pad_token_id": 0,
+        "head_dim": tc.head_dim,
+        "hidden_act": "gelu_pytorch_tanh",
+        "hidden_activation": "gelu_pytorch_tanh",
+        "hidden_size": tc.hidden,
+        "initializer_range": 0.02,
+        "intermediate_size": tc.intermediate,
+        "max_position_embeddings": 8192,
+        "num_attention_heads": tc.heads,
+        "num_hidden_layers": tc.layers,
+        "num_key_value_heads": tc.kv_heads,
+        # llama.cpp scales attention by 1/sqrt(head_dim) and ignores this key; keep them equal.
+        "query_pre_attn_scalar": tc.head_dim,
+        "rms_norm_eps": 1e-06,
+        "rope_theta": 10000.0,
+        "sliding_window": 4096,
+        "cache_implementation": "hybrid",
+        "tie_word_embeddings": True,
+        "dtype": "bfloat16",
+        "use_cache": True,
+        "vocab_size": tc.vocab,
+    }
+
+
+def tiny_tensors(tc) -> list[tuple[str, tuple[int, ...], str]]:
+    """(HF name, shape, init kind) for every tensor, in a fixed order. Norm weights are
+    randomised around 0 (Gemma multiplies by 1 + w), so the converter's +1 is exercised."""
+    specs: list[tuple[str, tuple[int, ...], str]] = [(EMBED, (tc.vocab, tc.hidden), "embed")]
+    q, kv = tc.heads * tc.head_dim, tc.kv_heads * tc.head_dim
+    for i in range(tc.layers):
+        p = f"{LAYER_PREFIX}{i}."
+        specs += [
+            (p + "input_layernorm.weight", (tc.hidden,), "norm"),
+            (p + "self_attn.q_proj.weight", (q, tc.hidden), "linear"),
+            (p + "self_attn.k_proj.weight", (kv, tc.hidden), "linear"),
+            (p + "self_attn.v_proj.weight", (kv, tc.hidden), "linear"),
+            (p + "self_attn.o_proj.weight", (tc.hidden, q), "linear"),
+            (p + "post_attention_layernorm.weight", (tc.hidden,), "norm"),
+            (p + "pre_feedforward_layernorm.weight", (tc.hidden,), "norm"),
+            (p + "mlp.gate_proj.weight", (tc.intermediate, tc.hidden), "linear"),
+            (p + "mlp.up_proj.weight", (tc.intermediate, tc.hidden), "linear"),
+            (p + "mlp.down_proj.weight", (tc.hidden, tc.intermediate), "linear"),
+            (p + "post_feedforward_layernorm.weight", (tc.hidden,), "norm"),
+        ]
+    specs.append(("model.norm.weight", (tc.hidden,), "norm"))
+    return specs

@@ -54,21 +54,26 @@ class TorchModel:
 
         r = _open(gguf)
         cfg = like.model.config
-        arch = adapter_for(cfg.to_dict(), "the reference's config")
+        from simpo_q.arch.base import converted_name
+
+        hf_cfg = cfg.to_dict()
+        arch = adapter_for(hf_cfg, "the reference's config")
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="eager")
         tensors = {n: (d, t) for n, d, t, _, _ in r.tensors}
         state = {}
-        for hf, shape in arch.expected_shapes(cfg.to_dict(), "the reference's config").items():
-            g = arch.gguf_name(hf)
+        for hf, shape in arch.expected_shapes(hf_cfg, "the reference's config").items():
+            g = converted_name(arch, hf_cfg, hf)
+            if g is None:
+                continue
             if g not in tensors:
                 raise SimpoQError(f"{gguf}: no tensor {g} (a GGUF of another model?)")
             dims, qtype = tensors[g]
             if tuple(reversed(dims)) != shape:
                 raise SimpoQError(f"{gguf}: tensor {g} is {list(reversed(dims))}, the reference's is {list(shape)}")
             x = simpo_q.dequantize(r.tensor_bytes(g), qtype, shape[-1]).reshape(shape)
-            state[hf] = torch.from_numpy(arch.untransform(hf, x))
+            state[hf] = torch.from_numpy(arch.untransform(hf_cfg, hf, x))
         missing, _ = model.load_state_dict(state, strict=False)
-        if [m for m in missing if m != "lm_head.weight"]:
+        if [m for m in missing if converted_name(arch, hf_cfg, m) is not None]:  # a tied head comes from tie_weights
             raise SimpoQError(f"{gguf}: no weights for {missing[:3]}")
         model.tie_weights()
         model.to(like.device, dtype=_torch_dtype(dtype)).eval()

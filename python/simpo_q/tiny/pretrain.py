@@ -56,4 +56,9 @@ def pretrain(model_dir: Path, text: str, *, steps: int, seed: int, quiet: bool =
         opt.step()
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
-    return {k: v.detach().float().numpy() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    from simpo_q.arch import adapter_for
+    from simpo_q.arch.base import LM_HEAD
+
+    cfg = model.config.to_dict()
+    tied = adapter_for(cfg, str(model_dir / "config.json")).tied(cfg)
+    return {k: v.detach().float().numpy() for k, v in model.state_dict().items() if not (tied and k == LM_HEAD)}

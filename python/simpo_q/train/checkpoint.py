@@ -292,17 +292,26 @@ def save_final(model, tok, out: Path, rank: int, dtype: str = "bfloat16", source
             pass
         dist.barrier()
         return
+    hf = model.hf if hasattr(model, "hf") else model
+    from simpo_q.arch import adapter_for
+    from simpo_q.arch.base import LM_HEAD
+
+    hf_cfg = hf.config.to_dict()
+    tied = adapter_for(hf_cfg, "the trained model's config").tied(hf_cfg)
+
+    def kept(name: str) -> bool:  # a tied head is the embedding: not stored twice
+        return not (tied and name == LM_HEAD)
+
     specs = [(k.removeprefix("hf."), tuple(v.shape), "") for k, v in model.state_dict().items()
-             if k.removeprefix("hf.") != "lm_head.weight"]
+             if kept(k.removeprefix("hf."))]
     total = sum(int(np.prod(sh)) for _, sh, _ in specs) * td.itemsize
     shards = max(1, -(-total // SHARD_BYTES))
-    hf = model.hf if hasattr(model, "hf") else model
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():  # left by an earlier killed save
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        tensors = ((n, _tensor_bytes(t.to(td))) for n, t in gathered if n != "lm_head.weight")
+        tensors = ((n, _tensor_bytes(t.to(td))) for n, t in gathered if kept(n))
         write_weights(tmp, specs, tensors, shards, _SAFETENSORS_DTYPE[dtype])
         for _ in gathered:  # the tied head, if it comes last: the other ranks gather it too
             pass

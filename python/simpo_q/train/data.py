@@ -70,9 +70,13 @@ def read_rows(path: str | os.PathLike, split: str = "train") -> list[dict]:
     return [row for _, row in read_jsonl(p, "preference data file")]
 
 
-def render_answer(content: str) -> str:
-    """One assistant turn as Gemma's template renders it (role `model`, content trimmed)."""
-    return f"<start_of_turn>model\n{content.strip()}<end_of_turn>\n"
+def render_answer(tok, prompt_msgs: list[dict], prompt_text: str, content: str) -> str | None:
+    """One assistant turn as the model's chat template renders it after the prompt (Gemma:
+    `<start_of_turn>model\n…<end_of_turn>\n`; Llama-3: its assistant header, …, <|eot_id|>):
+    the conversation with the answer, less the prompt. None if the template renders the
+    prompt differently once an answer follows (nothing to split off)."""
+    full = tok.apply_chat_template([*prompt_msgs, {"role": "assistant", "content": content}], tokenize=False)
+    return full[len(prompt_text):] if full.startswith(prompt_text) else None
 
 
 def tokenize_pairs(rows: list[dict], tok, *, max_length: int, max_prompt_length: int
@@ -109,8 +113,12 @@ def tokenize_pairs(rows: list[dict], tok, *, max_length: int, max_prompt_length:
         if not p or p[0] != tok.bos_token_id:
             p = [tok.bos_token_id, *p]
         answers = []
-        for a in (a_c, a_r):
-            ids = tok(render_answer(a), add_special_tokens=False).input_ids
+        texts = [render_answer(tok, prompt_msgs, prompt_text, a) for a in (a_c, a_r)]
+        if None in texts:
+            bad["the chat template renders the prompt differently before an answer"] += 1
+            continue
+        for a in texts:
+            ids = tok(a, add_special_tokens=False).input_ids
             if not ids or ids[-1] != tok.eos_token_id:
                 ids = [*ids, tok.eos_token_id]
             answers.append(ids)

@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from simpo_q._native import SimpoQError
 from simpo_q.train.data import collate, epoch_batches, read_rows, tokenize_pairs
-from simpo_q.train.loss import average_logps, simpo_loss, token_logps
+from simpo_q.train.loss import average_logps, model_token_logps, simpo_loss
 from simpo_q.train.recipe import Recipe
 
 
@@ -33,10 +33,7 @@ class SimPOModel(torch.nn.Module):
     def forward(self, input_ids, attention_mask, labels, chunk_tokens: int = 1024, per_token: bool = False):
         """Each sequence's average log-probability of its labels; with `per_token`, the
         (log-probabilities, batch rows) of every scored token (for a perplexity's error)."""
-        out = self.hf.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        softcap = getattr(self.hf.config, "final_logit_softcapping", None)
-        lp, rows = token_logps(out.last_hidden_state, self.hf.lm_head.weight, labels, softcap=softcap,
-                               chunk_tokens=chunk_tokens)
+        lp, rows = model_token_logps(self.hf, input_ids, attention_mask, labels, chunk_tokens=chunk_tokens)
         if per_token:
             return lp, rows
         return average_logps(lp, rows, input_ids.shape[0])

@@ -82,14 +82,21 @@ def average_logps(lp: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Ten
     return total / count  # as the official trainer: no clamp, a row with nothing to score is an error upstream
 
 
+def model_token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, *,
+                      chunk_tokens: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p of every label token, its batch row) from a Hugging Face causal LM: its body,
+    then the chunked head (with the config's final softcapping, if it has one: Gemma-2)."""
+    out = model.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    return token_logps(out.last_hidden_state, model.lm_head.weight, labels, softcap=softcap,
+                       chunk_tokens=chunk_tokens)
+
+
 def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, *,
                    chunk_tokens: int = 1024) -> torch.Tensor:
     """Average log-probability of each sequence's label tokens (length-normalised, as SimPO's
     c̄ and r̄), without materialising the [batch, seq, vocab] logits."""
-    out = model.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    softcap = getattr(model.config, "final_logit_softcapping", None)
-    lp, rows = token_logps(out.last_hidden_state, model.lm_head.weight, labels, softcap=softcap,
-                           chunk_tokens=chunk_tokens)
+    lp, rows = model_token_logps(model, input_ids, attention_mask, labels, chunk_tokens=chunk_tokens)
     return average_logps(lp, rows, input_ids.shape[0])
 
 
