@@ -14,9 +14,11 @@ from simpo_q.arch import adapter_for
 from simpo_q.arch.base import converted_name
 from simpo_q.gguf_out import Planned, size_label, write_gguf
 from simpo_q.outputs import check_output
+from simpo_q.policy import FILE_TYPES
 from simpo_q.sources import HFDirectory
 
-OUTTYPES = {"f32": ("F32", 0), "f16": ("F16", 1), "bf16": ("BF16", 32), "q8_0": ("Q8_0", 7)}
+# the converter's outtypes: file types of one tensor type (policy.FILE_TYPES owns their numbers)
+OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 
 
 def hf_plan(src: HFDirectory, tensor_type) -> list[Planned]:
@@ -92,7 +94,7 @@ def convert(model_dir: str | os.PathLike, out: str | os.PathLike, outtype: str =
     src = HFDirectory(model_dir)
     if outtype == "auto":
         outtype = auto_outtype(src)
-    qtype, file_type = OUTTYPES[outtype]
+    file_type, qtype = FILE_TYPES[outtype.upper()]
     # gguf-py's fill_templated_filename: {ftype}/{outtype} lower case, {FTYPE}/{OUTTYPE} upper case
     for key, value in (("{ftype}", outtype), ("{outtype}", outtype), ("{FTYPE}", outtype.upper()),
                        ("{OUTTYPE}", outtype.upper())):

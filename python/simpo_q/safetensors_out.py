@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from simpo_q._native import SimpoQError
+
 
 class SafetensorsStreamWriter:
     """Writes a safetensors file whose header is known up front (shapes and dtype), then
@@ -70,7 +72,7 @@ def shard_plan(specs: list[tuple[str, tuple[int, ...], str]], shards: int) -> li
         groups[g].append(i)
         acc += n
     if any(not g for g in groups):
-        raise ValueError(f"--shards {shards}: more shards than the model has tensors to fill them")
+        raise SimpoQError(f"--shards {shards}: more shards than the model has tensors to fill them")
     return groups
 
 

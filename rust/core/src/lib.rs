@@ -10,6 +10,7 @@
 pub mod error;
 pub mod files;
 pub mod fp16;
+pub mod ggml_types;
 pub mod gguf;
 pub mod imatrix;
 pub mod quants;

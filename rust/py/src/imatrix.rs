@@ -3,7 +3,7 @@
 use crate::errors::{bad_arg, to_py};
 use numpy::{PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
-use simpo_q_core::imatrix::{read_imatrix, write_imatrix_dat, write_imatrix_gguf, Entry, Imatrix};
+use simpo_q_core::imatrix::{read_imatrix, write_imatrix_dat, write_imatrix_gguf, Imatrix};
 use std::path::PathBuf;
 
 /// Imatrix(): per-weight Σx² per input column and token counts, as llama-imatrix collects.
@@ -50,23 +50,7 @@ impl ImatrixPy {
             .as_slice()
             .map_err(|_| bad_arg("in_sum2: array must be contiguous"))?
             .to_vec();
-        if let Some(j) = sums.iter().position(|v| !v.is_finite() || *v < 0.0) {
-            return Err(bad_arg(format!(
-                "{name}: in_sum2[{j}] = {} is not a finite sum of squares",
-                sums[j]
-            )));
-        }
-        if sums.is_empty() {
-            return Err(bad_arg(format!("{name}: in_sum2 is empty")));
-        }
-        self.inner.entries.insert(
-            name.to_string(),
-            Entry {
-                in_sum2: sums,
-                count,
-            },
-        );
-        Ok(())
+        self.inner.set_entry(name, sums, count).map_err(to_py)
     }
 
     fn merge(&mut self, other: &ImatrixPy) -> PyResult<()> {

@@ -2,12 +2,11 @@
 //! bounds-checked reader over a memory map. Layout facts: docs/conversion.md.
 
 mod reader;
-mod types;
 mod value;
 mod writer;
 
+pub use crate::ggml_types::{ggml_type_name, ggml_type_size, tensor_nbytes};
 pub use reader::{GgufFile, TensorEntry};
-pub use types::{ggml_type_name, ggml_type_size, tensor_nbytes};
 pub use value::{Value, ValueType};
 pub use writer::{GgufWriter, TensorInfo};
 

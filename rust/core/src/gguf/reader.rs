@@ -3,10 +3,10 @@
 //! corrupt file gives an error naming the file and the problem, never a crash, a hang or an
 //! allocation of whatever size a corrupt header asks for.
 
-use super::types::{ggml_type_name, tensor_nbytes};
 use super::value::{Value, ValueType};
 use super::{DEFAULT_ALIGNMENT, GGUF_MAGIC};
 use crate::error::{Error, Result};
+use crate::ggml_types::{ggml_type_name, tensor_nbytes};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq)]

@@ -4,11 +4,11 @@
 //! goes through [`crate::files::AtomicFile`]: a failed or killed run never leaves a partial
 //! file at the destination.
 
-use super::types::{ggml_type_name, tensor_nbytes};
 use super::value::{encode_str, Value};
 use super::{DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUF_VERSION};
 use crate::error::{Error, Result};
 use crate::files::AtomicFile;
+use crate::ggml_types::{ggml_type_name, tensor_nbytes};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq)]

@@ -96,6 +96,30 @@ impl Imatrix {
         Ok(())
     }
 
+    /// Puts one weight's sums and count in place (replacing any entry): for statistics
+    /// reduced elsewhere, as across the ranks of a distributed run. Every sum must be a finite
+    /// sum of squares (not negative), and there must be at least one column.
+    pub fn set_entry(&mut self, name: &str, in_sum2: Vec<f32>, count: u64) -> Result<()> {
+        if in_sum2.is_empty() {
+            return Err(Error::Invalid {
+                arg: "in_sum2",
+                msg: format!("{name}: no columns"),
+            });
+        }
+        if let Some(j) = in_sum2.iter().position(|v| !v.is_finite() || *v < 0.0) {
+            return Err(Error::Invalid {
+                arg: "in_sum2",
+                msg: format!(
+                    "{name}: column {j} is {}, not a finite sum of squares",
+                    in_sum2[j]
+                ),
+            });
+        }
+        self.entries
+            .insert(name.to_string(), Entry { in_sum2, count });
+        Ok(())
+    }
+
     /// Sums and counts add; datasets are appended; chunk counts add. A legacy file's
     /// entries (chunk_size 0: sums over calls of one chunk each) are scaled to tokens by this
     /// run's chunk size, as llama-imatrix does when it loads one.

@@ -486,6 +486,12 @@ pub fn best_index_int8(n: usize, val: &[i8], x: f32) -> usize {
     }
 }
 
+/// The little-endian f16 bits of a block field (a 2-byte range of the block).
+#[inline(always)]
+pub fn f16_bits(block: &[u8], at: std::ops::Range<usize>) -> u16 {
+    u16::from_le_bytes([block[at.start], block[at.start + 1]])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

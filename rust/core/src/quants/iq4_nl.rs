@@ -4,12 +4,13 @@
 #![allow(non_snake_case)]
 
 use super::common::{best_index_int8, GROUP_MAX_EPS};
+use super::QuantType;
 use crate::fp16::{
     ggml_compute_fp16_to_fp32 as fp16_to_fp32, ggml_compute_fp32_to_fp16 as fp32_to_fp16,
 };
 
 pub const QK4_NL: usize = 32;
-pub const BLOCK_BYTES: usize = 18;
+pub const BLOCK_BYTES: usize = crate::ggml_types::block_bytes(QuantType::IQ4_NL as u32);
 
 pub const KVALUES_IQ4NL: [i8; 16] = [
     -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,

@@ -9,10 +9,10 @@ use crate::fp16::{
 };
 
 pub const QK: usize = 32;
-pub const Q4_0_BYTES: usize = 18;
-pub const Q4_1_BYTES: usize = 20;
-pub const Q5_0_BYTES: usize = 22;
-pub const Q5_1_BYTES: usize = 24;
+pub const Q4_0_BYTES: usize = crate::ggml_types::block_bytes(QuantType::Q4_0 as u32);
+pub const Q4_1_BYTES: usize = crate::ggml_types::block_bytes(QuantType::Q4_1 as u32);
+pub const Q5_0_BYTES: usize = crate::ggml_types::block_bytes(QuantType::Q5_0 as u32);
+pub const Q5_1_BYTES: usize = crate::ggml_types::block_bytes(QuantType::Q5_1 as u32);
 
 #[inline]
 fn put_f16(y: &mut [u8], at: usize, v: f32) {

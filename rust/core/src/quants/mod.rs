@@ -23,6 +23,7 @@ use crate::fp16::{
     ggml_compute_bf16_to_fp32, ggml_compute_fp16_to_fp32, ggml_compute_fp32_to_bf16,
     ggml_compute_fp32_to_fp16,
 };
+use crate::ggml_types;
 use rayon::prelude::*;
 
 pub const QK_K: usize = 256;
@@ -64,22 +65,9 @@ impl QuantType {
         QuantType::IQ4_NL,
     ];
 
+    /// ggml's name of the type (from ggml's table, crate::ggml_types).
     pub fn name(self) -> &'static str {
-        match self {
-            QuantType::F32 => "F32",
-            QuantType::F16 => "F16",
-            QuantType::BF16 => "BF16",
-            QuantType::Q4_0 => "Q4_0",
-            QuantType::Q4_1 => "Q4_1",
-            QuantType::Q5_0 => "Q5_0",
-            QuantType::Q5_1 => "Q5_1",
-            QuantType::Q8_0 => "Q8_0",
-            QuantType::Q3_K => "Q3_K",
-            QuantType::Q4_K => "Q4_K",
-            QuantType::Q5_K => "Q5_K",
-            QuantType::Q6_K => "Q6_K",
-            QuantType::IQ4_NL => "IQ4_NL",
-        }
+        ggml_types::ggml_type_name(self as u32).expect("every QuantType is in ggml's table")
     }
 
     pub fn ggml_id(self) -> u32 {
@@ -102,29 +90,16 @@ impl QuantType {
 
     /// Values per block (ggml's `blck_size`).
     pub fn block_size(self) -> usize {
-        match self {
-            QuantType::F32 | QuantType::F16 | QuantType::BF16 => 1,
-            QuantType::Q3_K | QuantType::Q4_K | QuantType::Q5_K | QuantType::Q6_K => QK_K,
-            _ => 32,
-        }
+        ggml_types::ggml_type_size(self as u32)
+            .expect("every QuantType is in ggml's table")
+            .0 as usize
     }
 
     /// Bytes per block (ggml's `type_size`).
     pub fn type_size(self) -> usize {
-        match self {
-            QuantType::F32 => 4,
-            QuantType::F16 | QuantType::BF16 => 2,
-            QuantType::Q4_0 => legacy::Q4_0_BYTES,
-            QuantType::Q4_1 => legacy::Q4_1_BYTES,
-            QuantType::Q5_0 => legacy::Q5_0_BYTES,
-            QuantType::Q5_1 => legacy::Q5_1_BYTES,
-            QuantType::Q8_0 => q8_0::BLOCK_BYTES,
-            QuantType::Q3_K => q3_k::BLOCK_BYTES,
-            QuantType::Q4_K => q45_k::Q4_K_BLOCK_BYTES,
-            QuantType::Q5_K => q45_k::Q5_K_BLOCK_BYTES,
-            QuantType::Q6_K => q6_k::BLOCK_BYTES,
-            QuantType::IQ4_NL => iq4_nl::BLOCK_BYTES,
-        }
+        ggml_types::ggml_type_size(self as u32)
+            .expect("every QuantType is in ggml's table")
+            .1 as usize
     }
 
     pub fn is_quantized(self) -> bool {
@@ -161,7 +136,7 @@ pub fn row_size(qtype: QuantType, n_per_row: usize) -> Result<usize> {
 /// One row: the lane-parallel fast path where there is one, the scalar port otherwise.
 /// Both give the same bytes.
 pub fn quantize_row(qtype: QuantType, x: &[f32], y: &mut [u8], imatrix: Option<&[f32]>) {
-    if fast::has_fast_path(qtype) {
+    if qtype.is_quantized() {
         fast::quantize_row_fast(qtype, x, y, imatrix)
     } else {
         quantize_row_reference(qtype, x, y, imatrix)

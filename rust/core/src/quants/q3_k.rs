@@ -1,14 +1,24 @@
 //! Q3_K: 256-value super-blocks of 3-bit quants with 16 six-bit sub-block scales.
-//! Layout: hmask[32] @0, qs[64] @32, scales[12] @96, d (f16) @108.
+//! Layout (ggml's block_q3_K): the byte ranges below.
 #![allow(non_snake_case)]
 
-use super::common::{make_q3_quants, make_qx_quants, nearest_int};
+use super::common::{f16_bits, make_q3_quants, make_qx_quants, nearest_int};
+use super::QuantType;
 use super::QK_K;
 use crate::fp16::{
     ggml_compute_fp16_to_fp32 as fp16_to_fp32, ggml_compute_fp32_to_fp16 as fp32_to_fp16,
 };
 
-pub const BLOCK_BYTES: usize = 110;
+pub const BLOCK_BYTES: usize = crate::ggml_types::block_bytes(QuantType::Q3_K as u32);
+
+use std::ops::Range;
+/// block_q3_K's fields: the high bits of every quant, their low two bits, the packed 6-bit
+/// sub-block scales and the super-block scale.
+pub const HMASK: Range<usize> = 0..QK_K / 8;
+pub const QS: Range<usize> = HMASK.end..HMASK.end + QK_K / 4;
+pub const SCALES: Range<usize> = QS.end..QS.end + 12;
+pub const D: Range<usize> = SCALES.end..SCALES.end + 2;
+const _: () = assert!(D.end == BLOCK_BYTES);
 
 /// Sub-block j's 6-bit scale from the 12 packed bytes (ggml packs the low nibbles in bytes
 /// 0..8 and the top two bits of four scales per byte in bytes 8..12).
@@ -38,9 +48,9 @@ pub(crate) fn pack_scale(scales: &mut [u8], j: usize, l: u8) {
 /// then pack the levels.
 #[inline(always)]
 pub(crate) fn requantize_and_pack(x: &[f32], L: &mut [i8; QK_K], y: &mut [u8]) {
-    let d = fp16_to_fp32(u16::from_le_bytes([y[108], y[109]]));
+    let d = fp16_to_fp32(f16_bits(y, D));
     for j in 0..QK_K / 16 {
-        let sc = unpack_scale(&y[96..108], j) - 32;
+        let sc = unpack_scale(&y[SCALES], j) - 32;
         let dd = d * sc as f32;
         if dd == 0.0 {
             continue;
@@ -66,7 +76,7 @@ pub(crate) fn pack_levels(L: &mut [i8; QK_K], y: &mut [u8]) {
             L[32 * k + l] = if high { v - 4 } else { v };
         }
     }
-    y[..32].copy_from_slice(&hmask);
+    y[HMASK].copy_from_slice(&hmask);
     for j in (0..QK_K).step_by(128) {
         for l in 0..32 {
             y[32 + j / 4 + l] = L[j + l] as u8
@@ -80,19 +90,19 @@ pub(crate) fn pack_levels(L: &mut [i8; QK_K], y: &mut [u8]) {
 /// The reference path's 6-bit scales and `d` from the 16 sub-block scales.
 #[inline]
 pub(crate) fn pack_ref_scales(scales: &[f32; QK_K / 16], max_scale: f32, y: &mut [u8]) {
-    y[96..108].fill(0);
+    y[SCALES].fill(0);
     let d = if max_scale != 0.0 {
         let iscale = -32.0f32 / max_scale;
         for (j, &s) in scales.iter().enumerate() {
             let l = nearest_int(iscale * s) as i8;
             let l = ((l as i32).clamp(-32, 31) + 32) as u8;
-            pack_scale(&mut y[96..108], j, l);
+            pack_scale(&mut y[SCALES], j, l);
         }
         fp32_to_fp16(1.0 / iscale)
     } else {
         fp32_to_fp16(0.0)
     };
-    y[108..110].copy_from_slice(&d.to_le_bytes());
+    y[D].copy_from_slice(&d.to_le_bytes());
 }
 
 /// Reference path (no importance matrix): blocks are independent, `k` values in all.
@@ -123,12 +133,12 @@ pub fn quantize_row_q3_K_ref(x: &[f32], y: &mut [u8], k: usize) {
 #[inline]
 pub(crate) fn pack_impl_scales(scales: &[f32; QK_K / 16], sw: &[f32; QK_K / 16], y: &mut [u8]) {
     let mut Ls = [0i8; QK_K / 16];
-    y[96..108].fill(0);
+    y[SCALES].fill(0);
     let d_block = make_qx_quants(QK_K / 16, 32, scales, &mut Ls, 1, Some(sw));
     for (j, &l) in Ls.iter().enumerate() {
-        pack_scale(&mut y[96..108], j, l as u8);
+        pack_scale(&mut y[SCALES], j, l as u8);
     }
-    y[108..110].copy_from_slice(&fp32_to_fp16(d_block).to_le_bytes());
+    y[D].copy_from_slice(&fp32_to_fp16(d_block).to_le_bytes());
 }
 
 /// Importance-weighted path for one row of `n_per_row` values.
@@ -169,10 +179,10 @@ pub fn dequantize_row_q3_K(x: &[u8], y: &mut [f32], k: usize) {
         .chunks_exact(BLOCK_BYTES)
         .zip(y[..k].chunks_exact_mut(QK_K))
     {
-        let hmask = &block[..32];
-        let qs = &block[32..96];
-        let scales = &block[96..108];
-        let d_all = fp16_to_fp32(u16::from_le_bytes([block[108], block[109]]));
+        let hmask = &block[HMASK];
+        let qs = &block[QS];
+        let scales = &block[SCALES];
+        let d_all = fp16_to_fp32(f16_bits(block, D));
         for (j, sub) in out.chunks_exact_mut(16).enumerate() {
             let dl = d_all * (unpack_scale(scales, j) - 32) as f32;
             for (ii, o) in sub.iter_mut().enumerate() {

@@ -1,17 +1,29 @@
 //! Q4_K and Q5_K: 256-value super-blocks of 8 sub-blocks of 32, each with a 6-bit scale and
 //! a 6-bit min, and super-block `d`/`dmin` in f16.
-//! Q4_K: d @0, dmin @2, scales[12] @4, qs[128] @16.
-//! Q5_K: d @0, dmin @2, scales[12] @4, qh[32] @16, qs[128] @48.
+//! Layouts (ggml's block_q4_K, block_q5_K): the byte ranges below.
 #![allow(non_snake_case)]
 
-use super::common::{make_qkx2_quants, make_qkx3_quants, make_qp_quants, nearest_int};
+use super::common::{f16_bits, make_qkx2_quants, make_qkx3_quants, make_qp_quants, nearest_int};
+use super::QuantType;
 use super::QK_K;
 use crate::fp16::{
     ggml_compute_fp16_to_fp32 as fp16_to_fp32, ggml_compute_fp32_to_fp16 as fp32_to_fp16,
 };
 
-pub const Q4_K_BLOCK_BYTES: usize = 144;
-pub const Q5_K_BLOCK_BYTES: usize = 176;
+pub const Q4_K_BLOCK_BYTES: usize = crate::ggml_types::block_bytes(QuantType::Q4_K as u32);
+pub const Q5_K_BLOCK_BYTES: usize = crate::ggml_types::block_bytes(QuantType::Q5_K as u32);
+
+use std::ops::Range;
+/// The fields both share: the super-block scale and min, the packed 6-bit scales and mins.
+pub const D: Range<usize> = 0..2;
+pub const DMIN: Range<usize> = 2..4;
+pub const SCALES: Range<usize> = 4..16;
+/// Q4_K's four-bit quants.
+pub const Q4_QS: Range<usize> = SCALES.end..SCALES.end + QK_K / 2;
+/// Q5_K's fifth bits, then its low four bits.
+pub const Q5_QH: Range<usize> = SCALES.end..SCALES.end + QK_K / 8;
+pub const Q5_QS: Range<usize> = Q5_QH.end..Q5_QH.end + QK_K / 2;
+const _: () = assert!(Q4_QS.end == Q4_K_BLOCK_BYTES && Q5_QS.end == Q5_K_BLOCK_BYTES);
 
 #[inline]
 pub fn get_scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
@@ -251,19 +263,19 @@ pub(crate) fn finish_block(
 ) {
     let (d, dmin) = write_d_dmin(y, d, dmin);
     if q5 {
-        requantize(x, L, &y[4..16], d, dmin, 31);
-        let (qh, ql) = y[16..].split_at_mut(32);
+        requantize(x, L, &y[SCALES], d, dmin, 31);
+        let (qh, ql) = y[Q5_QH.start..].split_at_mut(Q5_QH.len());
         pack_q5(L, qh, ql);
     } else {
-        requantize(x, L, &y[4..16], d, dmin, 15);
-        pack_q4(L, &mut y[16..144]);
+        requantize(x, L, &y[SCALES], d, dmin, 15);
+        pack_q4(L, &mut y[Q4_QS]);
     }
 }
 
 #[inline(always)]
 fn write_d_dmin(y: &mut [u8], d: u16, dmin: u16) -> (f32, f32) {
-    y[0..2].copy_from_slice(&d.to_le_bytes());
-    y[2..4].copy_from_slice(&dmin.to_le_bytes());
+    y[D].copy_from_slice(&d.to_le_bytes());
+    y[DMIN].copy_from_slice(&dmin.to_le_bytes());
     (fp16_to_fp32(d), fp16_to_fp32(dmin))
 }
 
@@ -272,7 +284,7 @@ pub fn quantize_row_q4_K_ref(x: &[f32], y: &mut [u8], k: usize) {
     for i in 0..k / QK_K {
         let x = &x[i * QK_K..(i + 1) * QK_K];
         let y = &mut y[i * Q4_K_BLOCK_BYTES..(i + 1) * Q4_K_BLOCK_BYTES];
-        let (d, dmin) = ref_scales(x, &mut L, 15, -1.0, 20, &mut y[4..16]);
+        let (d, dmin) = ref_scales(x, &mut L, 15, -1.0, 20, &mut y[SCALES]);
         finish_block(x, &mut L, y, d, dmin, false);
     }
 }
@@ -283,7 +295,7 @@ pub fn quantize_row_q4_K_impl(x: &[f32], y: &mut [u8], n_per_row: usize, quant_w
         let x = &x[i * QK_K..(i + 1) * QK_K];
         let qw = &quant_weights[i * QK_K..(i + 1) * QK_K];
         let y = &mut y[i * Q4_K_BLOCK_BYTES..(i + 1) * Q4_K_BLOCK_BYTES];
-        let (d, dmin) = impl_scales(x, qw, &mut L, 15, false, &mut y[4..16]);
+        let (d, dmin) = impl_scales(x, qw, &mut L, 15, false, &mut y[SCALES]);
         finish_block(x, &mut L, y, d, dmin, false);
     }
 }
@@ -293,7 +305,7 @@ pub fn quantize_row_q5_K_ref(x: &[f32], y: &mut [u8], k: usize) {
     for i in 0..k / QK_K {
         let x = &x[i * QK_K..(i + 1) * QK_K];
         let y = &mut y[i * Q5_K_BLOCK_BYTES..(i + 1) * Q5_K_BLOCK_BYTES];
-        let (d, dmin) = ref_scales(x, &mut L, 31, -0.5, 15, &mut y[4..16]);
+        let (d, dmin) = ref_scales(x, &mut L, 31, -0.5, 15, &mut y[SCALES]);
         finish_block(x, &mut L, y, d, dmin, true);
     }
 }
@@ -304,7 +316,7 @@ pub fn quantize_row_q5_K_impl(x: &[f32], y: &mut [u8], n_per_row: usize, quant_w
         let x = &x[i * QK_K..(i + 1) * QK_K];
         let qw = &quant_weights[i * QK_K..(i + 1) * QK_K];
         let y = &mut y[i * Q5_K_BLOCK_BYTES..(i + 1) * Q5_K_BLOCK_BYTES];
-        let (d, dmin) = impl_scales(x, qw, &mut L, 31, true, &mut y[4..16]);
+        let (d, dmin) = impl_scales(x, qw, &mut L, 31, true, &mut y[SCALES]);
         finish_block(x, &mut L, y, d, dmin, true);
     }
 }
@@ -314,10 +326,10 @@ pub fn dequantize_row_q4_K(x: &[u8], y: &mut [f32], k: usize) {
         .chunks_exact(Q4_K_BLOCK_BYTES)
         .zip(y[..k].chunks_exact_mut(QK_K))
     {
-        let d = fp16_to_fp32(u16::from_le_bytes([block[0], block[1]]));
-        let min = fp16_to_fp32(u16::from_le_bytes([block[2], block[3]]));
-        let scales = &block[4..16];
-        let qs = &block[16..144];
+        let d = fp16_to_fp32(f16_bits(block, D));
+        let min = fp16_to_fp32(f16_bits(block, DMIN));
+        let scales = &block[SCALES];
+        let qs = &block[Q4_QS];
         for c in 0..4 {
             let (sc1, m1) = get_scale_min_k4(2 * c, scales);
             let (sc2, m2) = get_scale_min_k4(2 * c + 1, scales);
@@ -337,11 +349,11 @@ pub fn dequantize_row_q5_K(x: &[u8], y: &mut [f32], k: usize) {
         .chunks_exact(Q5_K_BLOCK_BYTES)
         .zip(y[..k].chunks_exact_mut(QK_K))
     {
-        let d = fp16_to_fp32(u16::from_le_bytes([block[0], block[1]]));
-        let min = fp16_to_fp32(u16::from_le_bytes([block[2], block[3]]));
-        let scales = &block[4..16];
-        let qh = &block[16..48];
-        let ql = &block[48..176];
+        let d = fp16_to_fp32(f16_bits(block, D));
+        let min = fp16_to_fp32(f16_bits(block, DMIN));
+        let scales = &block[SCALES];
+        let qh = &block[Q5_QH];
+        let ql = &block[Q5_QS];
         for c in 0..4 {
             let (sc1, m1) = get_scale_min_k4(2 * c, scales);
             let (sc2, m2) = get_scale_min_k4(2 * c + 1, scales);

@@ -1,14 +1,24 @@
 //! Q6_K: 256-value super-blocks of 6-bit quants with 16 signed 8-bit sub-block scales.
-//! Layout: ql[128] @0, qh[64] @128, scales[16] (i8) @192, d (f16) @208.
+//! Layout (ggml's block_q6_K): the byte ranges below.
 #![allow(non_snake_case)]
 
-use super::common::{make_qx_quants, nearest_int, GROUP_MAX_EPS};
+use super::common::{f16_bits, make_qx_quants, nearest_int, GROUP_MAX_EPS};
+use super::QuantType;
 use super::QK_K;
 use crate::fp16::{
     ggml_compute_fp16_to_fp32 as fp16_to_fp32, ggml_compute_fp32_to_fp16 as fp32_to_fp16,
 };
 
-pub const BLOCK_BYTES: usize = 210;
+pub const BLOCK_BYTES: usize = crate::ggml_types::block_bytes(QuantType::Q6_K as u32);
+
+use std::ops::Range;
+/// block_q6_K's fields: the low four bits, the high two bits, the signed 8-bit sub-block
+/// scales and the super-block scale.
+pub const QL: Range<usize> = 0..QK_K / 2;
+pub const QH: Range<usize> = QL.end..QL.end + QK_K / 4;
+pub const SCALES: Range<usize> = QH.end..QH.end + QK_K / 16;
+pub const D: Range<usize> = SCALES.end..SCALES.end + 2;
+const _: () = assert!(D.end == BLOCK_BYTES);
 
 /// Both ggml paths in one: they differ only in the weights handed to make_qx_quants
 /// (x² for the reference path, the importance vector as it is for the weighted one).
@@ -44,7 +54,7 @@ pub(crate) fn finish_block(x: &[f32], L: &mut [i8; QK_K], scales: &[f32; QK_K / 
     }
     let iscale = -128.0f32 / max_scale;
     let d16 = fp32_to_fp16(1.0 / iscale);
-    y[208..210].copy_from_slice(&d16.to_le_bytes());
+    y[D].copy_from_slice(&d16.to_le_bytes());
     for ib in 0..QK_K / 16 {
         y[192 + ib] = 127.min(nearest_int(iscale * scales[ib])) as i8 as u8;
     }
@@ -65,8 +75,8 @@ pub(crate) fn finish_block(x: &[f32], L: &mut [i8; QK_K], scales: &[f32; QK_K / 
 /// The levels L (0..63) into the low-nibble and high-two-bit planes.
 #[inline(always)]
 pub(crate) fn pack_levels(L: &[i8; QK_K], y: &mut [u8]) {
-    let (ql, rest) = y.split_at_mut(128);
-    let qh = &mut rest[..64];
+    let (ql, rest) = y.split_at_mut(QL.end);
+    let qh = &mut rest[..QH.len()];
     for (h, j) in (0..QK_K).step_by(128).enumerate() {
         for l in 0..32 {
             let q1 = L[j + l] as u8;
@@ -93,7 +103,7 @@ pub fn dequantize_row_q6_K(x: &[u8], y: &mut [f32], k: usize) {
         .chunks_exact(BLOCK_BYTES)
         .zip(y[..k].chunks_exact_mut(QK_K))
     {
-        let d = fp16_to_fp32(u16::from_le_bytes([block[208], block[209]]));
+        let d = fp16_to_fp32(f16_bits(block, D));
         for h in 0..2 {
             let ql = &block[64 * h..64 * h + 64];
             let qh = &block[128 + 32 * h..128 + 32 * h + 32];

@@ -2,12 +2,13 @@
 #![allow(non_snake_case)]
 
 use super::common::c_f32_to_i32;
+use super::QuantType;
 use crate::fp16::{
     ggml_compute_fp16_to_fp32 as fp16_to_fp32, ggml_compute_fp32_to_fp16 as fp32_to_fp16,
 };
 
 pub const QK8_0: usize = 32;
-pub const BLOCK_BYTES: usize = 34;
+pub const BLOCK_BYTES: usize = crate::ggml_types::block_bytes(QuantType::Q8_0 as u32);
 
 pub fn quantize_row_q8_0_ref(x: &[f32], y: &mut [u8], k: usize) {
     for (xb, yb) in x[..k]

@@ -27,6 +27,7 @@
 
 #![allow(non_snake_case)]
 
+use super::common::f16_bits;
 use super::q3_k::{self, unpack_scale};
 use super::q45_k::{self, get_scale_min_k4, pack_q4, pack_q5, pack_scales};
 use super::q6_k;
@@ -117,22 +118,22 @@ fn read(k: &Kind, b: &[u8]) -> Params {
     };
     match k.qtype {
         QuantType::Q3_K => {
-            p.d = u16::from_le_bytes([b[108], b[109]]);
+            p.d = f16_bits(b, q3_k::D);
             for j in 0..16 {
-                p.sc[j] = unpack_scale(&b[96..108], j) - 32;
+                p.sc[j] = unpack_scale(&b[q3_k::SCALES], j) - 32;
             }
         }
         QuantType::Q6_K => {
-            p.d = u16::from_le_bytes([b[208], b[209]]);
+            p.d = f16_bits(b, q6_k::D);
             for j in 0..16 {
-                p.sc[j] = b[192 + j] as i8 as i32;
+                p.sc[j] = b[q6_k::SCALES.start + j] as i8 as i32;
             }
         }
         _ => {
-            p.d = u16::from_le_bytes([b[0], b[1]]);
-            p.dmin = u16::from_le_bytes([b[2], b[3]]);
+            p.d = f16_bits(b, q45_k::D);
+            p.dmin = f16_bits(b, q45_k::DMIN);
             for j in 0..8 {
-                let (s, m) = get_scale_min_k4(j, &b[4..16]);
+                let (s, m) = get_scale_min_k4(j, &b[q45_k::SCALES]);
                 p.sc[j] = s as i32;
                 p.mn[j] = m as i32;
             }
@@ -149,17 +150,17 @@ fn write(k: &Kind, p: &Params, q: &[i32; QK_K], b: &mut [u8]) {
             for i in 0..QK_K {
                 L[i] = (q[i] + 4) as i8;
             }
-            b[96..108].fill(0);
+            b[q3_k::SCALES].fill(0);
             for j in 0..16 {
-                q3_k::pack_scale(&mut b[96..108], j, (p.sc[j] + 32) as u8);
+                q3_k::pack_scale(&mut b[q3_k::SCALES], j, (p.sc[j] + 32) as u8);
             }
-            b[108..110].copy_from_slice(&p.d.to_le_bytes());
+            b[q3_k::D].copy_from_slice(&p.d.to_le_bytes());
             q3_k::pack_levels(&mut L, b);
         }
         QuantType::Q6_K => {
-            b[208..210].copy_from_slice(&p.d.to_le_bytes());
+            b[q6_k::D].copy_from_slice(&p.d.to_le_bytes());
             for j in 0..16 {
-                b[192 + j] = p.sc[j] as i8 as u8;
+                b[q6_k::SCALES.start + j] = p.sc[j] as i8 as u8;
             }
             let mut L = [0i8; QK_K];
             for i in 0..QK_K {
@@ -168,24 +169,24 @@ fn write(k: &Kind, p: &Params, q: &[i32; QK_K], b: &mut [u8]) {
             q6_k::pack_levels(&L, b);
         }
         _ => {
-            b[0..2].copy_from_slice(&p.d.to_le_bytes());
-            b[2..4].copy_from_slice(&p.dmin.to_le_bytes());
+            b[q45_k::D].copy_from_slice(&p.d.to_le_bytes());
+            b[q45_k::DMIN].copy_from_slice(&p.dmin.to_le_bytes());
             let mut ls = [0u8; 8];
             let mut lm = [0u8; 8];
             for j in 0..8 {
                 ls[j] = p.sc[j] as u8;
                 lm[j] = p.mn[j] as u8;
             }
-            b[4..16].fill(0);
-            pack_scales(&mut b[4..16], &ls, &lm);
+            b[q45_k::SCALES].fill(0);
+            pack_scales(&mut b[q45_k::SCALES], &ls, &lm);
             let mut L = [0u8; QK_K];
             for i in 0..QK_K {
                 L[i] = q[i] as u8;
             }
             if k.qtype == QuantType::Q4_K {
-                pack_q4(&L, &mut b[16..144]);
+                pack_q4(&L, &mut b[q45_k::Q4_QS]);
             } else {
-                let (qh, ql) = b[16..].split_at_mut(32);
+                let (qh, ql) = b[q45_k::Q5_QH.start..].split_at_mut(q45_k::Q5_QH.len());
                 pack_q5(&L, qh, ql);
             }
         }

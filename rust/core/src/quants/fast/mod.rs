@@ -15,23 +15,6 @@ mod simple;
 
 use super::QuantType;
 
-/// Whether `quantize_row_fast` has a fast path for this type and path.
-pub fn has_fast_path(qtype: QuantType) -> bool {
-    matches!(
-        qtype,
-        QuantType::Q3_K
-            | QuantType::Q4_K
-            | QuantType::Q5_K
-            | QuantType::Q6_K
-            | QuantType::Q4_0
-            | QuantType::Q4_1
-            | QuantType::Q5_0
-            | QuantType::Q5_1
-            | QuantType::IQ4_NL
-            | QuantType::Q8_0
-    )
-}
-
 #[inline(always)]
 fn dispatch(qtype: QuantType, x: &[f32], y: &mut [u8], imatrix: Option<&[f32]>) {
     match (qtype, imatrix) {
@@ -49,7 +32,11 @@ fn dispatch(qtype: QuantType, x: &[f32], y: &mut [u8], imatrix: Option<&[f32]>) 
         | (QuantType::Q4_0 | QuantType::Q4_1 | QuantType::Q5_0 | QuantType::Q5_1, None) => {
             simple::quantize_row_simple_ref_fast(qtype, x, y)
         }
-        _ => unreachable!("no fast path for {}", qtype.name()),
+        // the float types are conversions, not quantizers: the caller sends them to the
+        // reference path (`QuantType::is_quantized`)
+        (QuantType::F32 | QuantType::F16 | QuantType::BF16, _) => {
+            unreachable!("no fast path for {}", qtype.name())
+        }
     }
 }
 
@@ -59,7 +46,9 @@ unsafe fn dispatch_avx2(qtype: QuantType, x: &[f32], y: &mut [u8], imatrix: Opti
     dispatch(qtype, x, y, imatrix)
 }
 
-/// One row through the fast path (the caller checked `has_fast_path`).
+/// One row through the fast path: every quantized type has one (the match above is exhaustive
+/// over `QuantType`, so a new type cannot be forgotten); the caller sends float types to the
+/// reference path.
 pub fn quantize_row_fast(qtype: QuantType, x: &[f32], y: &mut [u8], imatrix: Option<&[f32]>) {
     #[cfg(target_arch = "x86_64")]
     {

@@ -43,7 +43,7 @@ pub fn quantize_row_q45_K_fast(x: &[f32], y: &mut [u8], quant_weights: Option<&[
                 let scales = make_qkx_quants_lanes::<32, 8>(
                     nmax, &xt, &wt, &mut lg, &mut mins, rmin, 0.1, nstep,
                 );
-                finish_ref_scales(&scales, &mins, &mut y[4..16])
+                finish_ref_scales(&scales, &mins, &mut y[crate::quants::q45_k::SCALES])
             }
             Some(qw) => {
                 let qw = &qw[QK_K * b..QK_K * (b + 1)];
@@ -62,7 +62,13 @@ pub fn quantize_row_q45_K_fast(x: &[f32], y: &mut [u8], quant_weights: Option<&[
                 let scales = make_qkx_quants_lanes::<32, 8>(
                     nmax, &xt, &wt, &mut lg, &mut mins, -0.9, 0.05, 36,
                 );
-                finish_impl_scales(&scales, &mins, &sw, q5, &mut y[4..16])
+                finish_impl_scales(
+                    &scales,
+                    &mins,
+                    &sw,
+                    q5,
+                    &mut y[crate::quants::q45_k::SCALES],
+                )
             }
         };
         let mut l = [0u8; QK_K];

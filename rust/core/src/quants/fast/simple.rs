@@ -7,8 +7,8 @@
 use super::lanes::signed_absmax_lanes;
 use crate::fp16::ggml_compute_fp32_to_fp16 as fp32_to_fp16;
 use crate::quants::common::c_f32_to_i32;
-use crate::quants::legacy::min_max;
-use crate::quants::{quantize_row_reference, QuantType};
+use crate::quants::legacy::{self, min_max};
+use crate::quants::{q8_0, QuantType};
 
 const G: usize = 8;
 const QK: usize = 32;
@@ -75,9 +75,13 @@ pub fn quantize_row_simple_ref_fast(qtype: QuantType, x: &[f32], y: &mut [u8]) {
             _ => unreachable!(),
         }
     }
-    let done = groups * G * QK;
-    if done < x.len() {
-        quantize_row_reference(qtype, &x[done..], &mut y[groups * G * bs..], None);
+    // the last blocks (fewer than one group) through the scalar port itself
+    let (xr, yr) = (&x[groups * G * QK..], &mut y[groups * G * bs..]);
+    match qtype {
+        QuantType::Q8_0 => q8_0::quantize_row_q8_0_ref(xr, yr, xr.len()),
+        QuantType::Q4_0 => legacy::quantize_row_q4_0_ref(xr, yr, xr.len()),
+        QuantType::Q5_0 => legacy::quantize_row_q5_0_ref(xr, yr, xr.len()),
+        _ => unreachable!(),
     }
 }
 

@@ -1,5 +1,7 @@
-//! Block sizes of every ggml type a GGUF can hold (not only the ones simpo-q quantizes),
-//! so files of any type can be read and sized.
+//! ggml's type table: the id, name, values per block and bytes per block of every type a GGUF
+//! can hold (not only the ones simpo-q quantizes), so files of any type can be read and sized.
+//! The one owner of these numbers: `QuantType` and every block layout's byte count read them
+//! from here (the layouts at compile time, through `block_bytes`).
 
 /// (ggml type id, name, values per block, bytes per block)
 const TABLE: &[(u32, &str, u64, u64)] = &[
@@ -35,6 +37,19 @@ const TABLE: &[(u32, &str, u64, u64)] = &[
     (34, "TQ1_0", 256, 54),
     (35, "TQ2_0", 256, 66),
 ];
+
+/// Bytes per block of a ggml type id, at compile time (a block layout's size constant); an
+/// unknown id does not compile.
+pub const fn block_bytes(id: u32) -> usize {
+    let mut i = 0;
+    while i < TABLE.len() {
+        if TABLE[i].0 == id {
+            return TABLE[i].3 as usize;
+        }
+        i += 1;
+    }
+    panic!("not a ggml type id")
+}
 
 /// (values per block, bytes per block) of a ggml type id.
 pub fn ggml_type_size(id: u32) -> Option<(u64, u64)> {
