@@ -85,7 +85,7 @@ def llama_cpp_tools() -> Path:
     return bins
 
 
-def run_logged(cmd: list[str], done, tries: int = 3, **kw):
+def run_logged(cmd: list[str], done, tries: int = 8, **kw):
     """Runs a llama.cpp tool whose results are in its log, again (at most `tries` times) when
     `done(text)` says its last lines are missing: llama.cpp's log is written by a worker
     thread, and lines still queued when the process exits are sometimes lost (seen with

@@ -98,25 +98,9 @@ def _importance(imatrix, kind: str | None, inp: Path, saved: Path, quiet: bool, 
     return m, str(saved)
 
 
-def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathLike, ftype: str = "Q3_K_S", *,
-                   overrides: Overrides | None = None, dry_run: bool = False, ollama: bool = False,
-                   quiet: bool = False, threads: int | None = None, imatrix=None, imatrix_ctx: int = 512,
-                   imatrix_chunks: int | None = None, name: str | None = None, force: bool = False,
-                   inputs: tuple = (), refine: bool = False, target_bpw: float | None = None,
-                   target_size: int | None = None, page: Page | None = None,
-                   model_card: bool = False, kv_overrides: list[tuple[str, str, object]] = (),
-                   allow_requantize: bool = False, include_weights: tuple[str, ...] = (),
-                   exclude_weights: tuple[str, ...] = ()) -> Path | None:
-    """`name`, when given, replaces general.name (otherwise the source directory's name).
-    Files written beside OUT (OUT.imatrix.gguf, Modelfile, NOTICE, README.md) are refused
-    when they exist, unless `force`. `inputs`: further paths the output must not replace (the
-    pipeline's recipe inputs). `page` (licence, base model, Ollama parameters...) goes into
-    the GGUF's general.* keys, the Modelfile (`ollama`) and the model card (`model_card`);
-    the quantizer sets `page.card`, which the pipeline rewrites with its evaluation.
-    `kv_overrides`: (key, type, value) metadata set as llama-quantize's --override-kv does
-    (`parse_kv_override`)."""
-    general_name = name
-    ftype = check_file_type(ftype)
+def _check_arguments(imatrix, imatrix_ctx: int, imatrix_chunks: int | None, target_bpw: float | None,
+                     target_size: int | None, include_weights: tuple, exclude_weights: tuple) -> None:
+    """The options that contradict each other or are out of range, before anything is read."""
     if imatrix_ctx < 1:
         raise SimpoQError(f"--ctx {imatrix_ctx}: must be at least 1")
     if imatrix_chunks is not None and imatrix_chunks < 1:
@@ -132,98 +116,44 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
         raise SimpoQError(f"--target-bpw {target_bpw}: expected bits per weight between 0 and 64")
     if target_size is not None and target_size <= 0:
         raise SimpoQError(f"--target-size {target_size}: must be positive")
-    budgeted = target_bpw is not None or target_size is not None
-    reader = None  # set for a GGUF input, whose unchanged tensors are copied byte for byte
+
+
+def _open_source(inp):
+    """(input path, metadata, planned tensors, origin, reader): a live model's weights, a Hugging
+    Face directory (or hub id) or a GGUF. `reader` is set for a GGUF, whose unchanged tensors
+    are copied byte for byte."""
     if isinstance(inp, StateDictSource):
         metadata, source, origin = _from_hf(inp)
-        inp = inp.path  # the directory gives config, tokenizer and the imatrix model
-    else:
-        from simpo_q.hub import local
+        return inp.path, metadata, source, origin, None  # the directory gives config, tokenizer, imatrix model
+    from simpo_q.hub import local
 
-        inp = local(inp)  # a hub id is read from its cached snapshot
-        if inp.is_dir():
-            metadata, source, origin = _from_hf(inp)
-        elif inp.is_file():
-            metadata, source, reader = _from_gguf(inp)
-            origin = reader
-        elif inp.exists():
-            raise SimpoQError(f"{inp}: not a regular file or a directory (a device or pipe?); give a Hugging Face "
-                              f"model directory or a GGUF file")
-        else:
-            raise SimpoQError(f"{inp}: no such file or directory")
-    # everything that can be checked is checked before the long work (the importance matrix)
-    kind = _imatrix_kind(imatrix, inp)
-    by_name = {p.name: p for p in source}
-    input_types = {p.name: p.qtype for p in source}
-    fallbacks: list[str] = []  # llama-quantize's warning lines, one per tensor whose type was replaced
-    arch = str(next((v for k, _, v in metadata if k == "general.architecture"), ""))
-    types = plan_types(ftype, [(p.name, p.shape) for p in source], overrides, input_types, fallbacks=fallbacks,
-                       arch=arch)
-    for name, t in types.items():
-        if input_types[name] not in FLOAT_INPUTS and t != input_types[name] and not allow_requantize:
-            # llama-quantize's rule: a quantized tensor is only converted on request (its
-            # errors add up); one that keeps its type is copied
-            raise SimpoQError(f"{inp}: requantizing from type {input_types[name]} is disabled (tensor {name} "
-                              f"would become {t}); pass --allow-requantize")
-    if not quiet:
-        for line in fallbacks:
-            print(line, file=sys.stderr)
-    adapter = adapter_by_arch(arch, str(inp))
-    publishing = page is not None or ollama or model_card
-    if publishing and page is None:
-        page = Page()
-    if page is not None and page.base_name is None:
-        page.base_name = inp.name
-    if page is not None and not page.tags:
-        page.tags = ["gguf", "llama.cpp", "ollama", ftype, *(["imatrix"] if kind else []),
-                     *(["simpo"] if page.training is not None else [])]
-    resolved = page.resolve(adapter) if page is not None else None
-    saved = imatrix_beside(out)
-    if not dry_run:
-        ins = [inp, imatrix if kind in ("file", "text") else None, *inputs]
-        check_output(out, ins)
-        # the tensor data at the planned types, plus room for the metadata (the vocabulary)
-        check_space(out, sum(shape_bytes(types[p.name], p.shape) + ALIGNMENT for p in source) + (8 << 20),
-                    f"the {ftype} GGUF")
-        if kind == "text":
-            check_output(saved, ins, side_file=True, force=force)
-        if ollama:
-            for side in ollama_files(Path(out), resolved):
-                check_output(side, [*ins, out], side_file=True, force=force)
-        if model_card:
-            check_output(card_beside(out), [*ins, out], side_file=True, force=force)
-        if budgeted:
-            check_output(tensor_types_beside(out), [*ins, out], side_file=True, force=force)
-    if dry_run and kind == "text":
-        # a dry run computes nothing: the types do not depend on the importance matrix
-        if not quiet:
-            print("dry run: the importance matrix is not computed" +
-                  ("; the budget's errors are measured without one" if budgeted else ""), file=sys.stderr)
-        kind = None
-    imat, imat_file = _importance(imatrix, kind, inp, saved, quiet, imatrix_ctx, imatrix_chunks)
-    if imat is not None and (include_weights or exclude_weights):
-        imat = _filtered(imat, include_weights, exclude_weights)
-    table = None
-    if budgeted:
-        from simpo_q.allocate import plan_budget
+    inp = local(inp)  # a hub id is read from its cached snapshot
+    if inp.is_dir():
+        metadata, source, origin = _from_hf(inp)
+        return inp, metadata, source, origin, None
+    if inp.is_file():
+        metadata, source, reader = _from_gguf(inp)
+        return inp, metadata, source, reader, reader
+    if inp.exists():
+        raise SimpoQError(f"{inp}: not a regular file or a directory (a device or pipe?); give a Hugging Face "
+                          f"model directory or a GGUF file")
+    raise SimpoQError(f"{inp}: no such file or directory")
 
-        planned = [by_name[n] for n in sorted(by_name, key=weights_map_key)]
-        types, table = plan_budget(planned, types, lambda n: _vector(imat, imat_file, n, by_name[n].shape, types[n],
-                                                                      True),
-                                   target_bpw=target_bpw, target_size=target_size, refine=refine, threads=threads,
-                                   quiet=quiet)
-    plan = []
-    for name in sorted(by_name, key=weights_map_key):
-        p = by_name[name]
-        t = types[name]
-        if t == p.qtype and reader is not None:
-            # unchanged type: copied byte for byte, as llama-quantize does
-            plan.append(Planned(name, p.shape, t, lambda n=name, r=reader: r.tensor_bytes(n), raw=True,
-                                src_type=p.src_type))
-        else:
-            vec = _vector(imat, imat_file, name, p.shape, t, quiet, bool(include_weights or exclude_weights))
-            plan.append(Planned(name, p.shape, t, p.load, imatrix=vec,
-                                refine=refine, rows=p.rows, src_type=p.src_type))
+
+def _check_outputs(out, ins: list, need: int, what: str, sides: list[Path], force: bool) -> None:
+    """The GGUF and every file beside it may be written (none is an input; side files exist
+    only with --force), and the disk has room: all before the long work."""
+    check_output(out, ins)
+    check_space(out, need, what)
+    for side in sides:
+        check_output(side, [*ins, out], side_file=True, force=force)
+
+
+def _file_metadata(metadata: list, ftype: str, general_name: str | None, resolved, plan: list[Planned],
+                   refine: bool, kv_overrides, imat, imat_file, by_name: dict, inp: Path) -> list:
+    """The output's keys: the source's, the file type, the name and page (general.*), the
+    refinement note, then the user's overrides and the importance matrix's keys, in
+    llama-quantize's order."""
     md = [(k, t, v) for k, t, v in metadata if k not in ("general.quantization_version", "general.file_type",
                                                           "split.no", "split.count", "split.tensors.count")]
     md += [("general.quantization_version", "u32", 2), ("general.file_type", "u32", FILE_TYPES[ftype][0])]
@@ -249,27 +179,152 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
             sets.append(("quantize.imatrix.chunks_count", "u32", imat.chunk_count))
     for key, t, v in sets:  # ggml's gguf_set_val: the key (new, or moved from its place) goes last
         md = [e for e in md if e[0] != key] + [(key, t, v)]
+    return md
+
+
+def _print_budget_table(plan: list[Planned], table) -> None:
+    """--target-bpw/--target-size's choice: tensor, type, bytes, error. No metadata key says
+    it: the tensor types do, and a budget is a promise on the file's size."""
+    params = sum(int(np.prod(p.shape)) for p in plan)
+    data = sum(tensor_bytes(p) for p in plan)
+    errors = {c.name: c.options[c.chosen][1] for c in table}
+    print(f"{'tensor':36s} {'type':6s} {'bytes':>12s} {'error':>12s}")
+    for p in plan:
+        e = errors.get(p.name)
+        print(f"{p.name:36s} {p.qtype:6s} {tensor_bytes(p):12d} {'' if e is None else f'{e:12.4g}':>12s}")
+    print(f"tensor data: {data} bytes, {8 * data / params:.4f} bits per weight")
+
+
+def _print_dry_run(plan: list[Planned]) -> None:
+    """What would be written: each tensor's type and bytes, the total and bits per weight."""
+    total = 0
+    for i, p in enumerate(plan, 1):
+        n = tensor_bytes(p)
+        total += n + (-n % ALIGNMENT)
+        shape = ", ".join(str(d) for d in reversed(p.shape))
+        print(f"[{i:4d}/{len(plan):4d}] {p.name:36s} - [{shape:>18s}], type = {p.qtype:6s}, {n} bytes")
+    params = sum(int(np.prod(p.shape)) for p in plan)
+    print(f"predicted size: {total} bytes of tensor data ({total / 2**20:.2f} MiB, "
+          f"{8 * sum(tensor_bytes(p) for p in plan) / params:.2f} BPW) in {len(plan)} tensors")
+
+
+def _publish(out: Path, md: list, adapter, page: Page, resolved, made: Made, ollama: bool, model_card: bool,
+             quiet: bool) -> None:
+    """The page around the GGUF: the Modelfile and NOTICE (`ollama`), and the model card, which
+    `page.card` keeps for the pipeline to rewrite with its evaluation (`model_card`)."""
+    if ollama:
+        for f in write_ollama_files(out, adapter, resolved):
+            if not quiet:
+                print(f"wrote {f}", file=sys.stderr)
+    title = str(next((v for k, _, v in md if k == "general.name"), out.stem))
+    page.card = Card(card_beside(out), title, adapter, resolved, made)
+    if model_card:
+        page.card.write()
+        if not quiet:
+            print(f"wrote {page.card.path} (model card)", file=sys.stderr)
+
+
+def _tensor_types(source: list[Planned], ftype: str, overrides, arch: str, allow_requantize: bool,
+                  fallbacks: list[str], inp: Path, quiet: bool) -> dict[str, str]:
+    """Each tensor's type under llama.cpp's policy and the overrides; a quantized input
+    tensor is converted only with --allow-requantize (llama-quantize's rule: errors add up;
+    one that keeps its type is copied). Prints the fallback warnings."""
+    input_types = {p.name: p.qtype for p in source}
+    types = plan_types(ftype, [(p.name, p.shape) for p in source], overrides, input_types, fallbacks=fallbacks,
+                       arch=arch)
+    for name, t in types.items():
+        if input_types[name] not in FLOAT_INPUTS and t != input_types[name] and not allow_requantize:
+            raise SimpoQError(f"{inp}: requantizing from type {input_types[name]} is disabled (tensor {name} "
+                              f"would become {t}); pass --allow-requantize")
+    if not quiet:
+        for line in fallbacks:
+            print(line, file=sys.stderr)
+    return types
+
+
+def _planned(p: Planned, t: str, reader, imat, imat_file, refine: bool, quiet: bool, filtered: bool) -> Planned:
+    """The output tensor: an unchanged type of a GGUF input copied byte for byte (as
+    llama-quantize does), anything else quantized from the input with its importance vector."""
+    if t == p.qtype and reader is not None:
+        return Planned(p.name, p.shape, t, lambda n=p.name, r=reader: r.tensor_bytes(n), raw=True, src_type=p.src_type)
+    vec = _vector(imat, imat_file, p.name, p.shape, t, quiet, filtered)
+    return Planned(p.name, p.shape, t, p.load, imatrix=vec, refine=refine, rows=p.rows, src_type=p.src_type)
+
+
+def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathLike, ftype: str = "Q3_K_S", *,
+                   overrides: Overrides | None = None, dry_run: bool = False, ollama: bool = False,
+                   quiet: bool = False, threads: int | None = None, imatrix=None, imatrix_ctx: int = 512,
+                   imatrix_chunks: int | None = None, name: str | None = None, force: bool = False,
+                   inputs: tuple = (), refine: bool = False, target_bpw: float | None = None,
+                   target_size: int | None = None, page: Page | None = None,
+                   model_card: bool = False, kv_overrides: list[tuple[str, str, object]] = (),
+                   allow_requantize: bool = False, include_weights: tuple[str, ...] = (),
+                   exclude_weights: tuple[str, ...] = ()) -> Path | None:
+    """`name`, when given, replaces general.name (otherwise the source directory's name).
+    Files written beside OUT (OUT.imatrix.gguf, Modelfile, NOTICE, README.md) are refused
+    when they exist, unless `force`. `inputs`: further paths the output must not replace (the
+    pipeline's recipe inputs). `page` (licence, base model, Ollama parameters...) goes into
+    the GGUF's general.* keys, the Modelfile (`ollama`) and the model card (`model_card`);
+    the quantizer sets `page.card`, which the pipeline rewrites with its evaluation.
+    `kv_overrides`: (key, type, value) metadata set as llama-quantize's --override-kv does
+    (`parse_kv_override`)."""
+    general_name = name
+    ftype = check_file_type(ftype)
+    _check_arguments(imatrix, imatrix_ctx, imatrix_chunks, target_bpw, target_size, include_weights,
+                     exclude_weights)
+    budgeted = target_bpw is not None or target_size is not None
+    inp, metadata, source, origin, reader = _open_source(inp)
+    # everything that can be checked is checked before the long work (the importance matrix)
+    kind = _imatrix_kind(imatrix, inp)
+    by_name = {p.name: p for p in source}
+    arch = str(next((v for k, _, v in metadata if k == "general.architecture"), ""))
+    fallbacks: list[str] = []  # llama-quantize's warning lines, one per tensor whose type was replaced
+    types = _tensor_types(source, ftype, overrides, arch, allow_requantize, fallbacks, inp, quiet)
+    adapter = adapter_by_arch(arch, str(inp))
+    publishing = page is not None or ollama or model_card
+    if publishing and page is None:
+        page = Page()
+    if page is not None and page.base_name is None:
+        page.base_name = inp.name
+    if page is not None and not page.tags:
+        page.tags = ["gguf", "llama.cpp", "ollama", ftype, *(["imatrix"] if kind else []),
+                     *(["simpo"] if page.training is not None else [])]
+    resolved = page.resolve(adapter) if page is not None else None
+    saved = imatrix_beside(out)
+    if not dry_run:
+        ins = [inp, imatrix if kind in ("file", "text") else None, *inputs]
+        # the tensor data at the planned types, plus room for the metadata (the vocabulary)
+        need = sum(shape_bytes(types[p.name], p.shape) + ALIGNMENT for p in source) + (8 << 20)
+        sides = [*([saved] if kind == "text" else []),
+                 *(ollama_files(Path(out), resolved) if ollama else []),
+                 *([card_beside(out)] if model_card else []), *([tensor_types_beside(out)] if budgeted else [])]
+        _check_outputs(out, ins, need, f"the {ftype} GGUF", sides, force)
+    if dry_run and kind == "text":
+        # a dry run computes nothing: the types do not depend on the importance matrix
+        if not quiet:
+            print("dry run: the importance matrix is not computed" +
+                  ("; the budget's errors are measured without one" if budgeted else ""), file=sys.stderr)
+        kind = None
+    imat, imat_file = _importance(imatrix, kind, inp, saved, quiet, imatrix_ctx, imatrix_chunks)
+    if imat is not None and (include_weights or exclude_weights):
+        imat = _filtered(imat, include_weights, exclude_weights)
+    table = None
     if budgeted:
-        params = sum(int(np.prod(p.shape)) for p in plan)
-        data = sum(tensor_bytes(p) for p in plan)
-        # no metadata key for it: the tensor types say it, and a budget is a promise on the file's size
-        if not quiet or dry_run:
-            errors = {c.name: c.options[c.chosen][1] for c in table}
-            print(f"{'tensor':36s} {'type':6s} {'bytes':>12s} {'error':>12s}")
-            for p in plan:
-                e = errors.get(p.name)
-                print(f"{p.name:36s} {p.qtype:6s} {tensor_bytes(p):12d} {'' if e is None else f'{e:12.4g}':>12s}")
-            print(f"tensor data: {data} bytes, {8 * data / params:.4f} bits per weight")
+        from simpo_q.allocate import plan_budget
+
+        planned = [by_name[n] for n in sorted(by_name, key=weights_map_key)]
+        types, table = plan_budget(planned, types, lambda n: _vector(imat, imat_file, n, by_name[n].shape, types[n],
+                                                                      True),
+                                   target_bpw=target_bpw, target_size=target_size, refine=refine, threads=threads,
+                                   quiet=quiet)
+    plan = [_planned(by_name[name], types[name], reader, imat, imat_file, refine, quiet,
+                     bool(include_weights or exclude_weights)) for name in sorted(by_name, key=weights_map_key)]
+    md = _file_metadata(metadata, ftype, general_name, resolved, plan, refine, kv_overrides, imat, imat_file,
+                        by_name, inp)
+    if budgeted and (not quiet or dry_run):
+        _print_budget_table(plan, table)
     if dry_run:
-        total = 0
-        for i, p in enumerate(plan, 1):
-            n = tensor_bytes(p)
-            total += n + (-n % ALIGNMENT)
-            shape = ", ".join(str(d) for d in reversed(p.shape))
-            print(f"[{i:4d}/{len(plan):4d}] {p.name:36s} - [{shape:>18s}], type = {p.qtype:6s}, {n} bytes")
-        params = sum(int(np.prod(p.shape)) for p in plan)
-        print(f"predicted size: {total} bytes of tensor data ({total / 2**20:.2f} MiB, "
-              f"{8 * sum(tensor_bytes(p) for p in plan) / params:.2f} BPW) in {len(plan)} tensors")
+        _print_dry_run(plan)
         return None
     out = Path(out)
     path = write_gguf(out, md, plan, quiet=quiet, threads=threads)
@@ -286,13 +341,7 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
         tt = write_text(tensor_types_beside(out), tensor_type_file({p.name: p.qtype for p in plan}))
         if not quiet:
             print(f"wrote {tt} (the chosen types; llama-quantize --tensor-type-file reads it)", file=sys.stderr)
-    if ollama:
-        assert resolved is not None
-        for f in write_ollama_files(out, adapter, resolved):
-            if not quiet:
-                print(f"wrote {f}", file=sys.stderr)
     if page is not None and resolved is not None:
-        title = str(next((v for k, _, v in md if k == "general.name"), out.stem))
         made = Made(out.name, ftype, [p.qtype for p in plan], _describe(inp, origin), reader is not None,
                     imatrix=None if imat is None else {
                         "file": Path(imat_file).name, "dataset": imat.datasets[0] if imat.datasets else None,
@@ -300,11 +349,7 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
                     refined=refine, budget=(f"--target-bpw {target_bpw}" if target_bpw is not None else
                                             f"--target-size {target_size} bytes" if target_size is not None else None),
                     size_bytes=path.stat().st_size)
-        page.card = Card(card_beside(out), title, adapter, resolved, made)
-        if model_card:
-            page.card.write()
-            if not quiet:
-                print(f"wrote {page.card.path} (model card)", file=sys.stderr)
+        _publish(out, md, adapter, page, resolved, made, ollama, model_card, quiet)
     return path
 
 

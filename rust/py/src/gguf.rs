@@ -3,6 +3,7 @@
 //! "array[<type>]" with a list value.
 
 use crate::errors::{bad_arg, to_py};
+use crate::run::run_core;
 use numpy::{PyArray1, PyArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
@@ -162,7 +163,7 @@ impl GgufWriterPy {
             .inner
             .take()
             .ok_or_else(|| bad_arg("writer is closed"))?;
-        py.detach(|| w.finish()).map_err(to_py)
+        run_core(py, None, || w.finish())
     }
 
     /// Drops the temporary file; nothing is left at the destination.
@@ -186,7 +187,7 @@ impl GgufWriterPy {
             .ok_or_else(|| bad_arg("writer is closed"))?;
         let data = data.readonly();
         let bytes = data.as_slice()?;
-        py.detach(|| write(w, name, bytes)).map_err(to_py)
+        run_core(py, None, || write(w, name, bytes))
     }
 }
 
@@ -200,7 +201,7 @@ pub struct GgufReaderPy {
 impl GgufReaderPy {
     #[new]
     fn new(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
-        let file = py.detach(|| GgufFile::open(&path)).map_err(to_py)?;
+        let file = run_core(py, None, || GgufFile::open(&path))?;
         Ok(GgufReaderPy { file })
     }
 
@@ -273,8 +274,7 @@ impl GgufReaderPy {
 /// are removed). Every file simpo-q writes goes this way or through GgufWriter.
 #[pyfunction]
 fn write_file(py: Python<'_>, path: PathBuf, data: &[u8]) -> PyResult<()> {
-    py.detach(|| simpo_q_core::files::write_file(&path, data))
-        .map_err(to_py)
+    run_core(py, None, || simpo_q_core::files::write_file(&path, data))
 }
 
 /// remove_stale_temporaries(path) -> paths removed: temporaries of `path` whose process is gone.

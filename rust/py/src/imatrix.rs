@@ -1,6 +1,7 @@
 //! The importance-matrix accumulator and its files for Python.
 
 use crate::errors::{bad_arg, to_py};
+use crate::run::run_core;
 use numpy::{PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use simpo_q_core::imatrix::{read_imatrix, write_imatrix_dat, write_imatrix_gguf, Imatrix};
@@ -34,7 +35,7 @@ impl ImatrixPy {
             .as_slice()
             .map_err(|_| bad_arg("activations: array must be C-contiguous"))?;
         let inner = &mut self.inner;
-        py.detach(|| inner.add(name, xs, n_cols)).map_err(to_py)
+        run_core(py, None, || inner.add(name, xs, n_cols))
     }
 
     /// Puts one weight's sums and count in place (replacing any entry): for statistics
@@ -108,8 +109,8 @@ impl ImatrixPy {
     fn save(&self, py: Python<'_>, path: PathBuf, format: &str) -> PyResult<()> {
         let m = &self.inner;
         match format {
-            "gguf" => py.detach(|| write_imatrix_gguf(&path, m)).map_err(to_py),
-            "dat" => py.detach(|| write_imatrix_dat(&path, m)).map_err(to_py),
+            "gguf" => run_core(py, None, || write_imatrix_gguf(&path, m)),
+            "dat" => run_core(py, None, || write_imatrix_dat(&path, m)),
             other => Err(bad_arg(format!(
                 "format: {other:?} is not \"gguf\" or \"dat\""
             ))),
@@ -119,7 +120,7 @@ impl ImatrixPy {
     /// Reads either format (GGUF or legacy .dat).
     #[staticmethod]
     fn load(py: Python<'_>, path: PathBuf) -> PyResult<ImatrixPy> {
-        let inner = py.detach(|| read_imatrix(&path)).map_err(to_py)?;
+        let inner = run_core(py, None, || read_imatrix(&path))?;
         Ok(ImatrixPy { inner })
     }
 

@@ -6,6 +6,7 @@ mod errors;
 mod gguf;
 mod imatrix;
 mod quants;
+mod run;
 
 use pyo3::prelude::*;
 

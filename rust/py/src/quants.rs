@@ -1,44 +1,14 @@
 use crate::errors::{bad_arg, to_py};
+use crate::run::run_core;
 use numpy::{
     PyArray1, PyArray2, PyArrayDescrMethods, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods,
 };
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use simpo_q_core::quants::{self, QuantType};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
 
 fn parse_type(qtype: &str) -> PyResult<QuantType> {
     QuantType::from_name(qtype).map_err(to_py)
-}
-
-/// Pools by thread count, built once: starting threads on every call would cost more than
-/// quantizing a small tensor.
-fn pool(n: usize) -> PyResult<Arc<rayon::ThreadPool>> {
-    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
-    let mut pools = POOLS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if let Some(p) = pools.get(&n) {
-        return Ok(p.clone());
-    }
-    let p = rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .build()
-        .map_err(|e| bad_arg(format!("threads: cannot start {n} threads: {e}")))?;
-    let p = Arc::new(p);
-    pools.insert(n, p.clone());
-    Ok(p)
-}
-
-/// Runs `f` on `threads` rayon threads (all cores when None).
-fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce() -> T + Send) -> PyResult<T> {
-    match threads {
-        None => Ok(f()),
-        Some(0) => Err(bad_arg("threads: must be at least 1")),
-        Some(n) => Ok(pool(n)?.install(f)),
-    }
 }
 
 /// A C-contiguous array of the given dtype and rank, or a SimpoQError naming `arg`.
@@ -116,18 +86,15 @@ fn quantize<'py>(
         Some(a) => Some(a.as_slice()?),
         None => None,
     };
-    let out = py.detach(|| {
-        with_threads(threads, || {
-            let mut out = vec![0u8; rows * rs];
-            let done = if refine {
-                quants::quantize_into_refined(qt, xs, n_per_row, ws, &mut out)
-            } else {
-                quants::quantize_into(qt, xs, n_per_row, ws, &mut out)
-            };
-            done.map(|_| out)
-        })
+    let out = run_core(py, threads, || {
+        let mut out = vec![0u8; rows * rs];
+        let done = if refine {
+            quants::quantize_into_refined(qt, xs, n_per_row, ws, &mut out)
+        } else {
+            quants::quantize_into(qt, xs, n_per_row, ws, &mut out)
+        };
+        done.map(|_| out)
     })?;
-    let out = out.map_err(to_py)?;
     PyArray1::from_vec(py, out).reshape([rows, rs])
 }
 
@@ -155,13 +122,10 @@ fn dequantize<'py>(
     let bytes = flat.cast::<PyArray1<u8>>()?.readonly();
     let bs = bytes.as_slice()?;
     let rows = n / rs;
-    let out = py.detach(|| {
-        with_threads(threads, || {
-            let mut out = vec![0f32; rows * n_per_row];
-            quants::dequantize_into(qt, bs, n_per_row, &mut out).map(|_| out)
-        })
+    let out = run_core(py, threads, || {
+        let mut out = vec![0f32; rows * n_per_row];
+        quants::dequantize_into(qt, bs, n_per_row, &mut out).map(|_| out)
     })?;
-    let out = out.map_err(to_py)?;
     PyArray1::from_vec(py, out).reshape([rows, n_per_row])
 }
 
