@@ -109,13 +109,14 @@ def main() -> None:
 
     import torch
     import torch.distributed as dist
-    from simpo_q.train.loop import _dist, train
+    from simpo_q.train.distributed import start
+    from simpo_q.train.loop import train
     from simpo_q.train.recipe import Recipe
 
     if a.steps < 2:
         ap.error("--steps must be at least 2 (the first step is not timed)")
     a.max_prompt_length = a.max_prompt_length or a.max_length * 1800 // 2048
-    rank, world = _dist(force=a.fsdp_always)
+    rank, world = start(force=a.fsdp_always)
     shape = shape_name(a)
     work = Path(a.work)
     model, data = work / f"gemma2-{shape}", work / f"pairs-{a.max_length}.jsonl"

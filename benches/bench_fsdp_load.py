@@ -21,10 +21,11 @@ def main() -> None:
     import torch
     import torch.distributed as dist
     import transformers  # noqa: F401  (imported before the baseline is read)
-    from simpo_q.train.loop import _dist, build_model
+    from simpo_q.train.distributed import start
+    from simpo_q.train.loop import build_model
     from simpo_q.train.recipe import Recipe
 
-    rank, world = _dist()
+    rank, world = start()
     base = mib("VmRSS")
     build_model(Recipe(model=sys.argv[1]), torch.device("cpu"), world)
     line = (f"rank {rank} of {world}: peak during build +{mib('VmHWM') - base:.0f} MiB, "

@@ -72,11 +72,12 @@ def child_train(out: Path, s: dict) -> None:
     from bench_fsdp import build_data, build_model
     from simpo_q import imatrix as im
     from simpo_q.quantize_model import quantize_model
-    from simpo_q.train.loop import SimPOModel, _dist, train
+    from simpo_q.train.distributed import start
+    from simpo_q.train.loop import SimPOModel, train_model
     from simpo_q.train.weights import ModelWeights
     from transformers import AutoTokenizer
 
-    rank, world = _dist(force=True)
+    rank, world = start(force=True)
     cuda = torch.cuda.is_available()
     work = out / "work"
     model_dir, data = work / "model", work / "pairs.jsonl"
@@ -89,7 +90,7 @@ def child_train(out: Path, s: dict) -> None:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    run_dir, model = train(r, quiet=True, keep_model=True)
+    run_dir, model = train_model(r, quiet=True)
     train_wall = time.perf_counter() - t0
     res: dict = {"train_wall_s": train_wall}
     if cuda:

@@ -93,13 +93,14 @@ def collect_from_model(model, tok, text_file: str | os.PathLike, *, ctx: int = 5
     import torch.distributed as dist
     from tqdm.auto import tqdm
 
+    from simpo_q.train.distributed import rank_world
     from simpo_q.train.loop import SimPOModel
 
     if text is None:
         text = read_text(text_file)
     run = model if isinstance(model, SimPOModel) else SimPOModel(model)
     hf = run.hf
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    rank, world = rank_world()
     device = next(hf.parameters()).device
     batches = chunk_tokens(tok, text, ctx, chunks, str(text_file), skip)
     # one process adds straight into `into`, row after row, as llama-imatrix continues a file

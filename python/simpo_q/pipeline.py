@@ -63,13 +63,13 @@ def run_pipeline(recipe, out: str | os.PathLike, *, ftype: str = "Q3_K_S", imatr
     `name`, by default the run's name (the recipe's output_dir), not that of its `final`
     directory. `page` (simpo_q.publish.Page) holds the command line's licence, base model,
     parameters and system prompt; the recipe fills in the rest (recipe_page)."""
-    import torch.distributed as dist
     from transformers import AutoTokenizer
 
     from simpo_q import imatrix as im
     from simpo_q.outputs import imatrix_beside
     from simpo_q.quantize_model import quantize_model
-    from simpo_q.train.loop import resolve_hub_ids, train
+    from simpo_q.train.distributed import rank_world
+    from simpo_q.train.loop import resolve_hub_ids, train_model
     from simpo_q.train.weights import ModelWeights, serve_weights
 
     out = Path(out)
@@ -80,14 +80,14 @@ def run_pipeline(recipe, out: str | os.PathLike, *, ftype: str = "Q3_K_S", imatr
         from simpo_q.textfile import read_text
 
         read_text(eval_text, "evaluation text")  # a bad evaluation text fails now, not after training
-    run_dir, model = train(recipe, quiet=quiet, keep_model=True)
+    run_dir, model = train_model(recipe, quiet=quiet)
     from simpo_q.train.loop import run_summary
 
     page.training = {**(page.training or {}), **run_summary(run_dir)}
     final = Path(run_dir) / "final"
     if not (final / "config.json").exists():
         raise SimpoQError(f"{final}: the training run did not finish (stop_after_steps?)")
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    rank, _ = rank_world()
     if imatrix is not None and isinstance(imatrix, (str, os.PathLike)) and not im.is_imatrix_file(imatrix):
         tok = AutoTokenizer.from_pretrained(str(final))
         m = im.collect_from_model(model, tok, imatrix, ctx=imatrix_ctx, chunks=imatrix_chunks, quiet=quiet)
@@ -153,7 +153,6 @@ def evaluate_gguf(model, final: Path, gguf: Path, ftype: str, with_imatrix: bool
     same file type without the importance matrix (written to a temporary folder)."""
     import tempfile
 
-    import torch.distributed as dist
     from transformers import AutoTokenizer
 
     from simpo_q.arch import adapter_for
@@ -161,10 +160,11 @@ def evaluate_gguf(model, final: Path, gguf: Path, ftype: str, with_imatrix: bool
     from simpo_q.evaluate.kld import render, run_kld
     from simpo_q.quantize_model import quantize_model
     from simpo_q.textfile import read_text
+    from simpo_q.train.distributed import is_distributed
     from simpo_q.train.weights import ModelWeights
 
     hf = model.hf if hasattr(model, "hf") else model
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if is_distributed():
         ref = TorchModel.from_directory(final)  # sharded weights: the saved model instead
     else:
         tok = AutoTokenizer.from_pretrained(str(final))

@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from simpo_q._native import SimpoQError, write_file
+from simpo_q.train.distributed import full, rank_world
 
 STATE_FILE = "trainer_state.json"
 FORMAT = "simpo-q checkpoint 1"
@@ -38,10 +39,6 @@ def _rank_file(rank: int) -> str:
 def _stage(name: str) -> None:
     """Marks a point of a save between two file operations. Does nothing; tests replace it
     to kill the process there and prove that every such point is recoverable."""
-
-
-def _rank_world() -> tuple[int, int]:
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
 def _barrier() -> None:
@@ -143,7 +140,7 @@ def save_checkpoint(path: Path, model, opt, sched, step: int) -> None:
     of a complete checkpoint) and switches it into place."""
     from safetensors.torch import save_file
 
-    rank, world = _rank_world()
+    rank, world = rank_world()
     nxt = path.with_name(path.name + ".next")
     if rank == 0:
         settle(path)
@@ -189,7 +186,7 @@ def load_checkpoint(path: Path, model, opt, sched) -> int:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    rank, world = _rank_world()
+    rank, world = rank_world()
     if rank == 0:
         settle(path)
     _barrier()
@@ -237,11 +234,11 @@ def iter_full_state_dict(model):
 
     Under FSDP2 every rank must iterate (each tensor is an all-gather); rank 0 receives the
     tensors and the other ranks get None. Only one unsharded tensor exists at a time."""
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    rank, _ = rank_world()
     for name, t in model.state_dict().items():
-        full = t.full_tensor() if hasattr(t, "full_tensor") else t
-        yield name.removeprefix("hf."), (full.detach().to("cpu", copy=True) if rank == 0 else None)
-        del full
+        whole = full(t)
+        yield name.removeprefix("hf."), (whole.detach().to("cpu", copy=True) if rank == 0 else None)
+        del whole
 
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",

@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from simpo_q._native import SimpoQError
 from simpo_q.train.data import collate, epoch_batches, read_rows, tokenize_pairs
+from simpo_q.train.distributed import full, rank_world, start
 from simpo_q.train.loss import average_logps, model_token_logps, simpo_loss
 from simpo_q.train.recipe import Recipe
 
@@ -37,23 +38,6 @@ class SimPOModel(torch.nn.Module):
         if per_token:
             return lp, rows
         return average_logps(lp, rows, input_ids.shape[0])
-
-
-def _dist(force: bool = False) -> tuple[int, int]:
-    """(rank, world); starts the process group under torchrun with several ranks, or with
-    `force` (FSDP2 on a single process, e.g. one GPU) even outside torchrun."""
-    if not dist.is_initialized() and (int(os.environ.get("WORLD_SIZE", "1")) > 1 or force):
-        if "MASTER_ADDR" not in os.environ:  # one process, not started by torchrun
-            import socket
-
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                port = sock.getsockname()[1]
-            os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1")
-        dist.init_process_group("gloo" if not torch.cuda.is_available() else "nccl")
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _device() -> torch.device:
@@ -120,7 +104,7 @@ def build_model(r: Recipe, device, world: int, fsdp: bool | None = None):
 
     from simpo_q.sources import HFDirectory
 
-    rank = dist.get_rank()
+    rank, _ = rank_world()
     model = SimPOModel(_load_hf(r, meta=True))
     buffers = computed_buffers(model.hf)
     src = HFDirectory(r.model) if rank == 0 else None
@@ -227,31 +211,9 @@ def resolve_hub_ids(r: Recipe) -> Recipe:
                                eval_data=None if r.eval_data is None else str(hub.local(r.eval_data, "dataset")))
 
 
-def train(r: Recipe, *, quiet: bool = False, keep_model: bool = False):
-    """Runs the recipe; returns the output directory, or (directory, model) with keep_model."""
-    from tqdm.auto import tqdm
-    from transformers import AutoTokenizer
-
-    from simpo_q.sources import HFDirectory
-    from simpo_q.train.checkpoint import load_checkpoint, save_checkpoint, save_final
-
-    # hub ids become folders of the Hugging Face cache; then a missing or inconsistent model
-    # fails here, in a second, not inside transformers (which would try the network for a
-    # path it does not find, or fill a missing weight randomly)
-    r = resolve_hub_ids(r)
-    HFDirectory(r.model)
-    rank, world = _dist(force=r.fsdp == "always")
-    fsdp = world > 1 or r.fsdp == "always"
-    if quiet:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    if r.threads:
-        torch.set_num_threads(r.threads)
-    torch.manual_seed(r.seed)
-    device = _device()
-    out = Path(r.output_dir)
-    tok = AutoTokenizer.from_pretrained(r.model)
+def _training_pairs(r: Recipe, tok, rank: int, quiet: bool) -> tuple[list, list]:
+    """(training pairs, held-out pairs): the data tokenized, unusable rows counted and named,
+    the held-out pairs from eval_data or the first eval_fraction of the data."""
     pairs, bad = tokenize_pairs(read_rows(r.data, r.data_split), tok, max_length=r.max_length,
                                 max_prompt_length=r.max_prompt_length)
     skipped = ", ".join(f"{n} {why}" for why, n in bad.items()) or "none"
@@ -266,6 +228,79 @@ def train(r: Recipe, *, quiet: bool = False, keep_model: bool = False):
     elif r.eval_fraction > 0:
         n_eval = max(1, int(len(pairs) * r.eval_fraction))
         pairs, eval_pairs = pairs[n_eval:], pairs[:n_eval]
+    return pairs, eval_pairs
+
+
+def _append_metrics(path: Path, line: dict) -> None:
+    """One line of metrics.jsonl (rank 0 only writes it)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def _backward(model, r: Recipe, mine: list, pad: int, device, fsdp: bool) -> tuple[dict[str, float], int]:
+    """This rank's share of one optimizer step: its pairs in micro-batches, SimPO's loss
+    backward (gradients accumulate; FSDP2 synchronizes them on the last micro-batch only).
+    Returns the summed metrics over this rank's pairs (each divided by their number) and the
+    tokens it read."""
+    per_rank = len(mine)
+    sums: dict[str, float] = {}
+    step_tokens = 0
+    size = r.per_device_train_batch_size
+    for micro in range(r.gradient_accumulation_steps):
+        part = mine[micro * size:(micro + 1) * size]
+        b = {k: v.to(device) for k, v in collate(part, pad).items()}
+        if fsdp:
+            model.set_requires_gradient_sync(micro == r.gradient_accumulation_steps - 1)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=r.bf16 and not fsdp):
+            logps = model(b["input_ids"], b["attention_mask"], b["labels"], r.chunk_tokens)
+        n = len(part)
+        c, rj = logps[:n], logps[n:]
+        losses, rc, rr = simpo_loss(c, rj, beta=r.beta, gamma_beta_ratio=r.gamma_beta_ratio,
+                                    label_smoothing=r.label_smoothing, loss_type=r.loss_type)
+        loss = losses.sum() / per_rank
+        if r.sft_weight:
+            loss = loss + r.sft_weight * (-c.mean()) * n / per_rank
+        loss.backward()
+        step_tokens += int(b["attention_mask"].sum())
+        for key, v in (("loss", losses.sum()), ("rewards/chosen", rc.sum()), ("rewards/rejected", rr.sum()),
+                       ("rewards/margins", (rc - rr).sum()), ("rewards/accuracies", (rc > rr).float().sum()),
+                       ("logps/chosen", c.detach().sum()), ("logps/rejected", rj.detach().sum())):
+            sums[key] = sums.get(key, 0.0) + float(v.detach()) / per_rank
+    return sums, step_tokens
+
+
+def train(r: Recipe, *, quiet: bool = False) -> Path:
+    """Runs the recipe; returns the output directory."""
+    return train_model(r, quiet=quiet)[0]
+
+
+def train_model(r: Recipe, *, quiet: bool = False) -> tuple[Path, torch.nn.Module]:
+    """Runs the recipe; returns the output directory and the trained model, still in memory
+    (and still sharded under FSDP2), for the pipeline's importance matrix and quantizer."""
+    from tqdm.auto import tqdm
+    from transformers import AutoTokenizer
+
+    from simpo_q.sources import HFDirectory
+    from simpo_q.train.checkpoint import load_checkpoint, save_checkpoint, save_final
+
+    # hub ids become folders of the Hugging Face cache; then a missing or inconsistent model
+    # fails here, in a second, not inside transformers (which would try the network for a
+    # path it does not find, or fill a missing weight randomly)
+    r = resolve_hub_ids(r)
+    HFDirectory(r.model)
+    rank, world = start(force=r.fsdp == "always")
+    fsdp = world > 1 or r.fsdp == "always"
+    if quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    if r.threads:
+        torch.set_num_threads(r.threads)
+    torch.manual_seed(r.seed)
+    device = _device()
+    out = Path(r.output_dir)
+    tok = AutoTokenizer.from_pretrained(r.model)
+    pairs, eval_pairs = _training_pairs(r, tok, rank, quiet)
     per_rank = r.per_device_train_batch_size * r.gradient_accumulation_steps
     global_batch = per_rank * world
     lengths = [len(p) for p in pairs]
@@ -288,8 +323,7 @@ def train(r: Recipe, *, quiet: bool = False, keep_model: bool = False):
     if r.eval_steps and eval_pairs and step == 0:
         ev = evaluate(model, eval_pairs, r, device, tok.pad_token_id or 0, world)
         if rank == 0:
-            with open(metrics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": 0, **{f"eval_{k}": v for k, v in ev.items()}}) + "\n")
+            _append_metrics(metrics_path, {"step": 0, **{f"eval_{k}": v for k, v in ev.items()}})
     reset_peak_memory(device)
     # disable=None: no bar in a pipe or a log file (plain lines instead, below)
     bar = tqdm(total=total, initial=step, desc="simpo", disable=True if quiet or rank != 0 else None,
@@ -301,31 +335,10 @@ def train(r: Recipe, *, quiet: bool = False, keep_model: bool = False):
         epoch, k = divmod(step, steps_per_epoch)
         batch = epoch_batches(len(pairs), lengths, global_batch, r.seed, epoch)[k]
         mine = batch[rank * per_rank:(rank + 1) * per_rank]
-        sums: dict[str, float] = {}
-        t_step, step_tokens = time.perf_counter(), 0
-        for micro in range(r.gradient_accumulation_steps):
-            ids = mine[micro * r.per_device_train_batch_size:(micro + 1) * r.per_device_train_batch_size]
-            b = collate([pairs[i] for i in ids], pad)
-            b = {k2: v.to(device) for k2, v in b.items()}
-            if fsdp:
-                model.set_requires_gradient_sync(micro == r.gradient_accumulation_steps - 1)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=r.bf16 and not fsdp):
-                logps = model(b["input_ids"], b["attention_mask"], b["labels"], r.chunk_tokens)
-            n = len(ids)
-            c, rj = logps[:n], logps[n:]
-            losses, rc, rr = simpo_loss(c, rj, beta=r.beta, gamma_beta_ratio=r.gamma_beta_ratio,
-                                        label_smoothing=r.label_smoothing, loss_type=r.loss_type)
-            loss = losses.sum() / per_rank
-            if r.sft_weight:
-                loss = loss + r.sft_weight * (-c.mean()) * n / per_rank
-            loss.backward()
-            step_tokens += int(b["attention_mask"].sum())
-            for key, v in (("loss", losses.sum()), ("rewards/chosen", rc.sum()), ("rewards/rejected", rr.sum()),
-                           ("rewards/margins", (rc - rr).sum()), ("rewards/accuracies", (rc > rr).float().sum()),
-                           ("logps/chosen", c.detach().sum()), ("logps/rejected", rj.detach().sum())):
-                sums[key] = sums.get(key, 0.0) + float(v.detach()) / per_rank
+        t_step = time.perf_counter()
+        sums, step_tokens = _backward(model, r, [pairs[i] for i in mine], pad, device, fsdp)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), r.max_grad_norm)
-        gn = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        gn = float(full(grad_norm))
         if not math.isfinite(gn) or not math.isfinite(sums["loss"]):
             # the gradient norm is global: every rank stops here, before the update
             last = f"the last good checkpoint is {out / 'checkpoint'}" if (out / "checkpoint").exists() \
@@ -347,8 +360,7 @@ def train(r: Recipe, *, quiet: bool = False, keep_model: bool = False):
             rate = tokens * world / (time.perf_counter() - t0)
             if step % r.logging_steps == 0 or step == total:
                 line = interval_metrics(pending)
-                with open(metrics_path, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(line) + "\n")
+                _append_metrics(metrics_path, line)
                 pending.clear()
                 if bar.disable and not quiet:  # a log file or a pipe: a plain line, no bar redraws
                     print(f"step {step}/{total} loss {line['loss']:.4f} margin {line['rewards/margins']:.4f} "
@@ -359,17 +371,16 @@ def train(r: Recipe, *, quiet: bool = False, keep_model: bool = False):
         if r.eval_steps and eval_pairs and step % r.eval_steps == 0:
             ev = evaluate(model, eval_pairs, r, device, pad, world)
             if rank == 0:
-                with open(metrics_path, "a", encoding="utf-8") as f:
-                    f.write(json.dumps({"step": step, **{f"eval_{k}": v for k, v in ev.items()}}) + "\n")
+                _append_metrics(metrics_path, {"step": step, **{f"eval_{k}": v for k, v in ev.items()}})
         if r.save_steps and step % r.save_steps == 0:
             save_checkpoint(out / "checkpoint", model, opt, sched, step)
         if 0 < r.stop_after_steps <= step and step < total:
             bar.close()
-            return (out, model) if keep_model else out
+            return out, model
     bar.close()
     save_checkpoint(out / "checkpoint", model, opt, sched, step)
     save_final(model, tok, out / "final", rank, r.save_dtype, r.model)
-    return (out, model) if keep_model else out
+    return out, model
 
 
 def interval_metrics(steps: list[dict]) -> dict:
@@ -386,7 +397,7 @@ def interval_metrics(steps: list[dict]) -> dict:
 
 @torch.no_grad()
 def evaluate(model, pairs, r: Recipe, device, pad: int, world: int = 1) -> dict[str, float]:
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    rank, _ = rank_world()
     was_training = model.training
     model.eval()
     try:

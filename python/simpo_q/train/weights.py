@@ -15,16 +15,13 @@ import torch
 import torch.distributed as dist
 
 from simpo_q.sources import StateDictSource
+from simpo_q.train.distributed import full, is_distributed
 
 STOP = -1
 
 
 def _device(model) -> torch.device:
     return next(model.parameters()).device
-
-
-def _gather(t: torch.Tensor) -> torch.Tensor:
-    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 class ModelWeights(StateDictSource):
@@ -36,7 +33,7 @@ class ModelWeights(StateDictSource):
         self._model = model
         self._sd = model.state_dict()
         self._keys = list(self._sd)
-        self._distributed = dist.is_initialized() and dist.get_world_size() > 1
+        self._distributed = is_distributed()
         self._dev = _device(model)
         hf = {k.removeprefix("hf."): v for k, v in self._sd.items()}
         super().__init__(model_dir, hf)
@@ -46,9 +43,9 @@ class ModelWeights(StateDictSource):
         i = self._index[name]
         if self._distributed:
             dist.broadcast(torch.tensor([i], dtype=torch.long, device=self._dev), src=0)
-        full = _gather(self._sd[self._keys[i]]).detach()
+        whole = full(self._sd[self._keys[i]]).detach()
         # a CPU float32 weight is handed over as a view: no copy at all in one process
-        return np.ascontiguousarray(full.float().cpu().numpy(), dtype=np.float32)
+        return np.ascontiguousarray(whole.float().cpu().numpy(), dtype=np.float32)
 
     def close(self) -> None:
         if self._distributed:
@@ -74,5 +71,5 @@ def serve_weights(model) -> int:
         i = int(msg.item())
         if i == STOP:
             return n
-        _gather(sd[keys[i]])
+        full(sd[keys[i]])
         n += 1
