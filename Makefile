@@ -14,7 +14,7 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
 help:
 	@echo "make demo           run the main job on the embedded tiny Gemma-2 model"
-	@echo "make test           fmt, clippy, cargo test, ruff, stubtest, pytest"
+	@echo "make test           fmt, clippy, cargo test, ruff (lint and format), stubtest, pytest"
 	@echo "make test-fast      pytest without the tests marked slow (for daily work; CI runs make test)"
 	@echo "make bench          run benches/ (numbers go to BENCHMARKS.md by hand)"
 	@echo "make install-check  pip install . into a fresh venv and smoke-test it"
@@ -43,6 +43,7 @@ rust-test:
 
 lint: native
 	$(VENV)/bin/ruff check python tests benches
+	$(VENV)/bin/ruff format --check python tests benches
 	$(PY) -m mypy.stubtest simpo_q._native --allowlist .stubtest-allowlist
 
 # Debian's Go toolchain: tests/test_publish.py executes the Modelfile's TEMPLATE with Go's own

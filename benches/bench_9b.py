@@ -30,8 +30,15 @@ REPO = Path(__file__).parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "benches"))
 
-SHAPE = {"layers": 42, "hidden": 3584, "intermediate": 14336, "heads": 16, "kv_heads": 8, "head_dim": 256,
-         "vocab": 256000}
+SHAPE = {
+    "layers": 42,
+    "hidden": 3584,
+    "intermediate": 14336,
+    "heads": 16,
+    "kv_heads": 8,
+    "head_dim": 256,
+    "vocab": 256000,
+}
 GIB = 1 << 30
 
 
@@ -92,62 +99,145 @@ def main() -> None:
     model = work / "gemma2-9b-shaped"
     ckpt_bytes = 18_483_411_968 + (1 << 20)  # bf16 weights and headers
     quant_bytes = 4_338_428_192
-    need = (0 if (model / ".complete").exists() else ckpt_bytes) + 3 * quant_bytes \
-        + (0 if args.skip_llama else ckpt_bytes) + 2 * GIB
+    need = (
+        (0 if (model / ".complete").exists() else ckpt_bytes)
+        + 3 * quant_bytes
+        + (0 if args.skip_llama else ckpt_bytes)
+        + 2 * GIB
+    )
     free = shutil.disk_usage(work).free
     if free < need:
-        raise SystemExit(f"{work}: {free / GIB:.1f} GiB free; this benchmark needs {need / GIB:.1f} GiB (the "
-                         f"checkpoint, a bf16 GGUF for llama.cpp's route, three Q3_K_S files)")
+        raise SystemExit(
+            f"{work}: {free / GIB:.1f} GiB free; this benchmark needs {need / GIB:.1f} GiB (the "
+            f"checkpoint, a bf16 GGUF for llama.cpp's route, three Q3_K_S files)"
+        )
     py = sys.executable
     disk = DiskWatch(work)
     rows = []
     if not (model / ".complete").exists():
         shutil.rmtree(model, ignore_errors=True)
-        code = (f"import sys; sys.path.insert(0, {str(REPO / 'benches')!r}); from pathlib import Path; "
-                f"from bench_9b import build; build(Path({str(model)!r}))")
+        code = (
+            f"import sys; sys.path.insert(0, {str(REPO / 'benches')!r}); from pathlib import Path; "
+            f"from bench_9b import build; build(Path({str(model)!r}))"
+        )
         rows.append(("simpo-q", "build the checkpoint (bf16, 4 shards)", *run([py, "-c", code])))
     out = work / "out"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     calib = REPO / "python" / "simpo_q" / "data" / "calibration.txt"
     sq = [py, "-m", "simpo_q", "--quiet"]
-    rows.append(("simpo-q", "quantize --type Q3_K_S",
-                 *run([*sq, "quantize", str(model), str(out / "plain.gguf"), "--type", "Q3_K_S"])))
+    rows.append(
+        (
+            "simpo-q",
+            "quantize --type Q3_K_S",
+            *run([*sq, "quantize", str(model), str(out / "plain.gguf"), "--type", "Q3_K_S"]),
+        )
+    )
     # the same again: as much of the checkpoint as the page cache holds (24 GiB of RAM, 17 GiB
     # of weights) is now read from memory, not from the disk
-    rows.append(("simpo-q", "quantize --type Q3_K_S (again: checkpoint in the page cache)",
-                 *run([*sq, "quantize", str(model), str(out / "plain.gguf"), "--type", "Q3_K_S"])))
-    rows.append(("simpo-q", "imatrix --offload --ctx 128 --chunks 2 (float32)",
-                 *run([*sq, "imatrix", str(model), "-f", str(calib), "--ctx", "128", "--chunks", "2", "--offload",
-                       "-o", str(out / "9b.imatrix.gguf")])))
-    rows.append(("simpo-q", "quantize --type Q3_K_S --imatrix",
-                 *run([*sq, "quantize", str(model), str(out / "ours.gguf"), "--type", "Q3_K_S", "--imatrix",
-                       str(out / "9b.imatrix.gguf")])))
+    rows.append(
+        (
+            "simpo-q",
+            "quantize --type Q3_K_S (again: checkpoint in the page cache)",
+            *run([*sq, "quantize", str(model), str(out / "plain.gguf"), "--type", "Q3_K_S"]),
+        )
+    )
+    rows.append(
+        (
+            "simpo-q",
+            "imatrix --offload --ctx 128 --chunks 2 (float32)",
+            *run(
+                [
+                    *sq,
+                    "imatrix",
+                    str(model),
+                    "-f",
+                    str(calib),
+                    "--ctx",
+                    "128",
+                    "--chunks",
+                    "2",
+                    "--offload",
+                    "-o",
+                    str(out / "9b.imatrix.gguf"),
+                ]
+            ),
+        )
+    )
+    rows.append(
+        (
+            "simpo-q",
+            "quantize --type Q3_K_S --imatrix",
+            *run(
+                [
+                    *sq,
+                    "quantize",
+                    str(model),
+                    str(out / "ours.gguf"),
+                    "--type",
+                    "Q3_K_S",
+                    "--imatrix",
+                    str(out / "9b.imatrix.gguf"),
+                ]
+            ),
+        )
+    )
     same = None
     if not args.skip_llama:
         from llama_cpp_tree import llama_cpp_tools, llama_cpp_tree
 
         tree, tools = llama_cpp_tree(), llama_cpp_tools()
-        rows.append(("llama.cpp", "convert_hf_to_gguf.py --outtype bf16",
-                     *run([py, str(tree / "convert_hf_to_gguf.py"), str(model), "--outtype", "bf16", "--outfile",
-                           str(out / "bf16.gguf")])))
-        rows.append(("llama.cpp", "llama-quantize --imatrix ... Q3_K_S 2",
-                     *run([str(tools / "llama-quantize"), "--imatrix", str(out / "9b.imatrix.gguf"),
-                           str(out / "bf16.gguf"), str(out / "ref.gguf"), "Q3_K_S", "2"])))
+        rows.append(
+            (
+                "llama.cpp",
+                "convert_hf_to_gguf.py --outtype bf16",
+                *run(
+                    [
+                        py,
+                        str(tree / "convert_hf_to_gguf.py"),
+                        str(model),
+                        "--outtype",
+                        "bf16",
+                        "--outfile",
+                        str(out / "bf16.gguf"),
+                    ]
+                ),
+            )
+        )
+        rows.append(
+            (
+                "llama.cpp",
+                "llama-quantize --imatrix ... Q3_K_S 2",
+                *run(
+                    [
+                        str(tools / "llama-quantize"),
+                        "--imatrix",
+                        str(out / "9b.imatrix.gguf"),
+                        str(out / "bf16.gguf"),
+                        str(out / "ref.gguf"),
+                        "Q3_K_S",
+                        "2",
+                    ]
+                ),
+            )
+        )
         (out / "bf16.gguf").unlink()
         from simpo_q.gguf import open_gguf
 
         a, b = open_gguf(out / "ours.gguf"), open_gguf(out / "ref.gguf")
         same = [t[:3] for t in a.tensors] == [t[:3] for t in b.tensors] and all(
-            (a.tensor_bytes(t[0]) == b.tensor_bytes(t[0])).all() for t in b.tensors)
+            (a.tensor_bytes(t[0]) == b.tensor_bytes(t[0])).all() for t in b.tensors
+        )
         n_same = sum(bool((a.tensor_bytes(t[0]) == b.tensor_bytes(t[0])).all()) for t in b.tensors)
         same = f"{n_same}/{len(b.tensors)}" if same else f"NOT identical: {n_same}/{len(b.tensors)}"
     peak_disk = disk.stop()
     size = (out / "ours.gguf").stat().st_size
-    print(f"# gemma-2-9b-it shapes, 9.24B parameters; {os.cpu_count()} cores, "
-          f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / GIB:.0f} GiB RAM, "
-          f"{time.strftime('%Y-%m-%d')}; Q3_K_S file {size} bytes; tensors identical to llama-quantize's: {same}; "
-          f"disk high-water mark {peak_disk / GIB:.1f} GiB above the start")
+    print(
+        f"# gemma-2-9b-it shapes, 9.24B parameters; {os.cpu_count()} cores, "
+        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / GIB:.0f} GiB RAM, "
+        f"{time.strftime('%Y-%m-%d')}; Q3_K_S file {size} bytes; tensors identical to llama-quantize's: {same}; "
+        f"disk high-water mark {peak_disk / GIB:.1f} GiB above the start"
+    )
     print()
     print("| route | step | wall (s) | peak RSS (MiB) |")
     print("|---|---|---|---|")

@@ -51,33 +51,57 @@ def main() -> None:
     run([py, "-m", "simpo_q", "--quiet", "convert", str(model), str(work / "f32.gguf"), "--outtype", "f32"])
     run([py, "-m", "simpo_q", "--quiet", "quantize", str(model), str(work / "q.gguf"), "--type", "Q3_K_S"])
     threads = str(os.cpu_count() or 2)
-    ours = run([py, "-m", "simpo_q", "--quiet", "eval", "kld", str(work / "f32.gguf"), str(work / "q.gguf"), "-f",
-                str(TEXT), "--ctx", str(args.ctx), "--threads", threads])
+    ours = run(
+        [
+            py,
+            "-m",
+            "simpo_q",
+            "--quiet",
+            "eval",
+            "kld",
+            str(work / "f32.gguf"),
+            str(work / "q.gguf"),
+            "-f",
+            str(TEXT),
+            "--ctx",
+            str(args.ctx),
+            "--threads",
+            threads,
+        ]
+    )
     common = ["-c", str(args.ctx), "-b", str(args.ctx), "-t", threads]
-    base = run([tool, "-m", str(work / "f32.gguf"), "-f", str(TEXT), *common, "--kl-divergence-base",
-                str(work / "base.kld")])
-    kld = run([tool, "-m", str(work / "q.gguf"), *common, "--kl-divergence-base", str(work / "base.kld"),
-               "--kl-divergence"])
+    base = run(
+        [tool, "-m", str(work / "f32.gguf"), "-f", str(TEXT), *common, "--kl-divergence-base", str(work / "base.kld")]
+    )
+    kld = run(
+        [tool, "-m", str(work / "q.gguf"), *common, "--kl-divergence-base", str(work / "base.kld"), "--kl-divergence"]
+    )
     size = (work / "base.kld").stat().st_size
     from simpo_q.gguf import metadata_dict, open_gguf
 
     vocab = len(metadata_dict(open_gguf(work / "f32.gguf"))["tokenizer.ggml.tokens"])
-    print(f"# {model.name}: vocabulary {vocab}, ctx {args.ctx}, {TEXT.name}, reference F32 GGUF, quant Q3_K_S; "
-          f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
+    print(
+        f"# {model.name}: vocabulary {vocab}, ctx {args.ctx}, {TEXT.name}, reference F32 GGUF, quant Q3_K_S; "
+        f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}"
+    )
     print()
     print("| route | step | wall (s) | peak RSS (MiB) | disk written |")
     print("|---|---|---|---|---|")
     print(f"| simpo-q | eval kld (reference and quant in lockstep) | {ours[0]:.1f} | {ours[1]:.0f} | none |")
-    print(f"| llama.cpp | llama-perplexity --kl-divergence-base | {base[0]:.1f} | {base[1]:.0f} | "
-          f"{size / 2**20:.1f} MiB |")
+    print(
+        f"| llama.cpp | llama-perplexity --kl-divergence-base | {base[0]:.1f} | {base[1]:.0f} | "
+        f"{size / 2**20:.1f} MiB |"
+    )
     print(f"| llama.cpp | llama-perplexity --kl-divergence | {kld[0]:.1f} | {kld[1]:.0f} | — |")
     print(f"| llama.cpp | total | {base[0] + kld[0]:.1f} | {max(base[1], kld[1]):.0f} | {size / 2**20:.1f} MiB |")
     chunks = round((size - base_file_bytes(vocab, args.ctx, 0)) / (base_file_bytes(vocab, args.ctx, 1) - 20))
     print()
     per_chunk = base_file_bytes(256000, 512, 1) - base_file_bytes(256000, 512, 0)
-    print(f"base file: {size} bytes, the formula's {base_file_bytes(vocab, args.ctx, chunks)} for {chunks} chunks; "
-          f"at Gemma-2's vocabulary of 256000 and ctx 512 each chunk costs {per_chunk / 2**20:.1f} MiB "
-          f"({base_file_bytes(256000, 512, 567) / 2**30:.1f} GiB for 567 chunks).")
+    print(
+        f"base file: {size} bytes, the formula's {base_file_bytes(vocab, args.ctx, chunks)} for {chunks} chunks; "
+        f"at Gemma-2's vocabulary of 256000 and ctx 512 each chunk costs {per_chunk / 2**20:.1f} MiB "
+        f"({base_file_bytes(256000, 512, 567) / 2**30:.1f} GiB for 567 chunks)."
+    )
 
 
 if __name__ == "__main__":

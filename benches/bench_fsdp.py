@@ -54,8 +54,15 @@ def build_model(out: Path, a) -> None:
     for f in tiny.iterdir():
         if f.name.startswith(("tokenizer", "special_tokens", "added_tokens", "chat_template", "generation")):
             shutil.copy2(f, out / f.name)
-    cfg = TinyConfig(layers=a.layers, hidden=a.hidden, intermediate=a.intermediate, heads=a.heads,
-                     kv_heads=a.kv_heads, head_dim=a.head_dim, vocab=a.vocab)
+    cfg = TinyConfig(
+        layers=a.layers,
+        hidden=a.hidden,
+        intermediate=a.intermediate,
+        heads=a.heads,
+        kv_heads=a.kv_heads,
+        head_dim=a.head_dim,
+        vocab=a.vocab,
+    )
     c = hf_config(cfg)
     c["query_pre_attn_scalar"] = a.query_pre_attn_scalar or a.head_dim
     (out / "config.json").write_text(json.dumps(c, indent=2, sort_keys=True) + "\n")
@@ -70,15 +77,19 @@ def build_data(out: Path, pairs: int, chars: int) -> None:
     text = bundled_text("calibration.txt")
     rows = []
     for i in range(pairs):
+
         def piece(k: int, n: int, i=i) -> str:
             s = (i * 7919 + k * 104729) % (len(text) - n)
-            return text[s:s + n]
+            return text[s : s + n]
 
         prompt = piece(0, chars)
-        rows.append({"prompt": prompt, "chosen": [{"role": "user", "content": prompt},
-                                                 {"role": "assistant", "content": piece(1, chars)}],
-                     "rejected": [{"role": "user", "content": prompt},
-                                  {"role": "assistant", "content": piece(2, chars)}]})
+        rows.append(
+            {
+                "prompt": prompt,
+                "chosen": [{"role": "user", "content": prompt}, {"role": "assistant", "content": piece(1, chars)}],
+                "rejected": [{"role": "user", "content": prompt}, {"role": "assistant", "content": piece(2, chars)}],
+            }
+        )
     out.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
@@ -131,12 +142,27 @@ def main() -> None:
         shutil.rmtree(run, ignore_errors=True)
     if world > 1:
         dist.barrier()
-    r = Recipe(model=str(model), data=str(data), eval_fraction=0.0, output_dir=str(run), beta=10.0,
-               gamma_beta_ratio=0.5, max_length=a.max_length, max_prompt_length=a.max_prompt_length,
-               learning_rate=8e-7, warmup_ratio=0.1, max_steps=a.steps + 1, stop_after_steps=a.steps,
-               per_device_train_batch_size=a.batch, gradient_accumulation_steps=a.accum,
-               bf16=not a.no_bf16, gradient_checkpointing=not a.no_checkpointing,
-               chunk_tokens=a.chunk_tokens, threads=a.threads, fsdp="always" if a.fsdp_always else "auto")
+    r = Recipe(
+        model=str(model),
+        data=str(data),
+        eval_fraction=0.0,
+        output_dir=str(run),
+        beta=10.0,
+        gamma_beta_ratio=0.5,
+        max_length=a.max_length,
+        max_prompt_length=a.max_prompt_length,
+        learning_rate=8e-7,
+        warmup_ratio=0.1,
+        max_steps=a.steps + 1,
+        stop_after_steps=a.steps,
+        per_device_train_batch_size=a.batch,
+        gradient_accumulation_steps=a.accum,
+        bf16=not a.no_bf16,
+        gradient_checkpointing=not a.no_checkpointing,
+        chunk_tokens=a.chunk_tokens,
+        threads=a.threads,
+        fsdp="always" if a.fsdp_always else "auto",
+    )
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -175,13 +201,26 @@ def report(a, r, run: Path, mine, world: int, wall: float, cuda: bool) -> None:
     p = plan(r, world, a.gpu_mem)
     device = torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores)"
     result = {
-        "device": device, "world": world, "shape": shape_name(a), "params": p["params"], "bf16": r.bf16,
-        "gradient_checkpointing": r.gradient_checkpointing, "fsdp": r.fsdp, "max_length": r.max_length,
-        "pairs_per_micro_batch": r.per_device_train_batch_size, "accum": r.gradient_accumulation_steps,
-        "steps_timed": len(steps), "tokens_per_s": tokens / seconds, "step_seconds": seconds / len(steps),
-        "tokens_per_step": tokens / len(steps), "plan_tokens_per_step": p["tokens_per_step"],
-        "peak_gib": float(mine[0]) / 2**30, "peak_reserved_gib": float(mine[1]) / 2**30,
-        "plan_gib": p["total"] / 2**30, "plan_step_seconds": p["step_seconds"], "wall_s": wall,
+        "device": device,
+        "world": world,
+        "shape": shape_name(a),
+        "params": p["params"],
+        "bf16": r.bf16,
+        "gradient_checkpointing": r.gradient_checkpointing,
+        "fsdp": r.fsdp,
+        "max_length": r.max_length,
+        "pairs_per_micro_batch": r.per_device_train_batch_size,
+        "accum": r.gradient_accumulation_steps,
+        "steps_timed": len(steps),
+        "tokens_per_s": tokens / seconds,
+        "step_seconds": seconds / len(steps),
+        "tokens_per_step": tokens / len(steps),
+        "plan_tokens_per_step": p["tokens_per_step"],
+        "peak_gib": float(mine[0]) / 2**30,
+        "peak_reserved_gib": float(mine[1]) / 2**30,
+        "plan_gib": p["total"] / 2**30,
+        "plan_step_seconds": p["step_seconds"],
+        "wall_s": wall,
     }
     result["plan_memory_error"] = result["plan_gib"] / result["peak_gib"] - 1
     result["plan_time_error"] = result["plan_step_seconds"] / result["step_seconds"] - 1

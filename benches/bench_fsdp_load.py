@@ -28,8 +28,10 @@ def main() -> None:
     rank, world = start()
     base = mib("VmRSS")
     build_model(Recipe(model=sys.argv[1]), torch.device("cpu"), world)
-    line = (f"rank {rank} of {world}: peak during build +{mib('VmHWM') - base:.0f} MiB, "
-            f"after +{mib('VmRSS') - base:.0f} MiB")
+    line = (
+        f"rank {rank} of {world}: peak during build +{mib('VmHWM') - base:.0f} MiB, "
+        f"after +{mib('VmRSS') - base:.0f} MiB"
+    )
     out = [None] * world
     dist.all_gather_object(out, line)
     if rank == 0:

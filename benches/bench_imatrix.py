@@ -36,9 +36,17 @@ def main() -> None:
 
         model_dir = REPO / ".cache" / f"bench-imatrix-h{args.hidden}-l{args.layers}"
         if not (model_dir / "config.json").exists():
-            build_tiny_model(model_dir, TinyConfig(hidden=args.hidden, intermediate=4 * args.hidden,
-                                                   layers=args.layers, heads=args.hidden // 128,
-                                                   kv_heads=args.hidden // 256, head_dim=128))
+            build_tiny_model(
+                model_dir,
+                TinyConfig(
+                    hidden=args.hidden,
+                    intermediate=4 * args.hidden,
+                    layers=args.layers,
+                    heads=args.hidden // 128,
+                    kv_heads=args.hidden // 256,
+                    head_dim=128,
+                ),
+            )
     else:
         model_dir = cached_tiny_model(REPO / ".cache", pretrain_steps=200, quiet=True)
     calib = REPO / "python" / "simpo_q" / "data" / "calibration.txt"
@@ -107,9 +115,11 @@ def main() -> None:
     t_acc_torch = time.perf_counter() - t0
     floats = sum(x.numel() for _, x in batches)
     cfg = model.config
-    print(f"# Gemma-2 ({cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, intermediate "
-          f"{cfg.intermediate_size}), {len(chunks)} chunks x {args.ctx} tokens, float32, "
-          f"{os.cpu_count()} cores, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
+    print(
+        f"# Gemma-2 ({cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, intermediate "
+        f"{cfg.intermediate_size}), {len(chunks)} chunks x {args.ctx} tokens, float32, "
+        f"{os.cpu_count()} cores, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}"
+    )
     print()
     print("| run | tokens/s | overhead vs plain forward |")
     print("|---|---|---|")
@@ -117,9 +127,11 @@ def main() -> None:
     print(f"| forward + native accumulator hooks | {n_tok / t_native:.0f} | {t_native / t_plain - 1:+.1%} |")
     print(f"| forward + torch (x*x).sum(0) hooks | {n_tok / t_torch:.0f} | {t_torch / t_plain - 1:+.1%} |")
     print()
-    print(f"Accumulation alone over the same {len(batches)} batches ({floats / 1e6:.1f} M floats): native "
-          f"{t_acc_native * 1e3:.1f} ms ({floats / t_acc_native / 1e9:.2f} G floats/s), torch "
-          f"{t_acc_torch * 1e3:.1f} ms ({floats / t_acc_torch / 1e9:.2f} G floats/s).")
+    print(
+        f"Accumulation alone over the same {len(batches)} batches ({floats / 1e6:.1f} M floats): native "
+        f"{t_acc_native * 1e3:.1f} ms ({floats / t_acc_native / 1e9:.2f} G floats/s), torch "
+        f"{t_acc_torch * 1e3:.1f} ms ({floats / t_acc_torch / 1e9:.2f} G floats/s)."
+    )
     sys.stdout.flush()
 
 

@@ -46,8 +46,14 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(a.threads)
-    cfg = TinyConfig(layers=a.layers, hidden=a.hidden, intermediate=a.intermediate, heads=a.heads,
-                     kv_heads=a.kv_heads, head_dim=a.head_dim)
+    cfg = TinyConfig(
+        layers=a.layers,
+        hidden=a.hidden,
+        intermediate=a.intermediate,
+        heads=a.heads,
+        kv_heads=a.kv_heads,
+        head_dim=a.head_dim,
+    )
     work = REPO / ".cache" / "bench-imatrix-vs-llama"
     model = work / f"gemma2-{cfg.key()}"
     if not (model / ".complete").exists():
@@ -61,11 +67,30 @@ def main() -> None:
     calib = REPO / "python" / "simpo_q" / "data" / "calibration.txt"
 
     tools = llama_cpp_tools()
-    r = subprocess.run([str(tools / "llama-imatrix"), "-m", str(f32), "-f", str(calib), "-o", str(work / "ref.dat"),
-                        "-c", str(a.ctx), "--chunks", str(a.chunks), "-t", str(a.threads), "-b", "2048",
-                        ], capture_output=True, text=True)  # both compute the perplexity
+    r = subprocess.run(
+        [
+            str(tools / "llama-imatrix"),
+            "-m",
+            str(f32),
+            "-f",
+            str(calib),
+            "-o",
+            str(work / "ref.dat"),
+            "-c",
+            str(a.ctx),
+            "--chunks",
+            str(a.chunks),
+            "-t",
+            str(a.threads),
+            "-b",
+            "2048",
+        ],
+        capture_output=True,
+        text=True,
+    )  # both compute the perplexity
     if r.returncode != 0:
         raise SystemExit(r.stderr[-3000:])
+
     # its log's timestamps (minutes.seconds.ms.us): from "computing over" to the save after the last chunk
     def stamp(line: str) -> float:
         mins, secs, ms, us = (int(x) for x in line.split()[0].split("."))
@@ -87,14 +112,18 @@ def main() -> None:
             im.collect_from_model(hf, tok, calib, ctx=a.ctx, chunks=a.chunks, quiet=True, batch=batch)
             best = max(best, a.chunks * a.ctx / (time.perf_counter() - t0))
         rows.append((batch, best))
-    print(f"# Gemma-2 ({n_params / 1e6:.0f}M parameters: {a.layers} layers, hidden {a.hidden}, intermediate "
-          f"{a.intermediate}), {a.chunks} chunks x {a.ctx} tokens, float32, {a.threads} threads, "
-          f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
+    print(
+        f"# Gemma-2 ({n_params / 1e6:.0f}M parameters: {a.layers} layers, hidden {a.hidden}, intermediate "
+        f"{a.intermediate}), {a.chunks} chunks x {a.ctx} tokens, float32, {a.threads} threads, "
+        f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}"
+    )
     print()
     print("| collector | chunks per forward | tokens/s | vs llama-imatrix |")
     print("|---|---|---|---|")
-    print(f"| llama-imatrix (pinned llama.cpp, -b 2048, from its log's timestamps) | {max(1, 2048 // a.ctx)} | "
-          f"{llama_tps:.0f} | 1.00x |")
+    print(
+        f"| llama-imatrix (pinned llama.cpp, -b 2048, from its log's timestamps) | {max(1, 2048 // a.ctx)} | "
+        f"{llama_tps:.0f} | 1.00x |"
+    )
     for batch, tps in rows:
         print(f"| simpo-q imatrix (collection loop) | {batch} | {tps:.0f} | {tps / llama_tps:.2f}x |")
 

@@ -71,14 +71,32 @@ def main() -> None:
     for kind in ("naive", "chunked"):
         best = None
         for _ in range(2):
-            out = subprocess.run([sys.executable, __file__, "--child", kind, "--vocab", str(a.vocab), "--tokens",
-                                  str(a.tokens), "--hidden", str(a.hidden), "--chunk", str(a.chunk)],
-                                 capture_output=True, text=True, check=True).stdout
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    kind,
+                    "--vocab",
+                    str(a.vocab),
+                    "--tokens",
+                    str(a.tokens),
+                    "--hidden",
+                    str(a.hidden),
+                    "--chunk",
+                    str(a.chunk),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
             r = json.loads(out.strip().splitlines()[-1])
             best = r if best is None or r["seconds"] < best["seconds"] else best
         res[kind] = best
-    print(f"# 2 sequences x {a.tokens} tokens (3/4 scored), vocab {a.vocab}, hidden {a.hidden}, softcap 30, "
-          f"fp32 on CPU (2 threads), chunk {a.chunk} tokens; {time.strftime('%Y-%m-%d')}")
+    print(
+        f"# 2 sequences x {a.tokens} tokens (3/4 scored), vocab {a.vocab}, hidden {a.hidden}, softcap 30, "
+        f"fp32 on CPU (2 threads), chunk {a.chunk} tokens; {time.strftime('%Y-%m-%d')}"
+    )
     print()
     print("| variant | forward+backward (s) | peak memory growth (MiB) |")
     print("|---|---|---|")

@@ -54,8 +54,17 @@ def main() -> None:
     if not (model / "config.json").exists():
         from simpo_q.tiny import TinyConfig, build_tiny_model
 
-        build_tiny_model(model, TinyConfig(layers=args.layers, hidden=args.hidden, intermediate=args.intermediate,
-                                           heads=args.heads, kv_heads=args.kv_heads, head_dim=args.head_dim))
+        build_tiny_model(
+            model,
+            TinyConfig(
+                layers=args.layers,
+                hidden=args.hidden,
+                intermediate=args.intermediate,
+                heads=args.heads,
+                kv_heads=args.kv_heads,
+                head_dim=args.head_dim,
+            ),
+        )
     from simpo_q.sources import HFDirectory
 
     src = HFDirectory(model)
@@ -69,19 +78,31 @@ def main() -> None:
     out.mkdir(parents=True)
     py = sys.executable
     ours = run([py, "-m", "simpo_q", "--quiet", "quantize", str(model), str(out / "ours.gguf"), "--type", "Q3_K_S"])
-    conv = run([py, str(tree / "convert_hf_to_gguf.py"), str(model), "--outtype", "f32",
-                "--outfile", str(out / "f32.gguf")])
-    quant = run([py, "-c", (
-        "import ctypes, llama_cpp, os, sys; p = llama_cpp.llama_model_quantize_default_params(); "
-        "p.ftype = 11; p.nthread = os.cpu_count(); "
-        f"sys.exit(llama_cpp.llama_model_quantize(b'{out / 'f32.gguf'}', b'{out / 'ref.gguf'}', ctypes.byref(p)))")])
+    conv = run(
+        [py, str(tree / "convert_hf_to_gguf.py"), str(model), "--outtype", "f32", "--outfile", str(out / "f32.gguf")]
+    )
+    quant = run(
+        [
+            py,
+            "-c",
+            (
+                "import ctypes, llama_cpp, os, sys; p = llama_cpp.llama_model_quantize_default_params(); "
+                "p.ftype = 11; p.nthread = os.cpu_count(); "
+                f"sys.exit(llama_cpp.llama_model_quantize(b'{out / 'f32.gguf'}', b'{out / 'ref.gguf'}', "
+                "ctypes.byref(p)))"
+            ),
+        ]
+    )
     from simpo_q.gguf import open_gguf
 
     a, b = open_gguf(out / "ours.gguf"), open_gguf(out / "ref.gguf")
     same = [t[:3] for t in a.tensors] == [t[:3] for t in b.tensors] and all(
-        (a.tensor_bytes(t[0]) == b.tensor_bytes(t[0])).all() for t in b.tensors)
-    print(f"# {n_params / 1e9:.2f}B parameters ({size / 2**30:.2f} GiB bf16 safetensors), "
-          f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}; identical tensor data: {same}")
+        (a.tensor_bytes(t[0]) == b.tensor_bytes(t[0])).all() for t in b.tensors
+    )
+    print(
+        f"# {n_params / 1e9:.2f}B parameters ({size / 2**30:.2f} GiB bf16 safetensors), "
+        f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}; identical tensor data: {same}"
+    )
     print()
     print("| route | step | wall (s) | peak RSS (MiB) |")
     print("|---|---|---|---|")
@@ -91,8 +112,10 @@ def main() -> None:
     total = conv[0] + quant[0]
     print(f"| llama.cpp | total | {total:.1f} | {max(conv[1], quant[1]):.0f} |")
     print()
-    print(f"simpo-q is {total / ours[0]:.2f}x faster end to end; intermediate f32 file: "
-          f"{(out / 'f32.gguf').stat().st_size / 2**30:.2f} GiB (simpo-q writes none).")
+    print(
+        f"simpo-q is {total / ours[0]:.2f}x faster end to end; intermediate f32 file: "
+        f"{(out / 'f32.gguf').stat().st_size / 2**30:.2f} GiB (simpo-q writes none)."
+    )
 
 
 if __name__ == "__main__":

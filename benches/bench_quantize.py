@@ -43,11 +43,15 @@ def main() -> None:
     w = rng.uniform(0.01, 10.0, args.cols).astype(np.float32)
     n = x.size / 1e6
     cores = os.cpu_count() or 1
-    print(f"# {args.rows}x{args.cols} float32, best of {args.repeat}; {platform.processor() or platform.machine()}, "
-          f"{cores} cores; {time.strftime('%Y-%m-%d')}")
+    print(
+        f"# {args.rows}x{args.cols} float32, best of {args.repeat}; {platform.processor() or platform.machine()}, "
+        f"{cores} cores; {time.strftime('%Y-%m-%d')}"
+    )
     print()
-    print(f"| type | imatrix | ggml 1 thread (Mw/s) | simpo-q 1 thread (Mw/s) | per-core ratio "
-          f"| simpo-q {cores} threads (Mw/s) | 1→{cores} scaling |")
+    print(
+        f"| type | imatrix | ggml 1 thread (Mw/s) | simpo-q 1 thread (Mw/s) | per-core ratio "
+        f"| simpo-q {cores} threads (Mw/s) | 1→{cores} scaling |"
+    )
     print("|---|---|---|---|---|---|---|")
     g = ggml()
     for qtype in args.types.split(","):
@@ -60,8 +64,11 @@ def main() -> None:
             t_g = best_time(lambda q=qtype, w=imat: g.quantize(x, q, w), args.repeat)
             t_1 = best_time(lambda q=qtype, w=imat: simpo_q.quantize(x, q, w, threads=1), args.repeat)
             t_n = best_time(lambda q=qtype, w=imat: simpo_q.quantize(x, q, w, threads=cores), args.repeat)
-            print(f"| {qtype} | {'yes' if imat is not None else 'no'} | {n / t_g:.1f} | {n / t_1:.1f} "
-                  f"| {t_g / t_1:.2f}x | {n / t_n:.1f} | {t_1 / t_n:.2f}x |", flush=True)
+            print(
+                f"| {qtype} | {'yes' if imat is not None else 'no'} | {n / t_g:.1f} | {n / t_1:.1f} "
+                f"| {t_g / t_1:.2f}x | {n / t_n:.1f} | {t_1 / t_n:.2f}x |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

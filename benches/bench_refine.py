@@ -34,8 +34,10 @@ def speed() -> None:
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4096, 3584)).astype(np.float32)
     w = rng.uniform(0.01, 10, 3584).astype(np.float32)
-    print(f"# 4096×3584 standard normal, importance uniform in [0.01, 10]; 1 thread, best of 3; "
-          f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
+    print(
+        f"# 4096×3584 standard normal, importance uniform in [0.01, 10]; 1 thread, best of 3; "
+        f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}"
+    )
     print()
     print("| type | imatrix | exact (Mw/s) | refined (Mw/s) | time ratio | weighted error removed |")
     print("|---|---|---|---|---|---|")
@@ -49,15 +51,20 @@ def speed() -> None:
                 b = simpo_q.quantize(x, t, imp, threads=1, refine=True)
                 t2 = time.perf_counter()
                 best = [min(best[0], t1 - t0), min(best[1], t2 - t1)]
-            wt = np.ones(3584) if imp is None else (
-                imp.reshape(-1, 256) + imp.reshape(-1, 256).mean(axis=1, keepdims=True)).reshape(-1)
+            wt = (
+                np.ones(3584)
+                if imp is None
+                else (imp.reshape(-1, 256) + imp.reshape(-1, 256).mean(axis=1, keepdims=True)).reshape(-1)
+            )
 
             def err(q, t=t, wt=wt):
                 return float((((x - simpo_q.dequantize(q, t, 3584)) ** 2) * wt).sum())
 
             n = x.size / 1e6
-            print(f"| {t} | {'yes' if imp is not None else 'no'} | {n / best[0]:.1f} | {n / best[1]:.1f} | "
-                  f"{best[1] / best[0]:.2f}x | {1 - err(b) / err(a):.1%} |")
+            print(
+                f"| {t} | {'yes' if imp is not None else 'no'} | {n / best[0]:.1f} | {n / best[1]:.1f} | "
+                f"{best[1] / best[0]:.2f}x | {1 - err(b) / err(a):.1%} |"
+            )
 
 
 def kld(a) -> None:
@@ -69,8 +76,13 @@ def kld(a) -> None:
     from simpo_q.quantize_model import quantize_model
     from simpo_q.tiny import TinyConfig, cached_tiny_model
 
-    cfg = TinyConfig(hidden=a.hidden, intermediate=2 * a.hidden, layers=a.layers,
-                     heads=max(4, a.hidden // 64), kv_heads=max(2, a.hidden // 128))
+    cfg = TinyConfig(
+        hidden=a.hidden,
+        intermediate=2 * a.hidden,
+        layers=a.layers,
+        heads=max(4, a.hidden // 64),
+        kv_heads=max(2, a.hidden // 128),
+    )
     t0 = time.perf_counter()
     model = cached_tiny_model(REPO / ".cache", cfg, pretrain_steps=a.pretrain_steps, quiet=True)
     built = time.perf_counter() - t0
@@ -84,24 +96,46 @@ def kld(a) -> None:
         for imat in (None, cal):
             for refine in (False, True):
                 name = f"{t}{' +imatrix' if imat else ''}{' refined' if refine else ''}"
-                files[name] = quantize_model(model, work / (name.replace(" ", "_") + ".gguf"), t, imatrix=imat,
-                                             refine=refine, quiet=True, force=True)
+                files[name] = quantize_model(
+                    model,
+                    work / (name.replace(" ", "_") + ".gguf"),
+                    t,
+                    imatrix=imat,
+                    refine=refine,
+                    quiet=True,
+                    force=True,
+                )
     params = sum(int(np.prod(t[1])) for t in open_gguf(files["Q3_K_S"]).tensors)
     for imat in (None, cal):
         sfx = " +imatrix" if imat else ""
-        base = files[f"Q3_K_M{sfx}"] = quantize_model(model, work / f"Q3_K_M{sfx.replace(' ', '_')}.gguf", "Q3_K_M",
-                                                      imatrix=imat, quiet=True, force=True)
+        base = files[f"Q3_K_M{sfx}"] = quantize_model(
+            model, work / f"Q3_K_M{sfx.replace(' ', '_')}.gguf", "Q3_K_M", imatrix=imat, quiet=True, force=True
+        )
         bpw = 8 * sum(t[4] for t in open_gguf(base).tensors) / params
         name = f"target-bpw {bpw:.3f} (Q3_K_M's size){sfx}"
-        files[name] = quantize_model(model, work / f"target{sfx.replace(' ', '_')}.gguf", "Q3_K_S", imatrix=imat,
-                                     target_bpw=bpw, quiet=True, force=True)
+        files[name] = quantize_model(
+            model,
+            work / f"target{sfx.replace(' ', '_')}.gguf",
+            "Q3_K_S",
+            imatrix=imat,
+            target_bpw=bpw,
+            quiet=True,
+            force=True,
+        )
     ref = LlamaCppModel(f32, a.ctx)
     names = list(files)
-    reports, _ = run_kld(ref, [LlamaCppModel(files[n], a.ctx) for n in names], (DATA / "evaluation.txt").read_text(),
-                         ctx=a.ctx, quiet=True)
-    print(f"# {model.name}: {params / 1e6:.1f}M parameters (hidden {a.hidden}, {a.layers} layers), pretrained "
-          f"{a.pretrain_steps} steps ({built:.0f} s incl. building); held-out evaluation.txt, ctx {a.ctx}, "
-          f"{reports[0]['chunks']} chunks; {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
+    reports, _ = run_kld(
+        ref,
+        [LlamaCppModel(files[n], a.ctx) for n in names],
+        (DATA / "evaluation.txt").read_text(),
+        ctx=a.ctx,
+        quiet=True,
+    )
+    print(
+        f"# {model.name}: {params / 1e6:.1f}M parameters (hidden {a.hidden}, {a.layers} layers), pretrained "
+        f"{a.pretrain_steps} steps ({built:.0f} s incl. building); held-out evaluation.txt, ctx {a.ctx}, "
+        f"{reports[0]['chunks']} chunks; {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}"
+    )
     print()
     print("| file | bits per weight | mean KLD | same top p |")
     print("|---|---|---|---|")
@@ -116,8 +150,12 @@ def budget(a) -> None:
 
     model = REPO / ".cache" / "bench-pipeline" / f"gemma2-L{a.layers}-H{a.hidden}-I{a.intermediate}"
     if not (model / "config.json").exists():
-        build_tiny_model(model, TinyConfig(layers=a.layers, hidden=a.hidden, intermediate=a.intermediate, heads=8,
-                                           kv_heads=4, head_dim=256))
+        build_tiny_model(
+            model,
+            TinyConfig(
+                layers=a.layers, hidden=a.hidden, intermediate=a.intermediate, heads=8, kv_heads=4, head_dim=256
+            ),
+        )
     out = REPO / ".cache" / "bench-refine-budget"
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

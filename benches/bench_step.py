@@ -61,8 +61,9 @@ def child(kind: str, model: str) -> None:
         from transformers import TrainerCallback
         from trl.experimental.cpo import CPOConfig, CPOTrainer
 
-        ds = Dataset.from_list([{"prompt": r["chosen"][:-1], "chosen": r["chosen"][-1:],
-                                 "rejected": r["rejected"][-1:]} for r in rows])
+        ds = Dataset.from_list(
+            [{"prompt": r["chosen"][:-1], "chosen": r["chosen"][-1:], "rejected": r["rejected"][-1:]} for r in rows]
+        )
 
         class Clock(TrainerCallback):
             def on_step_begin(self, *a, **k):
@@ -71,11 +72,25 @@ def child(kind: str, model: str) -> None:
             def on_step_end(self, *a, **k):
                 times.append(time.perf_counter() - self.t0)
 
-        cfg = CPOConfig(output_dir=str(REPO / ".cache" / "bench-trl"), loss_type="simpo", cpo_alpha=0.0, beta=BETA,
-                        simpo_gamma=BETA * RATIO, max_length=256, per_device_train_batch_size=PAIRS,
-                        max_steps=STEPS, report_to=[], bf16=False, gradient_checkpointing=False,
-                        learning_rate=LR, lr_scheduler_type="constant", logging_steps=1000, save_strategy="no",
-                        use_cpu=True, disable_tqdm=True)
+        cfg = CPOConfig(
+            output_dir=str(REPO / ".cache" / "bench-trl"),
+            loss_type="simpo",
+            cpo_alpha=0.0,
+            beta=BETA,
+            simpo_gamma=BETA * RATIO,
+            max_length=256,
+            per_device_train_batch_size=PAIRS,
+            max_steps=STEPS,
+            report_to=[],
+            bf16=False,
+            gradient_checkpointing=False,
+            learning_rate=LR,
+            lr_scheduler_type="constant",
+            logging_steps=1000,
+            save_strategy="no",
+            use_cpu=True,
+            disable_tqdm=True,
+        )
         CPOTrainer(model=m, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[Clock()]).train()
     print(json.dumps({"kind": kind, "step_s": sum(times[1:]) / len(times[1:]), "peak_bytes": hwm() - base}))
 
@@ -91,8 +106,9 @@ def main() -> None:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
     res = []
     for kind in ("simpo-q", "trl"):
-        out = subprocess.run([sys.executable, __file__, "--child", kind, model], capture_output=True, text=True,
-                             check=True, env=env).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", kind, model], capture_output=True, text=True, check=True, env=env
+        ).stdout
         res.append(json.loads(out.strip().splitlines()[-1]))
     print(f"# tiny Gemma-2, {PAIRS} pairs per step, fp32 CPU (2 threads), {time.strftime('%Y-%m-%d')}")
     print()

@@ -37,30 +37,73 @@ from pathlib import Path
 REPO = Path(__file__).parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
 
-NINE_B = {"hidden": 3584, "intermediate": 14336, "heads": 16, "kv_heads": 8, "head_dim": 256, "vocab": 256000,
-          "layers": 4, "max_length": 2048, "batch": 2, "steps": 3}
+NINE_B = {
+    "hidden": 3584,
+    "intermediate": 14336,
+    "heads": 16,
+    "kv_heads": 8,
+    "head_dim": 256,
+    "vocab": 256000,
+    "layers": 4,
+    "max_length": 2048,
+    "batch": 2,
+    "steps": 3,
+}
 # the same code path at sizes a 2-core CPU runs in seconds (the tiny tokenizer's 3072 ids)
-SMOKE = {"hidden": 256, "intermediate": 512, "heads": 4, "kv_heads": 2, "head_dim": 64, "vocab": 3072,
-         "layers": 2, "max_length": 128, "batch": 2, "steps": 3}
+SMOKE = {
+    "hidden": 256,
+    "intermediate": 512,
+    "heads": 4,
+    "kv_heads": 2,
+    "head_dim": 64,
+    "vocab": 3072,
+    "layers": 2,
+    "max_length": 128,
+    "batch": 2,
+    "steps": 3,
+}
 RECIPE_PAIRS = 59_600  # princeton-nlp/gemma2-ultrafeedback-armorm, train split
 RECIPE_GLOBAL_BATCH = 128  # 8 GPUs x 2 pairs x 8 accumulation steps
 CARD_MINUTES = 100
 
 
 def shape_args(s: dict) -> argparse.Namespace:
-    return argparse.Namespace(layers=s["layers"], hidden=s["hidden"], intermediate=s["intermediate"],
-                              heads=s["heads"], kv_heads=s["kv_heads"], head_dim=s["head_dim"], vocab=s["vocab"],
-                              query_pre_attn_scalar=0)
+    return argparse.Namespace(
+        layers=s["layers"],
+        hidden=s["hidden"],
+        intermediate=s["intermediate"],
+        heads=s["heads"],
+        kv_heads=s["kv_heads"],
+        head_dim=s["head_dim"],
+        vocab=s["vocab"],
+        query_pre_attn_scalar=0,
+    )
 
 
 def recipe_for(s: dict, model: Path, data: Path, run: Path, device_is_cuda: bool):
     from simpo_q.train.recipe import Recipe
 
-    return Recipe(model=str(model), data=str(data), eval_fraction=0.0, output_dir=str(run), beta=10.0,
-                  gamma_beta_ratio=0.5, max_length=s["max_length"], max_prompt_length=s["max_length"] * 1800 // 2048,
-                  learning_rate=8e-7, warmup_ratio=0.1, max_steps=s["steps"], per_device_train_batch_size=s["batch"],
-                  gradient_accumulation_steps=1, bf16=True, gradient_checkpointing=True,
-                  chunk_tokens=1024, fsdp="always", save_dtype="bfloat16", threads=0 if device_is_cuda else 2)
+    return Recipe(
+        model=str(model),
+        data=str(data),
+        eval_fraction=0.0,
+        output_dir=str(run),
+        beta=10.0,
+        gamma_beta_ratio=0.5,
+        max_length=s["max_length"],
+        max_prompt_length=s["max_length"] * 1800 // 2048,
+        learning_rate=8e-7,
+        warmup_ratio=0.1,
+        max_steps=s["steps"],
+        per_device_train_batch_size=s["batch"],
+        gradient_accumulation_steps=1,
+        bf16=True,
+        gradient_checkpointing=True,
+        chunk_tokens=1024,
+        fsdp="always",
+        save_dtype="bfloat16",
+        threads=0 if device_is_cuda else 2,
+    )
 
 
 # ---------------------------------------------------------------- part 1, 3, 4 (under torchrun)
@@ -137,16 +180,21 @@ def child_train(out: Path, s: dict) -> None:
     sync()
     t_hooks = time.perf_counter() - t
     tokens = len(batches) * ctx
-    res.update(imatrix_tokens=tokens, imatrix_tokens_per_s_plain=tokens / t_plain,
-               imatrix_tokens_per_s_hooks=tokens / t_hooks, imatrix_overhead=t_hooks / t_plain - 1)
+    res.update(
+        imatrix_tokens=tokens,
+        imatrix_tokens_per_s_plain=tokens / t_plain,
+        imatrix_tokens_per_s_hooks=tokens / t_hooks,
+        imatrix_overhead=t_hooks / t_plain - 1,
+    )
 
     # 4. the trained weights to Q3_K_S straight from (GPU) memory, with that importance matrix
     if rank == 0:
         assert m is not None
         t = time.perf_counter()
         with ModelWeights(Path(run_dir) / "final", model) as src:
-            gguf = quantize_model(src, out / "work" / "trained-Q3_K_S.gguf", "Q3_K_S", imatrix=m, quiet=True,
-                                  name="gpu-check")
+            gguf = quantize_model(
+                src, out / "work" / "trained-Q3_K_S.gguf", "Q3_K_S", imatrix=m, quiet=True, name="gpu-check"
+            )
         res["quantize_wall_s"] = time.perf_counter() - t
         res["gguf_bytes"] = gguf.stat().st_size
         res["weights_device"] = str(device)
@@ -217,19 +265,33 @@ def estimate(s: dict, train: dict, out: Path, device_is_cuda: bool) -> dict:
     here = recipe_for(s, out / "work" / "model", out / "work" / "pairs.jsonl", out / "work" / "run", device_is_cuda)
     p_here = plan(here, 1, 80.0)  # reads the generated model's config.json
     mfu = p_here["step_seconds"] * p_here["mfu"] / train["step_seconds"]
-    nine_b = Recipe(model="google/gemma-2-9b-it", data="d", max_length=2048, max_prompt_length=1800,
-                    per_device_train_batch_size=2, gradient_accumulation_steps=8, bf16=True,
-                    gradient_checkpointing=True)
+    nine_b = Recipe(
+        model="google/gemma-2-9b-it",
+        data="d",
+        max_length=2048,
+        max_prompt_length=1800,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=8,
+        bf16=True,
+        gradient_checkpointing=True,
+    )
     p_default = plan(nine_b, 8, 80.0)
     p_measured = plan(nine_b, 8, 80.0, mfu=mfu)
     steps = RECIPE_PAIRS // RECIPE_GLOBAL_BATCH
     nine_b_shape = {**NINE_B, "layers": 42}
     imatrix_rate_9b = train["imatrix_tokens_per_s_hooks"] * forward_params(s) / forward_params(nine_b_shape)
-    return {"measured_mfu": mfu, "steps": steps, "plan_mfu": p_default["mfu"],
-            "minutes_at_measured_mfu": p_measured["step_seconds"] * steps / 60,
-            "minutes_plan_default": p_default["step_seconds"] * steps / 60, "card_minutes": CARD_MINUTES,
-            "plan_memory_gib_here": p_here["total"] / 2**30, "plan_step_seconds_here": p_here["step_seconds"],
-            "imatrix_9b_tokens_per_s": imatrix_rate_9b, "imatrix_9b_100x512_minutes": 100 * 512 / imatrix_rate_9b / 60}
+    return {
+        "measured_mfu": mfu,
+        "steps": steps,
+        "plan_mfu": p_default["mfu"],
+        "minutes_at_measured_mfu": p_measured["step_seconds"] * steps / 60,
+        "minutes_plan_default": p_default["step_seconds"] * steps / 60,
+        "card_minutes": CARD_MINUTES,
+        "plan_memory_gib_here": p_here["total"] / 2**30,
+        "plan_step_seconds_here": p_here["step_seconds"],
+        "imatrix_9b_tokens_per_s": imatrix_rate_9b,
+        "imatrix_9b_100x512_minutes": 100 * 512 / imatrix_rate_9b / 60,
+    }
 
 
 def run_part(name: str, cmd: list[str], out: Path, timeout: float) -> dict:
@@ -260,41 +322,60 @@ def report(out: Path, s: dict, parts: dict, device: str) -> dict:
         if cuda:
             measured = res["train"]["max_memory_allocated_gib"]
             res["train"]["plan_memory_error"] = est["plan_memory_gib_here"] / measured - 1
-    lines = [f"# gpu_check on {device}, {res['date']}", "",
-             f"Shape: hidden {s['hidden']}, intermediate {s['intermediate']}, {s['heads']} heads, {s['kv_heads']} KV "
-             f"heads, head_dim {s['head_dim']}, vocabulary {s['vocab']}, {s['layers']} layers; sequences of "
-             f"{s['max_length']}, {s['batch']} pairs per device; FSDP2, bf16, gradient checkpointing, eager.", "",
-             "| part | result |", "|---|---|"]
+    lines = [
+        f"# gpu_check on {device}, {res['date']}",
+        "",
+        f"Shape: hidden {s['hidden']}, intermediate {s['intermediate']}, {s['heads']} heads, {s['kv_heads']} KV "
+        f"heads, head_dim {s['head_dim']}, vocabulary {s['vocab']}, {s['layers']} layers; sequences of "
+        f"{s['max_length']}, {s['batch']} pairs per device; FSDP2, bf16, gradient checkpointing, eager.",
+        "",
+        "| part | result |",
+        "|---|---|",
+    ]
     t = res["train"]
     if t:
-        lines.append(f"| training | {t['tokens_per_s']:.0f} tokens/s, {t['step_seconds']:.2f} s/step "
-                     f"({t['steps_timed']} timed steps, {t['tokens_per_step']:.0f} tokens each) |")
+        lines.append(
+            f"| training | {t['tokens_per_s']:.0f} tokens/s, {t['step_seconds']:.2f} s/step "
+            f"({t['steps_timed']} timed steps, {t['tokens_per_step']:.0f} tokens each) |"
+        )
         if cuda:
-            lines.append(f"| memory | max allocated {t['max_memory_allocated_gib']:.2f} GiB, reserved "
-                         f"{t['max_memory_reserved_gib']:.2f} GiB; plan {res['estimate']['plan_memory_gib_here']:.2f} "
-                         f"GiB ({100 * t['plan_memory_error']:+.1f}%) |")
-        lines.append(f"| importance matrix | {t['imatrix_tokens_per_s_hooks']:.0f} tokens/s with hooks, "
-                     f"{t['imatrix_tokens_per_s_plain']:.0f} without ({100 * t['imatrix_overhead']:+.1f}%); at 9B "
-                     f"~{res['estimate']['imatrix_9b_tokens_per_s']:.0f} tokens/s, 100 chunks of 512 in "
-                     f"~{res['estimate']['imatrix_9b_100x512_minutes']:.1f} min |")
-        lines.append(f"| trained weights → Q3_K_S GGUF from {t['weights_device']} | {t['quantize_wall_s']:.1f} s, "
-                     f"{t['gguf_bytes'] / 2**20:.1f} MiB |")
+            lines.append(
+                f"| memory | max allocated {t['max_memory_allocated_gib']:.2f} GiB, reserved "
+                f"{t['max_memory_reserved_gib']:.2f} GiB; plan {res['estimate']['plan_memory_gib_here']:.2f} "
+                f"GiB ({100 * t['plan_memory_error']:+.1f}%) |"
+            )
+        lines.append(
+            f"| importance matrix | {t['imatrix_tokens_per_s_hooks']:.0f} tokens/s with hooks, "
+            f"{t['imatrix_tokens_per_s_plain']:.0f} without ({100 * t['imatrix_overhead']:+.1f}%); at 9B "
+            f"~{res['estimate']['imatrix_9b_tokens_per_s']:.0f} tokens/s, 100 chunks of 512 in "
+            f"~{res['estimate']['imatrix_9b_100x512_minutes']:.1f} min |"
+        )
+        lines.append(
+            f"| trained weights → Q3_K_S GGUF from {t['weights_device']} | {t['quantize_wall_s']:.1f} s, "
+            f"{t['gguf_bytes'] / 2**20:.1f} MiB |"
+        )
         e = res["estimate"]
-        lines.append(f"| full recipe, 8 GPUs ({e['steps']} steps) | {e['minutes_at_measured_mfu']:.0f} min at the "
-                     f"measured MFU {e['measured_mfu']:.1%}; plan's default ({e['plan_mfu']:.0%}): "
-                     f"{e['minutes_plan_default']:.0f} min; model card: {e['card_minutes']} min |")
+        lines.append(
+            f"| full recipe, 8 GPUs ({e['steps']} steps) | {e['minutes_at_measured_mfu']:.0f} min at the "
+            f"measured MFU {e['measured_mfu']:.1%}; plan's default ({e['plan_mfu']:.0%}): "
+            f"{e['minutes_plan_default']:.0f} min; model card: {e['card_minutes']} min |"
+        )
     else:
         lines.append(f"| training | failed: see {out / 'train.log'} |")
     lp = res["logps"]
     if lp:
         mem = f"memory {lp['memory_ratio']:.1%} of naive, " if lp["memory_ratio"] is not None else ""
-        lines.append(f"| chunked log-probs vs naive (vocab {lp['vocab']}) | {mem}time "
-                     f"{lp['time_ratio']:.2f}x ({lp['chunked']['seconds']:.3f} s vs {lp['naive']['seconds']:.3f} s) |")
+        lines.append(
+            f"| chunked log-probs vs naive (vocab {lp['vocab']}) | {mem}time "
+            f"{lp['time_ratio']:.2f}x ({lp['chunked']['seconds']:.3f} s vs {lp['naive']['seconds']:.3f} s) |"
+        )
     else:
         lines.append(f"| chunked log-probs | failed: see {out / 'logps.log'} |")
     lines.append("")
-    lines.append("Part times: " + ", ".join(f"{k} {v['seconds']:.0f} s ({'ok' if v['ok'] else 'FAILED'})"
-                                            for k, v in parts.items()))
+    lines.append(
+        "Part times: "
+        + ", ".join(f"{k} {v['seconds']:.0f} s ({'ok' if v['ok'] else 'FAILED'})" for k, v in parts.items())
+    )
     md = "\n".join(lines) + "\n"
     (out / "gpu_check.md").write_text(md)
     (out / "gpu_check.json").write_text(json.dumps(res, indent=1) + "\n")
@@ -324,16 +405,31 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     for f in ("train.json", "logps.json"):
         (out / f).unlink(missing_ok=True)
-    device = f"cuda: {torch.cuda.get_device_name()}" if torch.cuda.is_available() and not a.cpu_smoke \
+    device = (
+        f"cuda: {torch.cuda.get_device_name()}"
+        if torch.cuda.is_available() and not a.cpu_smoke
         else f"cpu ({os.cpu_count()} cores)"
+    )
     me = [sys.executable, str(Path(__file__).resolve()), "--out", str(out), *(["--cpu-smoke"] if a.cpu_smoke else [])]
     if a.cpu_smoke:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the smoke run is the CPU path, even on a GPU machine
     t0 = time.perf_counter()
     parts = {}
-    parts["train"] = run_part("train", [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1",
-                                        f"--master_port={free_port()}", *me[1:], "--child", "train"],
-                              out, timeout=a.budget_s * 0.75)
+    parts["train"] = run_part(
+        "train",
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=1",
+            f"--master_port={free_port()}",
+            *me[1:],
+            "--child",
+            "train",
+        ],
+        out,
+        timeout=a.budget_s * 0.75,
+    )
     left = a.budget_s - (time.perf_counter() - t0)
     parts["logps"] = run_part("logps", [*me, "--child", "logps"], out, timeout=max(30.0, left))
     report(out, s, parts, device)

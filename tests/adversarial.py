@@ -5,8 +5,18 @@ from __future__ import annotations
 import numpy as np
 
 DATA_KINDS = [
-    "normal", "heavy_tailed", "outlier", "zeros", "constant", "subnormal", "tiny", "near_fp16_max",
-    "half_ties", "grid", "narrow_negative", "mixed_scale",
+    "normal",
+    "heavy_tailed",
+    "outlier",
+    "zeros",
+    "constant",
+    "subnormal",
+    "tiny",
+    "near_fp16_max",
+    "half_ties",
+    "grid",
+    "narrow_negative",
+    "mixed_scale",
 ]
 IMATRIX_KINDS = ["uniform", "exp2", "ones", "sparse", "zero_chunks", "one_hot", "tiny", "huge_range"]
 
@@ -33,7 +43,7 @@ def make_data(kind: str, rows: int, n: int, rng: np.random.Generator) -> np.ndar
         x = rng.uniform(-65504, 65504, shape) * rng.choice([0.9, 1.0, 2.0])
     elif kind == "half_ties":
         # after scaling by 127/amax (Q8_0) or similar these land on k + 0.5
-        x = (rng.integers(-127, 127, shape) + 0.5)
+        x = rng.integers(-127, 127, shape) + 0.5
         x[:, 0] = 127.0
     elif kind == "grid":
         x = np.round(rng.standard_normal(shape) * 10) / 10

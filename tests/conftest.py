@@ -59,7 +59,13 @@ def go_renderer(tmp_path_factory) -> Path:
         require("Go toolchain (apt-get install golang-go)")
     d = tmp_path_factory.mktemp("go")
     (d / "main.go").write_text(GO_RENDERER)
-    env = {**os.environ, "GOCACHE": str(d / "cache"), "GOPATH": str(d / "gopath"), "GO111MODULE": "off",
-           "GOFLAGS": "", "HOME": str(d)}
+    env = {
+        **os.environ,
+        "GOCACHE": str(d / "cache"),
+        "GOPATH": str(d / "gopath"),
+        "GO111MODULE": "off",
+        "GOFLAGS": "",
+        "HOME": str(d),
+    }
     subprocess.run([go, "build", "-o", str(d / "render"), str(d / "main.go")], check=True, env=env, cwd=d)
     return d / "render"

@@ -14,8 +14,19 @@ import numpy as np
 import pytest
 
 GGML_TYPE_IDS = {
-    "F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8,
-    "Q3_K": 11, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14, "IQ4_NL": 20, "BF16": 30,
+    "F32": 0,
+    "F16": 1,
+    "Q4_0": 2,
+    "Q4_1": 3,
+    "Q5_0": 6,
+    "Q5_1": 7,
+    "Q8_0": 8,
+    "Q3_K": 11,
+    "Q4_K": 12,
+    "Q5_K": 13,
+    "Q6_K": 14,
+    "IQ4_NL": 20,
+    "BF16": 30,
 }
 
 
@@ -45,8 +56,13 @@ class Ggml:
         f = self.lib.ggml_quantize_chunk
         f.restype = ctypes.c_size_t
         f.argtypes = [
-            ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-            ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+            ctypes.c_int,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_int64,
+            ctypes.c_int64,
+            ctypes.c_int64,
+            ctypes.c_void_p,
         ]
         r = self.lib.ggml_row_size
         r.restype = ctypes.c_size_t
@@ -64,9 +80,7 @@ class Ggml:
         if imatrix is not None:
             imatrix = np.ascontiguousarray(imatrix, dtype=np.float32)
             w = imatrix.ctypes.data
-        written = self.lib.ggml_quantize_chunk(
-            GGML_TYPE_IDS[qtype], x.ctypes.data, out.ctypes.data, 0, rows, n, w
-        )
+        written = self.lib.ggml_quantize_chunk(GGML_TYPE_IDS[qtype], x.ctypes.data, out.ctypes.data, 0, rows, n, w)
         assert written == rows * rs
         return out
 

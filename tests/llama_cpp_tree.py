@@ -77,11 +77,31 @@ def llama_cpp_tools() -> Path:
     if cmake is None:
         raise RuntimeError("cmake not found (pip install cmake ninja)")
     gen = ["-G", "Ninja"] if shutil.which("ninja", path=env["PATH"]) else []
-    subprocess.run([cmake, "-S", str(tree), "-B", str(build), *gen, "-DCMAKE_BUILD_TYPE=Release",
-                    "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-                    "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_OPENSSL=OFF"], check=True, env=env, capture_output=True)
-    subprocess.run([cmake, "--build", str(build), "--target", *TOOLS, "-j", str(os.cpu_count() or 2)], check=True,
-                   env=env, capture_output=True)
+    subprocess.run(
+        [
+            cmake,
+            "-S",
+            str(tree),
+            "-B",
+            str(build),
+            *gen,
+            "-DCMAKE_BUILD_TYPE=Release",
+            "-DLLAMA_CURL=OFF",
+            "-DLLAMA_BUILD_TESTS=OFF",
+            "-DLLAMA_BUILD_EXAMPLES=OFF",
+            "-DLLAMA_BUILD_SERVER=OFF",
+            "-DLLAMA_OPENSSL=OFF",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    subprocess.run(
+        [cmake, "--build", str(build), "--target", *TOOLS, "-j", str(os.cpu_count() or 2)],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     return bins
 
 

@@ -53,10 +53,12 @@ def _whole_then_blocks(make, tmp_path: Path, monkeypatch) -> tuple[bytes, bytes,
     return a, b, seen
 
 
-@pytest.mark.parametrize("how", ["Q3_K_S", "Q4_K_M+imatrix", "Q4_K_M+refine", "Q8_0", "f16-convert", "q8_0-convert",
-                                 "from-F16-GGUF"])
+@pytest.mark.parametrize(
+    "how", ["Q3_K_S", "Q4_K_M+imatrix", "Q4_K_M+refine", "Q8_0", "f16-convert", "q8_0-convert", "from-F16-GGUF"]
+)
 def test_blocks_of_rows_give_the_same_bytes(model: Path, tmp_path: Path, monkeypatch, how: str) -> None:
     if how.endswith("-convert"):
+
         def make(out):
             return convert(model, out, how.split("-")[0], quiet=True)
     elif how == "from-F16-GGUF":
@@ -75,6 +77,7 @@ def test_blocks_of_rows_give_the_same_bytes(model: Path, tmp_path: Path, monkeyp
 
         def make(out):
             return quantize_model(model, out, ftype, quiet=True, imatrix=imat, refine=extra == "refine")
+
     a, b, seen = _whole_then_blocks(make, tmp_path, monkeypatch)
     assert a == b
     assert len(seen) >= 14 and ("token_embd.weight", 3) in seen  # 3 rows of 256 float32 per block

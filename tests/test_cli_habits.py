@@ -15,18 +15,22 @@ from simpo_q.tiny import cached_tiny_model
 REPO = Path(__file__).parent.parent
 
 
-@pytest.mark.parametrize(("argv", "quiet"), [
-    (["inspect", "f.gguf"], False),
-    (["--quiet", "inspect", "f.gguf"], True),
-    (["inspect", "f.gguf", "--quiet"], True),
-    (["eval", "kld", "r", "q.gguf", "-f", "t.txt", "--quiet"], True),
-])
+@pytest.mark.parametrize(
+    ("argv", "quiet"),
+    [
+        (["inspect", "f.gguf"], False),
+        (["--quiet", "inspect", "f.gguf"], True),
+        (["inspect", "f.gguf", "--quiet"], True),
+        (["eval", "kld", "r", "q.gguf", "-f", "t.txt", "--quiet"], True),
+    ],
+)
 def test_quiet_before_or_after_the_subcommand(argv: list[str], quiet: bool) -> None:
     assert build_parser().parse_args(argv).quiet is quiet
 
 
-@pytest.mark.parametrize("command", ["quantize", "imatrix", "convert", "pipeline", "plan", "train", "tiny-model",
-                                     "demo"])
+@pytest.mark.parametrize(
+    "command", ["quantize", "imatrix", "convert", "pipeline", "plan", "train", "tiny-model", "demo"]
+)
 def test_help_shows_defaults(command: str, capsys) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args([command, "--help"])
@@ -80,17 +84,29 @@ def test_quantize_logs_what_llama_quantize_logs(tmp_path: Path, hidden: int) -> 
         tools = llama_cpp_tools()
     except Exception as e:
         require("llama-quantize built from the llama-cpp-python 0.3.36 tree", e)
-    model = cached_tiny_model(REPO / ".cache", TinyConfig(hidden=hidden, intermediate=2 * hidden), pretrain_steps=0,
-                              quiet=True)
+    model = cached_tiny_model(
+        REPO / ".cache", TinyConfig(hidden=hidden, intermediate=2 * hidden), pretrain_steps=0, quiet=True
+    )
     bf16 = convert(model, tmp_path / "bf16.gguf", "bf16", quiet=True)
-    ref = subprocess.run([str(tools / "llama-quantize"), str(bf16), str(tmp_path / "ref.gguf"), "Q4_K_M", "2"],
-                         capture_output=True, text=True, check=True)
-    ours = subprocess.run([sys.executable, "-m", "simpo_q", "quantize", str(bf16), str(tmp_path / "ours.gguf"),
-                           "Q4_K_M", "2"], capture_output=True, text=True, check=True)
+    ref = subprocess.run(
+        [str(tools / "llama-quantize"), str(bf16), str(tmp_path / "ref.gguf"), "Q4_K_M", "2"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    ours = subprocess.run(
+        [sys.executable, "-m", "simpo_q", "quantize", str(bf16), str(tmp_path / "ours.gguf"), "Q4_K_M", "2"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
 
     def lines(text: str) -> list[str]:
-        keep = [x for x in text.splitlines() if x.startswith(("[", "warning:")) or "size  =" in x
-                or "required fallback" in x]
+        keep = [
+            x
+            for x in text.splitlines()
+            if x.startswith(("[", "warning:")) or "size  =" in x or "required fallback" in x
+        ]
         return [re.sub(r"^(llama_model_quantize_impl|quantize): ", "", x) for x in keep]
 
     want = lines(ref.stdout + ref.stderr)
@@ -118,8 +134,11 @@ def test_override_kv_gives_llama_quantizes_file(tmp_path: Path, capsys) -> None:
     bf16 = convert(model, tmp_path / "bf16.gguf", "bf16", quiet=True)
     kv = ["general.name=str:Renamed", "gemma2.context_length=int:-4096", "my.flag=bool:true", "my.f=float:0.5"]
     flags = [x for k in kv for x in ("--override-kv", k)]
-    subprocess.run([str(tools / "llama-quantize"), *flags, str(bf16), str(tmp_path / "ref.gguf"), "Q4_K_M", "2"],
-                   capture_output=True, check=True)
+    subprocess.run(
+        [str(tools / "llama-quantize"), *flags, str(bf16), str(tmp_path / "ref.gguf"), "Q4_K_M", "2"],
+        capture_output=True,
+        check=True,
+    )
     assert cli(["--quiet", "quantize", *flags, str(bf16), str(tmp_path / "ours.gguf"), "Q4_K_M"]) == 0
     assert (tmp_path / "ours.gguf").read_bytes() == (tmp_path / "ref.gguf").read_bytes()
     for bad in ["general.name", "x=int:abc", "x=bool:yes", "x=list:1", "x=str:" + "a" * 128]:
@@ -138,8 +157,11 @@ def test_recipe_keys_and_paths(tmp_path: Path, monkeypatch) -> None:
     d = tmp_path / "recipes"
     d.mkdir()
     (d / "r.yaml").write_text("model: m\ndata: d\nlearning_rat: 1e-4\n")
-    with pytest.raises(SimpoQError, match=r"unknown recipe key 'learning_rat'; did you mean 'learning_rate'\? "
-                                          r"Valid keys: model, data, "):
+    with pytest.raises(
+        SimpoQError,
+        match=r"unknown recipe key 'learning_rat'; did you mean 'learning_rate'\? "
+        r"Valid keys: model, data, ",
+    ):
         load_recipe(d / "r.yaml")
     with pytest.raises(SimpoQError, match=r"--set bta: unknown recipe key; did you mean 'beta'\?"):
         load_recipe(REPO / "recipes" / "tiny.yaml", ["bta=2"])
@@ -153,8 +175,23 @@ def test_recipe_keys_and_paths(tmp_path: Path, monkeypatch) -> None:
 
 def test_train_ends_with_the_model_and_its_last_evaluation(tmp_path: Path, capsys) -> None:
     model = cached_tiny_model(REPO / ".cache", pretrain_steps=200, quiet=True)
-    assert cli(["train", str(REPO / "recipes" / "tiny.yaml"), "--set", f"model={model}", "--set",
-                f"output_dir={tmp_path / 'run'}", "--set", "max_steps=2", "--set", "eval_steps=1"]) == 0
+    assert (
+        cli(
+            [
+                "train",
+                str(REPO / "recipes" / "tiny.yaml"),
+                "--set",
+                f"model={model}",
+                "--set",
+                f"output_dir={tmp_path / 'run'}",
+                "--set",
+                "max_steps=2",
+                "--set",
+                "eval_steps=1",
+            ]
+        )
+        == 0
+    )
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(f"train: 2 steps; the model: {tmp_path / 'run' / 'final'}; held-out reward accuracy ")
     assert "margin " in last and last.endswith("at step 2")

@@ -58,9 +58,18 @@ def load(path: Path, **kw):
 
 
 PROMPTS = ["The river bends twice", "What is 17 + 25?", "Le marché ouvre tôt"]
-STRINGS = ["Hello world", "  leading and trailing  ", "tabs\tand\nnewlines\n\n\n", "CRLF\r\nline",
-           "naïve café – ½ \u00a0nbsp", "日本語のテキスト", "Ελληνικά", "emoji 🙂", "<unused3> and <mask>",
-           "x = [1, 2, 3]\n"]
+STRINGS = [
+    "Hello world",
+    "  leading and trailing  ",
+    "tabs\tand\nnewlines\n\n\n",
+    "CRLF\r\nline",
+    "naïve café – ½ \u00a0nbsp",
+    "日本語のテキスト",
+    "Ελληνικά",
+    "emoji 🙂",
+    "<unused3> and <mask>",
+    "x = [1, 2, 3]\n",
+]
 
 
 def test_llama_cpp_tokenizes_like_hf(model: Path, files) -> None:
@@ -70,8 +79,9 @@ def test_llama_cpp_tokenizes_like_hf(model: Path, files) -> None:
     llm = load(files["f32"], vocab_only=True)
     for s in STRINGS:
         assert llm.tokenize(s.encode(), add_bos=True, special=True) == tok(s).input_ids, repr(s)
-    chat = tok.apply_chat_template([{"role": "user", "content": "What is 2 + 2?"}], tokenize=False,
-                                   add_generation_prompt=True)
+    chat = tok.apply_chat_template(
+        [{"role": "user", "content": "What is 2 + 2?"}], tokenize=False, add_generation_prompt=True
+    )
     assert llm.tokenize(chat.encode(), add_bos=False, special=True) == tok(chat, add_special_tokens=False).input_ids
 
 
@@ -92,7 +102,7 @@ def test_llama_cpp_logits_and_greedy_match_hf(model: Path, files) -> None:
         rel = float(np.max(np.abs(got - ref)) / np.max(np.abs(ref)))
         assert rel < 1e-3, (p, rel)
         with torch.no_grad():
-            gen = hf.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False)[0, len(ids):].tolist()
+            gen = hf.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False)[0, len(ids) :].tolist()
         llm.reset()
         ours = []
         for t in llm.generate(ids, top_k=1, temp=0.0, reset=True):
@@ -143,8 +153,13 @@ def test_conversion_equals_llama_cpp_converter(model: Path, files, tmp_path: Pat
         require("llama.cpp tree from the llama-cpp-python 0.3.36 sdist", e)
     ref = tmp_path / "ref-f32.gguf"
     env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}
-    subprocess.run([sys.executable, str(tree / "convert_hf_to_gguf.py"), str(model), "--outtype", "f32",
-                    "--outfile", str(ref)], check=True, capture_output=True, env=env, timeout=600)
+    subprocess.run(
+        [sys.executable, str(tree / "convert_hf_to_gguf.py"), str(model), "--outtype", "f32", "--outfile", str(ref)],
+        check=True,
+        capture_output=True,
+        env=env,
+        timeout=600,
+    )
     a, b = open_gguf(files["f32"]), open_gguf(ref)
     ka = [(k, t, v) for k, t, v in a.metadata if k not in NAMING_KEYS]
     kb = [(k, t, v) for k, t, v in b.metadata if k not in NAMING_KEYS]
@@ -166,14 +181,26 @@ def test_convert_speaks_convert_hf_to_gguf(model: Path, tmp_path: Path, flags: l
     except Exception as e:
         require("llama.cpp tree from the llama-cpp-python 0.3.36 sdist", e)
     env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}
-    subprocess.run([sys.executable, str(tree / "convert_hf_to_gguf.py"), str(model), *flags,
-                    "--outfile", str(tmp_path / "ref-{ftype}.gguf")], check=True, capture_output=True, env=env,
-                   timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            str(tree / "convert_hf_to_gguf.py"),
+            str(model),
+            *flags,
+            "--outfile",
+            str(tmp_path / "ref-{ftype}.gguf"),
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+        timeout=600,
+    )
     assert cli(["--quiet", "convert", str(model), *flags, "--outfile", str(tmp_path / "ours-{ftype}.gguf")]) == 0
     # the converter's default outtype is auto, ours too: bf16, as the tiny model is stored
     a, b = open_gguf(tmp_path / "ours-bf16.gguf"), open_gguf(tmp_path / "ref-bf16.gguf")
-    assert [(k, t, v) for k, t, v in a.metadata if k not in NAMING_KEYS] == \
-        [(k, t, v) for k, t, v in b.metadata if k not in NAMING_KEYS]
+    assert [(k, t, v) for k, t, v in a.metadata if k not in NAMING_KEYS] == [
+        (k, t, v) for k, t, v in b.metadata if k not in NAMING_KEYS
+    ]
     assert [t[:3] for t in a.tensors] == [t[:3] for t in b.tensors]
     assert (len(a.tensors) == 0) == ("--vocab-only" in flags)
     for name, *_ in b.tensors:
@@ -218,9 +245,15 @@ def test_dry_run_writes_nothing(model: Path, tmp_path: Path, capsys, monkeypatch
 
 
 def test_overrides(model: Path, tmp_path: Path) -> None:
-    p = quantize_model(model, tmp_path / "o.gguf", "Q3_K_S", quiet=True, overrides=__import__(
-        "simpo_q.policy", fromlist=["Overrides"]).Overrides(token_embedding_type="Q8_0",
-                                                              tensor_types=[(r"ffn_down", "Q5_K")]))
+    p = quantize_model(
+        model,
+        tmp_path / "o.gguf",
+        "Q3_K_S",
+        quiet=True,
+        overrides=__import__("simpo_q.policy", fromlist=["Overrides"]).Overrides(
+            token_embedding_type="Q8_0", tensor_types=[(r"ffn_down", "Q5_K")]
+        ),
+    )
     types = {n: t for n, _, t, *_ in open_gguf(p).tensors}
     assert types["token_embd.weight"] == "Q8_0" and types["blk.0.ffn_down.weight"] == "Q5_K"
     assert types["blk.0.ffn_up.weight"] == "Q3_K"
@@ -238,6 +271,7 @@ def test_inspect(files, capsys) -> None:
 
 
 # --- bad input: a clear error naming the file, and nothing at OUT ---
+
 
 def _fails(tmp_path: Path, src: Path, match: str, out_name: str = "out.gguf") -> None:
     out = tmp_path / out_name
@@ -265,8 +299,12 @@ def test_unsupported_architecture(model, tmp_path) -> None:
     cfg = json.loads((d / "config.json").read_text())
     cfg["architectures"] = ["Qwen2ForCausalLM"]
     (d / "config.json").write_text(json.dumps(cfg))
-    _fails(tmp_path, d, r"unsupported architecture \['Qwen2ForCausalLM'\]; supported: Gemma2ForCausalLM, "
-                        r"LlamaForCausalLM, MistralForCausalLM")
+    _fails(
+        tmp_path,
+        d,
+        r"unsupported architecture \['Qwen2ForCausalLM'\]; supported: Gemma2ForCausalLM, "
+        r"LlamaForCausalLM, MistralForCausalLM",
+    )
 
 
 def test_missing_shard(tmp_path) -> None:
@@ -364,8 +402,11 @@ def test_quantized_gguf_input_needs_allow_requantize(files, tmp_path: Path) -> N
     """As llama-quantize: converting an already quantized tensor is refused (before any work)
     unless --allow-requantize; then it is dequantized as ggml does and quantized again, and
     the file equals llama-quantize --allow-requantize's byte for byte."""
-    with pytest.raises(SimpoQError, match=r"requantizing from type Q3_K is disabled \(tensor blk.0.attn_k.weight "
-                                          r"would become Q4_K\); pass --allow-requantize"):
+    with pytest.raises(
+        SimpoQError,
+        match=r"requantizing from type Q3_K is disabled \(tensor blk.0.attn_k.weight "
+        r"would become Q4_K\); pass --allow-requantize",
+    ):
         quantize_model(files["Q3_K_S"], tmp_path / "x.gguf", "Q4_K_M", quiet=True)
     assert not (tmp_path / "x.gguf").exists()
     try:
@@ -375,8 +416,11 @@ def test_quantized_gguf_input_needs_allow_requantize(files, tmp_path: Path) -> N
     except Exception as e:
         require("llama-quantize built from the llama-cpp-python 0.3.36 tree", e)
     q8 = quantize_model(files["f32"], tmp_path / "q8.gguf", "Q8_0", quiet=True)
-    subprocess.run([str(tools / "llama-quantize"), "--allow-requantize", str(q8), str(tmp_path / "ref.gguf"),
-                    "Q4_K_M", "2"], capture_output=True, check=True)
+    subprocess.run(
+        [str(tools / "llama-quantize"), "--allow-requantize", str(q8), str(tmp_path / "ref.gguf"), "Q4_K_M", "2"],
+        capture_output=True,
+        check=True,
+    )
     ours = quantize_model(q8, tmp_path / "ours.gguf", "Q4_K_M", quiet=True, allow_requantize=True)
     assert ours.read_bytes() == (tmp_path / "ref.gguf").read_bytes()
 
@@ -394,10 +438,16 @@ def test_policy_on_gemma2_9b_shapes() -> None:
     """The issue's table for Gemma-2 9B (42 layers), without any weights."""
     shapes = [("token_embd.weight", (256000, 3584)), ("output_norm.weight", (3584,))]
     for i in range(42):
-        shapes += [(f"blk.{i}.attn_q.weight", (4096, 3584)), (f"blk.{i}.attn_k.weight", (2048, 3584)),
-                   (f"blk.{i}.attn_v.weight", (2048, 3584)), (f"blk.{i}.attn_output.weight", (3584, 4096)),
-                   (f"blk.{i}.ffn_gate.weight", (14336, 3584)), (f"blk.{i}.ffn_up.weight", (14336, 3584)),
-                   (f"blk.{i}.ffn_down.weight", (3584, 14336)), (f"blk.{i}.attn_norm.weight", (3584,))]
+        shapes += [
+            (f"blk.{i}.attn_q.weight", (4096, 3584)),
+            (f"blk.{i}.attn_k.weight", (2048, 3584)),
+            (f"blk.{i}.attn_v.weight", (2048, 3584)),
+            (f"blk.{i}.attn_output.weight", (3584, 4096)),
+            (f"blk.{i}.ffn_gate.weight", (14336, 3584)),
+            (f"blk.{i}.ffn_up.weight", (14336, 3584)),
+            (f"blk.{i}.ffn_down.weight", (3584, 14336)),
+            (f"blk.{i}.attn_norm.weight", (3584,)),
+        ]
     mb = {0, 1, 2, 3, 4, 7, 10, 13, 16, 19, 22, 25, 28, 31, 34, 36, 37, 38, 39, 40, 41}
     s = plan_types("Q3_K_S", shapes)
     assert s["token_embd.weight"] == "Q6_K" and s["output_norm.weight"] == "F32"

@@ -61,9 +61,19 @@ def test_dequantize_random_bytes_equals_gguf(qtype: str) -> None:
 # Relative RMSE on standard normal data, measured with this implementation (which equals
 # ggml's bytes); asserted with a 3% margin so a regression in the error shows up.
 EXPECTED_REL_RMSE = {
-    "F32": 0.0, "F16": 0.000208, "BF16": 0.00167,
-    "Q8_0": 0.00537, "Q6_K": 0.0178, "Q5_K": 0.0362, "Q5_1": 0.0380, "Q5_0": 0.0429,
-    "Q4_K": 0.0715, "Q4_1": 0.0783, "IQ4_NL": 0.0763, "Q4_0": 0.0862, "Q3_K": 0.151,
+    "F32": 0.0,
+    "F16": 0.000208,
+    "BF16": 0.00167,
+    "Q8_0": 0.00537,
+    "Q6_K": 0.0178,
+    "Q5_K": 0.0362,
+    "Q5_1": 0.0380,
+    "Q5_0": 0.0429,
+    "Q4_K": 0.0715,
+    "Q4_1": 0.0783,
+    "IQ4_NL": 0.0763,
+    "Q4_0": 0.0862,
+    "Q3_K": 0.151,
 }
 
 

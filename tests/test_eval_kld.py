@@ -51,8 +51,9 @@ def files(model: Path, tmp_path_factory) -> dict[str, Path]:
         out[t] = quantize_model(model, d / f"{t}.gguf", t, quiet=True)
     m = im.collect(model, DATA / "calibration.txt", ctx=CTX, quiet=True)
     m.save(str(d / "cal.imatrix.gguf"), "gguf")
-    out["Q3_K_S+imatrix"] = quantize_model(model, d / "Q3_K_S-im.gguf", "Q3_K_S", imatrix=d / "cal.imatrix.gguf",
-                                           quiet=True)
+    out["Q3_K_S+imatrix"] = quantize_model(
+        model, d / "Q3_K_S-im.gguf", "Q3_K_S", imatrix=d / "cal.imatrix.gguf", quiet=True
+    )
     return out
 
 
@@ -63,8 +64,9 @@ def ours(files: dict[str, Path]) -> dict[str, dict]:
 
     ref = LlamaCppModel(files["F32"], CTX, threads=2)
     names = [*TYPES, "Q3_K_S+imatrix"]
-    reports, _ = run_kld(ref, [LlamaCppModel(files[n], CTX, threads=2) for n in names], EVAL_TEXT.read_text(),
-                         ctx=CTX, quiet=True)
+    reports, _ = run_kld(
+        ref, [LlamaCppModel(files[n], CTX, threads=2) for n in names], EVAL_TEXT.read_text(), ctx=CTX, quiet=True
+    )
     return dict(zip(names, reports, strict=True))
 
 
@@ -84,16 +86,28 @@ def tool(files: dict[str, Path], tmp_path_factory) -> dict[str, dict]:
     common = ["-c", str(CTX), "-b", str(CTX), "-t", "2"]
     from llama_cpp_tree import run_logged
 
-    base = run_logged([str(exe), "-m", str(files["F32"]), "-f", str(EVAL_TEXT), *common,
-                       "--kl-divergence-base", str(d / "base.kld")], lambda text: "Final estimate: PPL" in text)
-    out = {"base": {"ppl": _number(r"Final estimate: PPL =", base.stdout + base.stderr),
-                    "file_bytes": (d / "base.kld").stat().st_size}}
+    base = run_logged(
+        [str(exe), "-m", str(files["F32"]), "-f", str(EVAL_TEXT), *common, "--kl-divergence-base", str(d / "base.kld")],
+        lambda text: "Final estimate: PPL" in text,
+    )
+    out = {
+        "base": {
+            "ppl": _number(r"Final estimate: PPL =", base.stdout + base.stderr),
+            "file_bytes": (d / "base.kld").stat().st_size,
+        }
+    }
     for t in [*TYPES, "Q3_K_S+imatrix"]:
-        r = run_logged([str(exe), "-m", str(files[t]), *common, "--kl-divergence-base", str(d / "base.kld"),
-                        "--kl-divergence"], lambda text: "Same top p" in text)
+        r = run_logged(
+            [str(exe), "-m", str(files[t]), *common, "--kl-divergence-base", str(d / "base.kld"), "--kl-divergence"],
+            lambda text: "Same top p" in text,
+        )
         text = r.stdout + r.stderr
-        out[t] = {"ppl": _number(r"Mean PPL\(Q\)", text), "ppl_base": _number(r"Mean PPL\(base\)", text),
-                  "kld": _number(r"Mean    KLD", text), "same_top_p": _number(r"Same top p:", text) / 100}
+        out[t] = {
+            "ppl": _number(r"Mean PPL\(Q\)", text),
+            "ppl_base": _number(r"Mean PPL\(base\)", text),
+            "kld": _number(r"Mean    KLD", text),
+            "same_top_p": _number(r"Same top p:", text) / 100,
+        }
     return out
 
 
@@ -151,9 +165,26 @@ def test_torch_engine_agrees_with_llama_cpp(model: Path, files: dict[str, Path])
 
 def test_cli_writes_table_json_and_plot(files: dict[str, Path], tmp_path: Path, capsys) -> None:
     capsys.readouterr()
-    rc = cli(["--quiet", "eval", "kld", str(files["F32"]), str(files["Q4_K_M"]), str(files["Q3_K_S"]), "-f",
-              str(EVAL_TEXT), "--ctx", str(CTX), "--chunks", "8", "--json", str(tmp_path / "r.json"),
-              "--plot", str(tmp_path / "r.png")])
+    rc = cli(
+        [
+            "--quiet",
+            "eval",
+            "kld",
+            str(files["F32"]),
+            str(files["Q4_K_M"]),
+            str(files["Q3_K_S"]),
+            "-f",
+            str(EVAL_TEXT),
+            "--ctx",
+            str(CTX),
+            "--chunks",
+            "8",
+            "--json",
+            str(tmp_path / "r.json"),
+            "--plot",
+            str(tmp_path / "r.png"),
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     assert "Mean KLD" in out and "Q4_K_M.gguf" in out and "99.9% KLD" in out and "Same top p" in out
@@ -181,16 +212,33 @@ def test_bad_input(files: dict[str, Path], tmp_path: Path, capsys) -> None:
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(files["Q3_K_S"].read_bytes()[:100_000])
     cases = [
-        (["eval", "kld", str(files["F32"]), str(files["Q3_K_S"]), "-f", str(short), "--ctx", str(CTX)],
-         "needs at least 256"),
+        (
+            ["eval", "kld", str(files["F32"]), str(files["Q3_K_S"]), "-f", str(short), "--ctx", str(CTX)],
+            "needs at least 256",
+        ),
         (["eval", "kld", str(files["F32"]), str(broken), "-f", str(EVAL_TEXT)], "broken.gguf"),
         (["eval", "kld", str(files["F32"]), str(EVAL_TEXT), "-f", str(EVAL_TEXT)], "not a GGUF file"),
-        (["eval", "kld", str(files["Q3_K_S"]), str(files["Q3_K_S"]), "-f", str(EVAL_TEXT)],
-         "a reference GGUF must be F32, F16, BF16 or Q8_0"),
-        (["eval", "kld", str(files["F32"]), str(files["Q3_K_S"]), "-f", str(EVAL_TEXT), "--json",
-          str(files["Q3_K_S"])], "writing it would destroy what is read"),
-        (["eval", "kld", str(files["F32"]), str(files["Q3_K_S"]), "-f", str(EVAL_TEXT), "--engine", "torch"],
-         "--engine torch needs a Hugging Face directory"),
+        (
+            ["eval", "kld", str(files["Q3_K_S"]), str(files["Q3_K_S"]), "-f", str(EVAL_TEXT)],
+            "a reference GGUF must be F32, F16, BF16 or Q8_0",
+        ),
+        (
+            [
+                "eval",
+                "kld",
+                str(files["F32"]),
+                str(files["Q3_K_S"]),
+                "-f",
+                str(EVAL_TEXT),
+                "--json",
+                str(files["Q3_K_S"]),
+            ],
+            "writing it would destroy what is read",
+        ),
+        (
+            ["eval", "kld", str(files["F32"]), str(files["Q3_K_S"]), "-f", str(EVAL_TEXT), "--engine", "torch"],
+            "--engine torch needs a Hugging Face directory",
+        ),
     ]
     for args, want in cases:
         capsys.readouterr()

@@ -30,8 +30,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ZEROEVAL_OEQA_FOR_Q = (
     "\n## Question: \n\nQ\n\n\n## Instruction \n\nPlease answer this question by first reasoning and then "
     "providing your answer.\nPresent your reasoning and solution in the following json format. \nPlease show "
-    "your final answer in the `answer` field, e.g.,`\"answer\": \"42\"`.\n\n```json\n{\n    \"reasoning\": "
-    "\"___\",\n    \"answer\": \"___\"\n}\n```\n")
+    'your final answer in the `answer` field, e.g.,`"answer": "42"`.\n\n```json\n{\n    "reasoning": '
+    '"___",\n    "answer": "___"\n}\n```\n'
+)
 
 
 def test_prompts_are_zeroevals() -> None:
@@ -45,45 +46,52 @@ GSM = Question("g", "", "12")
 MMLU = Question("m", "", "B")
 
 
-@pytest.mark.parametrize(("output", "parsed", "correct"), [
-    ('```json\n{\n  "reasoning": "4*6=24; 24-12=12",\n  "answer": "12"\n}\n```', True, True),
-    ('{"reasoning": "r", "answer": 12}', True, True),
-    ('{"reasoning": "r", "answer": "12 shells"}', True, True),
-    ('{"reasoning": "r", "answer": "$1,2"}', True, True),  # "$" and "," dropped: 12
-    ('{"reasoning": "r", "answer": "24/2"}', True, True),  # a fraction, read without eval
-    ('{"reasoning": "r", "answer": "11.5"}', True, False),
-    ('{"reasoning": "broken "quotes" here", "answer": "12"', True, True),  # the regex fallback
-    ("reasoning: none\nanswer: 12", True, True),  # no quotes at all
-    ('{"reasoning": "r", "answer": ""}', True, False),  # math_eval accepts it, finds no number
-    ("I think it is twelve.", False, False),
-    ('{"reasoning": "r", "answer": "__import__(\'os\').system(\'touch PWNED\')/2"}', True, False),
-])
-def test_gsm_judging_follows_math_eval(output: str, parsed: bool, correct: bool, tmp_path: Path,
-                                       monkeypatch) -> None:
+@pytest.mark.parametrize(
+    ("output", "parsed", "correct"),
+    [
+        ('```json\n{\n  "reasoning": "4*6=24; 24-12=12",\n  "answer": "12"\n}\n```', True, True),
+        ('{"reasoning": "r", "answer": 12}', True, True),
+        ('{"reasoning": "r", "answer": "12 shells"}', True, True),
+        ('{"reasoning": "r", "answer": "$1,2"}', True, True),  # "$" and "," dropped: 12
+        ('{"reasoning": "r", "answer": "24/2"}', True, True),  # a fraction, read without eval
+        ('{"reasoning": "r", "answer": "11.5"}', True, False),
+        ('{"reasoning": "broken "quotes" here", "answer": "12"', True, True),  # the regex fallback
+        ("reasoning: none\nanswer: 12", True, True),  # no quotes at all
+        ('{"reasoning": "r", "answer": ""}', True, False),  # math_eval accepts it, finds no number
+        ("I think it is twelve.", False, False),
+        ('{"reasoning": "r", "answer": "__import__(\'os\').system(\'touch PWNED\')/2"}', True, False),
+    ],
+)
+def test_gsm_judging_follows_math_eval(output: str, parsed: bool, correct: bool, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     v = judge("gsm8k", GSM, output)
     assert (v["parsed"], v["correct"]) == (parsed, correct), v
     assert not (tmp_path / "PWNED").exists()
 
 
-@pytest.mark.parametrize(("output", "parsed", "correct"), [
-    ('{"reasoning": "Vienna is the capital.", "answer": "B"}', True, True),
-    ('{"reasoning": "r", "answer": "B) Vienna"}', True, True),
-    ('{"reasoning": "r", "answer": "(B)"}', True, True),
-    ('{"reasoning": "r", "answer": "b"}', True, False),
-    ('{"reasoning": "r", "answer": ""}', False, False),  # mcqa_eval: an empty answer is no answer
-    ('{"reasoning": "r", "answer": null}', False, False),
-    ("The answer is B.", False, False),
-])
+@pytest.mark.parametrize(
+    ("output", "parsed", "correct"),
+    [
+        ('{"reasoning": "Vienna is the capital.", "answer": "B"}', True, True),
+        ('{"reasoning": "r", "answer": "B) Vienna"}', True, True),
+        ('{"reasoning": "r", "answer": "(B)"}', True, True),
+        ('{"reasoning": "r", "answer": "b"}', True, False),
+        ('{"reasoning": "r", "answer": ""}', False, False),  # mcqa_eval: an empty answer is no answer
+        ('{"reasoning": "r", "answer": null}', False, False),
+        ("The answer is B.", False, False),
+    ],
+)
 def test_mmlu_judging_follows_mcqa_eval(output: str, parsed: bool, correct: bool) -> None:
     v = judge("mmlu", MMLU, output)
     assert (v["parsed"], v["correct"]) == (parsed, correct), v
 
 
 def test_length_is_the_mean_reasoning_of_parsed_answers() -> None:
-    vs = [judge("gsm8k", GSM, '{"reasoning": "abcd", "answer": "12"}'),
-          judge("gsm8k", GSM, '{"reasoning": "ab", "answer": "3"}'),
-          judge("gsm8k", GSM, "no json")]
+    vs = [
+        judge("gsm8k", GSM, '{"reasoning": "abcd", "answer": "12"}'),
+        judge("gsm8k", GSM, '{"reasoning": "ab", "answer": "3"}'),
+        judge("gsm8k", GSM, "no json"),
+    ]
     s = summarize("m", vs)
     assert s["accuracy"] == pytest.approx(1 / 3) and s["no_answer"] == pytest.approx(1 / 3)
     assert s["length"] == 3.0 and s["total"] == 3
@@ -132,17 +140,36 @@ def test_the_same_prompt_reaches_both_engines(model: Path, tmp_path: Path) -> No
     tok = AutoTokenizer.from_pretrained(str(model))
     msgs = [{"role": "user", "content": gsm_prompt("What is 2 + 2?")}]
     hf = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    fmt = Jinja2ChatFormatter(md["tokenizer.chat_template"], eos_token="<eos>", bos_token="<bos>",
-                              add_generation_prompt=True)
+    fmt = Jinja2ChatFormatter(
+        md["tokenizer.chat_template"], eos_token="<eos>", bos_token="<bos>", add_generation_prompt=True
+    )
     assert fmt(messages=msgs).prompt == hf
 
 
 def test_cli_on_a_directory_and_its_gguf(model: Path, tmp_path: Path, capsys) -> None:
     gguf = quantize_model(model, tmp_path / "m.gguf", "Q3_K_S", quiet=True)
     capsys.readouterr()
-    rc = cli(["--quiet", "eval", "tasks", str(model), str(gguf), "--task", "mmlu", "--data",
-              str(DATA / "mmlu-redux-sample.jsonl"), "--limit", "3", "--max-tokens", "12", "--ctx", "1024",
-              "--json", str(tmp_path / "t.json")])
+    rc = cli(
+        [
+            "--quiet",
+            "eval",
+            "tasks",
+            str(model),
+            str(gguf),
+            "--task",
+            "mmlu",
+            "--data",
+            str(DATA / "mmlu-redux-sample.jsonl"),
+            "--limit",
+            "3",
+            "--max-tokens",
+            "12",
+            "--ctx",
+            "1024",
+            "--json",
+            str(tmp_path / "t.json"),
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0 and "accuracy" in out and "m.gguf" in out and "verdicts that differ" in out
     rep = json.loads((tmp_path / "t.json").read_text())

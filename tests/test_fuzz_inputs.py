@@ -15,10 +15,22 @@ from hypothesis import strategies as st
 from simpo_q._native import Imatrix, SimpoQError
 from simpo_q.sources import HFDirectory
 
-CONFIG = {"architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2", "hidden_size": 16,
-          "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
-          "head_dim": 8, "vocab_size": 32, "rms_norm_eps": 1e-6, "max_position_embeddings": 64,
-          "sliding_window": 32, "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0}
+CONFIG = {
+    "architectures": ["Gemma2ForCausalLM"],
+    "model_type": "gemma2",
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "head_dim": 8,
+    "vocab_size": 32,
+    "rms_norm_eps": 1e-6,
+    "max_position_embeddings": 64,
+    "sliding_window": 32,
+    "attn_logit_softcapping": 50.0,
+    "final_logit_softcapping": 30.0,
+}
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -56,9 +68,10 @@ def load_all(d: Path) -> None:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False) | st.text(max_size=8),
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
-    max_leaves=6)
+    max_leaves=6,
+)
 
 
 def mutate_json(doc, path_choices: list[int], value):
@@ -73,8 +86,11 @@ def mutate_json(doc, path_choices: list[int], value):
 
 
 def byte_mutants():
-    return st.lists(st.tuples(st.sampled_from(["flip", "cut", "insert", "zero"]), st.integers(0, 2**31),
-                              st.integers(0, 255)), min_size=1, max_size=4)
+    return st.lists(
+        st.tuples(st.sampled_from(["flip", "cut", "insert", "zero"]), st.integers(0, 2**31), st.integers(0, 255)),
+        min_size=1,
+        max_size=4,
+    )
 
 
 def apply_bytes(raw: bytes, ops) -> bytes:
@@ -88,7 +104,7 @@ def apply_bytes(raw: bytes, ops) -> bytes:
         elif op == "insert":
             b[i:i] = bytes([v]) * (1 + v % 9)
         elif op == "zero" and b:
-            b[i:i + 8] = bytes(len(b[i:i + 8]))
+            b[i : i + 8] = bytes(len(b[i : i + 8]))
     return bytes(b)
 
 
@@ -140,9 +156,9 @@ def _shard(d: Path) -> Path:
 def test_safetensors_header_mutants(work: Path, base: Path, path, value) -> None:
     raw = _shard(base).read_bytes()
     n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8:8 + n])
+    header = json.loads(raw[8 : 8 + n])
     new = json.dumps(mutate_json(header, path, value)).encode()
-    _shard(work).write_bytes(struct.pack("<Q", len(new)) + new + raw[8 + n:])
+    _shard(work).write_bytes(struct.pack("<Q", len(new)) + new + raw[8 + n :])
     must_load_or_refuse(lambda: load_all(work))
 
 

@@ -17,8 +17,12 @@ REPO = Path(__file__).parent.parent
 @pytest.mark.slow
 def test_cpu_smoke_runs_every_part(tmp_path: Path) -> None:
     out = tmp_path / "g"
-    r = subprocess.run([sys.executable, str(REPO / "benches" / "gpu_check.py"), "--cpu-smoke", "--out", str(out),
-                        "--budget-s", "240"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, str(REPO / "benches" / "gpu_check.py"), "--cpu-smoke", "--out", str(out), "--budget-s", "240"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((out / "gpu_check.json").read_text())
     assert all(p["ok"] for p in res["parts"].values()), (res["parts"], (out / "train.log").read_text()[-3000:])
@@ -31,6 +35,11 @@ def test_cpu_smoke_runs_every_part(tmp_path: Path) -> None:
     lp = res["logps"]
     assert lp["vocab"] == 3072 and lp["chunked"]["seconds"] > 0
     md = (out / "gpu_check.md").read_text()
-    for row in ("| training |", "| importance matrix |", "| trained weights → Q3_K_S GGUF", "| full recipe",
-                "| chunked log-probs"):
+    for row in (
+        "| training |",
+        "| importance matrix |",
+        "| trained weights → Q3_K_S GGUF",
+        "| full recipe",
+        "| chunked log-probs",
+    ):
         assert row in md

@@ -29,8 +29,9 @@ def _lay_out(hub: Path, kind: str, repo: str, files: dict[str, bytes]) -> str:
     """One repository in the cache: blobs named by their hash, a snapshot of links to them,
     refs/main naming the snapshot's commit. Returns the commit."""
     base = hub / f"{kind}s--{repo.replace('/', '--')}"
-    commit = hashlib.sha1(repr(sorted((k, hashlib.sha256(v).hexdigest()) for k, v in files.items())).encode()
-                          ).hexdigest()
+    commit = hashlib.sha1(
+        repr(sorted((k, hashlib.sha256(v).hexdigest()) for k, v in files.items())).encode()
+    ).hexdigest()
     for rel, data in files.items():
         blob = base / "blobs" / hashlib.sha256(data).hexdigest()
         blob.parent.mkdir(parents=True, exist_ok=True)
@@ -65,11 +66,16 @@ def cache(model: Path, tmp_path_factory) -> dict:
     hub = home / "hub"
     commit = _lay_out(hub, "model", MODEL_ID, {f.name: f.read_bytes() for f in model.iterdir() if f.is_file()})
     rows = [json.loads(line) for line in (DATA / "preferences.jsonl").read_text().splitlines() if line.strip()]
-    _lay_out(hub, "dataset", DATA_ID, {
-        "data/train-00000-of-00001.parquet": _parquet(rows[:-8]),
-        "data/test-00000-of-00001.parquet": _parquet(rows[-8:]),
-        "README.md": b"---\nconfigs:\n- config_name: default\n---\n",
-    })
+    _lay_out(
+        hub,
+        "dataset",
+        DATA_ID,
+        {
+            "data/train-00000-of-00001.parquet": _parquet(rows[:-8]),
+            "data/test-00000-of-00001.parquet": _parquet(rows[-8:]),
+            "README.md": b"---\nconfigs:\n- config_name: default\n---\n",
+        },
+    )
     return {"home": home, "commit": commit, "rows": len(rows)}
 
 
@@ -92,18 +98,56 @@ def test_quantize_convert_imatrix_and_eval_take_hub_ids(model: Path, tmp_path: P
     assert metadata_dict(ra)["general.name"] == "tiny-gemma2"
     pinned = f"{MODEL_ID}@{offline_hub['commit']}"
     assert cli(["--quiet", "convert", pinned, str(tmp_path / "f16.gguf")]) == 0
-    assert cli(["--quiet", "imatrix", MODEL_ID, "-f", str(DATA / "calibration.txt"), "--ctx", "64", "--chunks", "2",
-                "-o", str(tmp_path / "i.gguf")]) == 0
-    assert cli(["--quiet", "eval", "kld", MODEL_ID, str(a), "-f", str(DATA / "evaluation.txt"), "--ctx", "64",
-                "--chunks", "2"]) == 0
+    assert (
+        cli(
+            [
+                "--quiet",
+                "imatrix",
+                MODEL_ID,
+                "-f",
+                str(DATA / "calibration.txt"),
+                "--ctx",
+                "64",
+                "--chunks",
+                "2",
+                "-o",
+                str(tmp_path / "i.gguf"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli(
+            [
+                "--quiet",
+                "eval",
+                "kld",
+                MODEL_ID,
+                str(a),
+                "-f",
+                str(DATA / "evaluation.txt"),
+                "--ctx",
+                "64",
+                "--chunks",
+                "2",
+            ]
+        )
+        == 0
+    )
 
 
-@pytest.mark.parametrize("ident,message", [
-    ("simpo-test/not-there", r"simpo-test/not-there: no such file or directory, and as a Hugging Face model id it "
-                             r"is not in the cache .*HF_HUB_OFFLINE is set"),
-    (f"{MODEL_ID}@v9", r"@v9: .* it is not in the cache .* at revision 'v9'"),
-    (f"{MODEL_ID}@{'0' * 40}", r"not in the cache .* at revision '0000000000000000000000000000000000000000'"),
-])
+@pytest.mark.parametrize(
+    "ident,message",
+    [
+        (
+            "simpo-test/not-there",
+            r"simpo-test/not-there: no such file or directory, and as a Hugging Face model id it "
+            r"is not in the cache .*HF_HUB_OFFLINE is set",
+        ),
+        (f"{MODEL_ID}@v9", r"@v9: .* it is not in the cache .* at revision 'v9'"),
+        (f"{MODEL_ID}@{'0' * 40}", r"not in the cache .* at revision '0000000000000000000000000000000000000000'"),
+    ],
+)
 def test_unknown_ids_and_revisions_fail_before_any_work(tmp_path: Path, offline_hub, capsys, ident, message) -> None:
     import re
 
@@ -121,10 +165,24 @@ def test_a_recipe_of_hub_ids_runs_as_written(tmp_path: Path, offline_hub, capsys
     from simpo_q.train.recipe import load_recipe
 
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "model": MODEL_ID, "data": DATA_ID, "output_dir": str(tmp_path / "run"), "max_steps": 2, "eval_fraction": 0.1,
-        "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "max_length": 256,
-        "max_prompt_length": 192, "chunk_tokens": 256, "learning_rate": 1e-4, "beta": 2.0}))
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "model": MODEL_ID,
+                "data": DATA_ID,
+                "output_dir": str(tmp_path / "run"),
+                "max_steps": 2,
+                "eval_fraction": 0.1,
+                "per_device_train_batch_size": 2,
+                "gradient_accumulation_steps": 1,
+                "max_length": 256,
+                "max_prompt_length": 192,
+                "chunk_tokens": 256,
+                "learning_rate": 1e-4,
+                "beta": 2.0,
+            }
+        )
+    )
     assert cli(["plan", str(recipe), "--gpus", "1", "--gpu-mem", "80"]) == 0
     capsys.readouterr()
     out = run_pipeline(load_recipe(recipe), tmp_path / "m.gguf", quiet=False)

@@ -80,8 +80,26 @@ def test_agrees_with_llama_imatrix(model, collected, tmp_path) -> None:
     bins = tools()
     f32 = convert(model, tmp_path / "f32.gguf", "f32", quiet=True)
     ref = tmp_path / "ref.gguf"
-    subprocess.run([str(bins / "llama-imatrix"), "-m", str(f32), "-f", str(CALIB), "-o", str(ref), "-c", str(CTX),
-                    "--chunks", str(CHUNKS), "-t", "2"], check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            str(bins / "llama-imatrix"),
+            "-m",
+            str(f32),
+            "-f",
+            str(CALIB),
+            "-o",
+            str(ref),
+            "-c",
+            str(CTX),
+            "--chunks",
+            str(CHUNKS),
+            "-t",
+            "2",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     r = im.load(ref)
     assert r.names() == collected.names() and r.chunk_count == collected.chunk_count == CHUNKS
     for name in r.names():
@@ -97,8 +115,12 @@ def test_llama_quantize_accepts_our_files_and_equals_us(model, collected, tmp_pa
     collected.save(str(path), fmt)
     f32 = convert(model, tmp_path / "f32.gguf", "f32", quiet=True)
     ref = tmp_path / "ref.gguf"
-    subprocess.run([str(bins / "llama-quantize"), "--imatrix", str(path), str(f32), str(ref), "Q3_K_S", "2"],
-                   check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [str(bins / "llama-quantize"), "--imatrix", str(path), str(f32), str(ref), "Q3_K_S", "2"],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     ours = quantize_model(model, tmp_path / "ours.gguf", "Q3_K_S", imatrix=path, quiet=True)
     a, b = open_gguf(ours), open_gguf(ref)
     assert [t[:3] for t in a.tensors] == [t[:3] for t in b.tensors]
@@ -114,9 +136,15 @@ def test_tensor_bytes_equal_ggml_with_the_same_vectors(model, collected, tmp_pat
     out = quantize_model(model, tmp_path / "q.gguf", "Q4_K_M", imatrix=collected, quiet=True)
     r = open_gguf(out)
     src = HFDirectory(model)
-    hf_of = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-             "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-             "ffn_down": "mlp.down_proj"}
+    hf_of = {
+        "attn_q": "self_attn.q_proj",
+        "attn_k": "self_attn.k_proj",
+        "attn_v": "self_attn.v_proj",
+        "attn_output": "self_attn.o_proj",
+        "ffn_gate": "mlp.gate_proj",
+        "ffn_up": "mlp.up_proj",
+        "ffn_down": "mlp.down_proj",
+    }
     checked = 0
     for name, _dims, qtype, *_ in r.tensors:
         parts = name.split(".")
@@ -164,9 +192,9 @@ def test_merging_halves_equals_one_run(model, tmp_path) -> None:
     ids = tok(text[:-1] if text.endswith("\n") else text).input_ids
     k = 4 * CTX
     # each chunk's first token is replaced by BOS, so a part may start anywhere after it
-    first, second = tok.decode(ids[1:k]), tok.decode(ids[k + 1:2 * k])
+    first, second = tok.decode(ids[1:k]), tok.decode(ids[k + 1 : 2 * k])
     assert tok(first).input_ids == [tok.bos_token_id, *ids[1:k]]
-    assert tok(second).input_ids == [tok.bos_token_id, *ids[k + 1:2 * k]]
+    assert tok(second).input_ids == [tok.bos_token_id, *ids[k + 1 : 2 * k]]
     # the loader strips one trailing newline, as llama-imatrix does
     (tmp_path / "a.txt").write_text(first + "\n")
     (tmp_path / "b.txt").write_text(second + "\n")
@@ -175,8 +203,23 @@ def test_merging_halves_equals_one_run(model, tmp_path) -> None:
     b = im.collect(model, tmp_path / "b.txt", ctx=CTX, quiet=True)
     a.save(str(tmp_path / "a.gguf"))
     b.save(str(tmp_path / "b.dat"), "dat")
-    assert cli(["--quiet", "imatrix", "--in-file", str(tmp_path / "a.gguf"), "--in-file", str(tmp_path / "b.dat"),
-                "-o", str(tmp_path / "m.gguf"), "--ctx", str(CTX)]) == 0
+    assert (
+        cli(
+            [
+                "--quiet",
+                "imatrix",
+                "--in-file",
+                str(tmp_path / "a.gguf"),
+                "--in-file",
+                str(tmp_path / "b.dat"),
+                "-o",
+                str(tmp_path / "m.gguf"),
+                "--ctx",
+                str(CTX),
+            ]
+        )
+        == 0
+    )
     m = im.load(tmp_path / "m.gguf")
     assert m.names() == whole.names() and m.chunk_count == whole.chunk_count == CHUNKS
     for name in whole.names():
@@ -192,9 +235,15 @@ def test_importance_lowers_weighted_error(model, collected) -> None:
     src = HFDirectory(model)
     for name in collected.names():
         i, kind = name.split(".")[1], name.split(".")[2]
-        hf = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-              "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-              "ffn_down": "mlp.down_proj"}[kind]
+        hf = {
+            "attn_q": "self_attn.q_proj",
+            "attn_k": "self_attn.k_proj",
+            "attn_v": "self_attn.v_proj",
+            "attn_output": "self_attn.o_proj",
+            "ffn_gate": "mlp.gate_proj",
+            "ffn_up": "mlp.up_proj",
+            "ffn_down": "mlp.down_proj",
+        }[kind]
         x = src.load(f"model.layers.{i}.{hf}.weight")
         w = collected.importance(name)
         err = []
@@ -206,8 +255,10 @@ def test_importance_lowers_weighted_error(model, collected) -> None:
 
 def test_quantize_with_calibration_text_saves_the_matrix(model, tmp_path) -> None:
     out = tmp_path / "m.gguf"
-    assert cli(["--quiet", "quantize", str(model), str(out), "--imatrix", str(CALIB), "--ctx", "128",
-                "--chunks", "2"]) == 0
+    assert (
+        cli(["--quiet", "quantize", str(model), str(out), "--imatrix", str(CALIB), "--ctx", "128", "--chunks", "2"])
+        == 0
+    )
     assert (tmp_path / "m.imatrix.gguf").exists()
     md = metadata_dict(open_gguf(out))
     assert md["quantize.imatrix.file"].endswith("m.imatrix.gguf") and md["quantize.imatrix.chunks_count"] == 2
@@ -222,13 +273,16 @@ def test_show(collected, tmp_path, capsys) -> None:
 
 # --- bad input ---
 
+
 def test_short_empty_binary_text(model, tmp_path) -> None:
     (tmp_path / "short.txt").write_text("too short")
     (tmp_path / "empty.txt").write_text("  \n")
     (tmp_path / "bin.txt").write_bytes(b"abc\x00\x01\x02")
-    for f, msg in [("short.txt", r"short.txt: calibration text has \d+ tokens; --ctx 128 needs at least 256"),
-                   ("empty.txt", r"empty.txt: calibration text is empty"),
-                   ("bin.txt", r"bin.txt: calibration text looks binary")]:
+    for f, msg in [
+        ("short.txt", r"short.txt: calibration text has \d+ tokens; --ctx 128 needs at least 256"),
+        ("empty.txt", r"empty.txt: calibration text is empty"),
+        ("bin.txt", r"bin.txt: calibration text looks binary"),
+    ]:
         with pytest.raises(SimpoQError, match=msg):
             quantize_model(model, tmp_path / "o.gguf", imatrix=tmp_path / f, imatrix_ctx=128, quiet=True)
         assert not (tmp_path / "o.gguf").exists()
@@ -255,10 +309,16 @@ def test_nan_negative_and_truncated_files(collected, tmp_path) -> None:
         s = np.ones(256, np.float32)
         s[3] = bad
         p = tmp_path / "bad.gguf"
-        with GGUFOutput(p, [("general.type", "str", "imatrix"), ("imatrix.datasets", "array[str]", ["x"]),
-                            ("imatrix.chunk_count", "u32", 1), ("imatrix.chunk_size", "u32", 512)],
-                        [("blk.0.attn_q.weight.in_sum2", (256,), "F32"),
-                         ("blk.0.attn_q.weight.counts", (1,), "F32")]) as w:
+        with GGUFOutput(
+            p,
+            [
+                ("general.type", "str", "imatrix"),
+                ("imatrix.datasets", "array[str]", ["x"]),
+                ("imatrix.chunk_count", "u32", 1),
+                ("imatrix.chunk_size", "u32", 512),
+            ],
+            [("blk.0.attn_q.weight.in_sum2", (256,), "F32"), ("blk.0.attn_q.weight.counts", (1,), "F32")],
+        ) as w:
             w.write("blk.0.attn_q.weight.in_sum2", s)
             w.write("blk.0.attn_q.weight.counts", np.array([10], np.float32))
         with pytest.raises(SimpoQError, match=msg):
@@ -306,8 +366,7 @@ def test_layer_by_layer_equals_the_whole_model(model, collected, dtype, budget) 
     as the whole model in memory (each chunk runs the same operations, so bit for bit)."""
     from simpo_q.imatrix_offload import collect_offloaded
 
-    ref = collected if dtype == "float32" else im.collect(model, CALIB, ctx=CTX, chunks=CHUNKS, dtype=dtype,
-                                                          quiet=True)
+    ref = collected if dtype == "float32" else im.collect(model, CALIB, ctx=CTX, chunks=CHUNKS, dtype=dtype, quiet=True)
     got = collect_offloaded(model, CALIB, ctx=CTX, chunks=CHUNKS, dtype=dtype, quiet=True, hidden_budget=budget)
     _assert_same_statistics(ref, got, rtol=1e-5 if dtype == "bfloat16" else 0.0)
     assert got.datasets == [str(CALIB)]
@@ -321,16 +380,51 @@ def test_offload_is_chosen_when_the_model_does_not_fit(model, collected, tmp_pat
 
     build_tiny_model(shards, TinyConfig(shards=3))
     whole = tmp_path / "whole.gguf"
-    assert cli(["--quiet", "imatrix", str(shards), "-f", str(CALIB), "--ctx", str(CTX), "--chunks", "3",
-                "-o", str(whole)]) == 0
-    assert cli(["imatrix", str(shards), "-f", str(CALIB), "--ctx", str(CTX), "--chunks", "3", "-o",
-                str(tmp_path / "flag.gguf"), "--offload"]) == 0
+    assert (
+        cli(["--quiet", "imatrix", str(shards), "-f", str(CALIB), "--ctx", str(CTX), "--chunks", "3", "-o", str(whole)])
+        == 0
+    )
+    assert (
+        cli(
+            [
+                "imatrix",
+                str(shards),
+                "-f",
+                str(CALIB),
+                "--ctx",
+                str(CTX),
+                "--chunks",
+                "3",
+                "-o",
+                str(tmp_path / "flag.gguf"),
+                "--offload",
+            ]
+        )
+        == 0
+    )
     assert "one decoder layer at a time (--offload; no perplexity in this mode)" in capsys.readouterr().err
     monkeypatch.setattr(off, "available_bytes", lambda device: 1 << 20)  # 1 MiB free: the 2M model does not fit
-    assert cli(["imatrix", str(shards), "-f", str(CALIB), "--ctx", str(CTX), "--chunks", "3", "-o",
-                str(tmp_path / "auto.gguf")]) == 0
-    assert "one decoder layer at a time (the model needs 0.0 GiB in float32, cpu has 0.0 GiB free" \
+    assert (
+        cli(
+            [
+                "imatrix",
+                str(shards),
+                "-f",
+                str(CALIB),
+                "--ctx",
+                str(CTX),
+                "--chunks",
+                "3",
+                "-o",
+                str(tmp_path / "auto.gguf"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        "one decoder layer at a time (the model needs 0.0 GiB in float32, cpu has 0.0 GiB free"
         in capsys.readouterr().err
+    )
     # on the CPU the whole-model run takes one chunk per forward too: bit for bit
     ref = im.load(whole)
     _assert_same_statistics(ref, im.load(tmp_path / "flag.gguf"))
@@ -354,13 +448,32 @@ def test_imatrix_speaks_llama_imatrix(model, tmp_path, monkeypatch, capsys) -> N
     bins = tools()
     f32 = convert(model, tmp_path / "f32.gguf", "f32", quiet=True)
     ref = tmp_path / "ref.gguf"
-    r = subprocess.run([str(bins / "llama-imatrix"), "-m", str(f32), "-f", str(CALIB), "-o", str(ref), "-c",
-                        str(CTX), "--chunks", "3", "--chunk", "2", "-t", "2"], check=True, capture_output=True,
-                       text=True, timeout=600)
+    r = subprocess.run(
+        [
+            str(bins / "llama-imatrix"),
+            "-m",
+            str(f32),
+            "-f",
+            str(CALIB),
+            "-o",
+            str(ref),
+            "-c",
+            str(CTX),
+            "--chunks",
+            "3",
+            "--chunk",
+            "2",
+            "-t",
+            "2",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     want = re.search(r"Final estimate: PPL = ([\d.]+) \+/- ([\d.]+)", r.stdout + r.stderr)
     monkeypatch.chdir(tmp_path)
-    assert cli(["imatrix", "-m", str(model), "-f", str(CALIB), "--ctx", str(CTX), "--chunks", "3",
-                "--chunk", "2"]) == 0
+    assert cli(["imatrix", "-m", str(model), "-f", str(CALIB), "--ctx", str(CTX), "--chunks", "3", "--chunk", "2"]) == 0
     got = re.search(r"Final estimate: PPL = ([\d.]+) \+/- ([\d.]+)", capsys.readouterr().err)
     assert want and got
     assert float(got.group(1)) == pytest.approx(float(want.group(1)), rel=1e-3)
@@ -372,18 +485,56 @@ def test_imatrix_speaks_llama_imatrix(model, tmp_path, monkeypatch, capsys) -> N
         assert ca == cb
         assert np.max(np.abs(sa - sb) / np.abs(sb)) < 1e-3, name
     # --no-ppl: the same statistics, no perplexity line
-    assert cli(["imatrix", str(model), "-f", str(CALIB), "--ctx", str(CTX), "--chunks", "3", "--chunk", "2",
-                "--no-ppl", "-o", str(tmp_path / "noppl.gguf")]) == 0
+    assert (
+        cli(
+            [
+                "imatrix",
+                str(model),
+                "-f",
+                str(CALIB),
+                "--ctx",
+                str(CTX),
+                "--chunks",
+                "3",
+                "--chunk",
+                "2",
+                "--no-ppl",
+                "-o",
+                str(tmp_path / "noppl.gguf"),
+            ]
+        )
+        == 0
+    )
     assert "Final estimate" not in capsys.readouterr().err
     _assert_same_statistics(ours, im.load(tmp_path / "noppl.gguf"))
-    assert cli(["imatrix", str(model), "-f", str(CALIB), "--ctx", str(CTX), "--chunk", "1000", "-o",
-                str(tmp_path / "x.gguf")]) == 2
+    assert (
+        cli(
+            [
+                "imatrix",
+                str(model),
+                "-f",
+                str(CALIB),
+                "--ctx",
+                str(CTX),
+                "--chunk",
+                "1000",
+                "-o",
+                str(tmp_path / "x.gguf"),
+            ]
+        )
+        == 2
+    )
     assert "not enough left after skipping 1000 chunks of 128" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("flag", "names"), [("--exclude-weights", ["attn_v", "ffn_down"]),
-                                             ("--include-weights", ["attn_q"]),
-                                             ("--include-weights", ["no-such-tensor"])])
+@pytest.mark.parametrize(
+    ("flag", "names"),
+    [
+        ("--exclude-weights", ["attn_v", "ffn_down"]),
+        ("--include-weights", ["attn_q"]),
+        ("--include-weights", ["no-such-tensor"]),
+    ],
+)
 def test_include_and_exclude_weights_equal_llama_quantize(model, collected, tmp_path, flag, names) -> None:
     """Which tensors use the importance matrix, by name substrings, as llama-quantize chooses
     them (entries_count follows; nothing left means no matrix at all): the same file."""
@@ -392,10 +543,24 @@ def test_include_and_exclude_weights_equal_llama_quantize(model, collected, tmp_
     imf = tmp_path / "im.gguf"
     collected.save(str(imf), "gguf")
     args = [x for n in names for x in (flag, n)]
-    subprocess.run([str(bins / "llama-quantize"), "--imatrix", str(imf), *args, str(f32), str(tmp_path / "ref.gguf"),
-                    "Q4_K_M", "2"], check=True, capture_output=True, timeout=600)
-    assert cli(["--quiet", "quantize", str(f32), str(tmp_path / "ours.gguf"), "Q4_K_M", "--imatrix", str(imf),
-                *args]) == 0
+    subprocess.run(
+        [
+            str(bins / "llama-quantize"),
+            "--imatrix",
+            str(imf),
+            *args,
+            str(f32),
+            str(tmp_path / "ref.gguf"),
+            "Q4_K_M",
+            "2",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    assert (
+        cli(["--quiet", "quantize", str(f32), str(tmp_path / "ours.gguf"), "Q4_K_M", "--imatrix", str(imf), *args]) == 0
+    )
     assert (tmp_path / "ours.gguf").read_bytes() == (tmp_path / "ref.gguf").read_bytes()
 
 
@@ -410,8 +575,11 @@ def test_show_statistics_prints_llama_imatrixs_table(model, collected, tmp_path,
     collected.save(str(imf), "gguf")
     from llama_cpp_tree import run_logged
 
-    r = run_logged([str(bins / "llama-imatrix"), "-m", str(f32), "--in-file", str(imf), "--show-statistics"],
-                   lambda text: "μCosSim" in text and text.rstrip().splitlines()[-1].count("\t") == 3, timeout=600)
+    r = run_logged(
+        [str(bins / "llama-imatrix"), "-m", str(f32), "--in-file", str(imf), "--show-statistics"],
+        lambda text: "μCosSim" in text and text.rstrip().splitlines()[-1].count("\t") == 3,
+        timeout=600,
+    )
     want = [re.sub(r"^\d+\.\d+\.\d+\.\d+ I ", "", x) for x in (r.stdout + r.stderr).splitlines() if "\t" in x]
     assert cli(["imatrix", "--in-file", str(imf), "--show-statistics"]) == 0
     got = [x for x in capsys.readouterr().out.splitlines() if "\t" in x]

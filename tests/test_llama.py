@@ -50,11 +50,16 @@ def test_tiny_llama_is_a_llama_3_layout(model: Path) -> None:
     cfg = json.loads((model / "config.json").read_text())
     assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["tie_word_embeddings"] is False
     tok = AutoTokenizer.from_pretrained(model)
-    chat = tok.apply_chat_template([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
-                                   tokenize=False, add_generation_prompt=True)
-    assert chat == ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
-                    "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
-                    "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    chat = tok.apply_chat_template(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    assert chat == (
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
     assert tok.convert_ids_to_tokens(tok.eos_token_id) == "<|eot_id|>"
 
 
@@ -63,11 +68,25 @@ def test_conversion_equals_llama_cpp_converter(model: Path, files, tmp_path: Pat
 
     ref = tmp_path / "ref-f32.gguf"
     env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}
-    subprocess.run([sys.executable, str(llama_cpp_tree() / "convert_hf_to_gguf.py"), str(model), "--outtype", "f32",
-                    "--outfile", str(ref)], check=True, capture_output=True, env=env, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            str(llama_cpp_tree() / "convert_hf_to_gguf.py"),
+            str(model),
+            "--outtype",
+            "f32",
+            "--outfile",
+            str(ref),
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+        timeout=600,
+    )
     a, b = open_gguf(files["f32"]), open_gguf(ref)
-    assert [(k, t, v) for k, t, v in a.metadata if k not in NAMING_KEYS] == \
-        [(k, t, v) for k, t, v in b.metadata if k not in NAMING_KEYS]
+    assert [(k, t, v) for k, t, v in a.metadata if k not in NAMING_KEYS] == [
+        (k, t, v) for k, t, v in b.metadata if k not in NAMING_KEYS
+    ]
     # the untied head is output.weight; the query and key rows are permuted as the converter does
     assert "output.weight" in {t[0] for t in a.tensors}
     assert [t[:3] for t in a.tensors] == [t[:3] for t in b.tensors]
@@ -81,8 +100,14 @@ def test_llama_cpp_tokenizes_and_computes_like_hf(model: Path, files) -> None:
 
     tok = AutoTokenizer.from_pretrained(model)
     vocab = load(files["f32"], vocab_only=True)
-    for s in ["Hello world", "  spaces  ", "tabs\tand\nnewlines\n\n", "naïve café – ½", "日本語",
-              "<|eot_id|> and <|start_header_id|>"]:
+    for s in [
+        "Hello world",
+        "  spaces  ",
+        "tabs\tand\nnewlines\n\n",
+        "naïve café – ½",
+        "日本語",
+        "<|eot_id|> and <|start_header_id|>",
+    ]:
         assert vocab.tokenize(s.encode(), add_bos=True, special=True) == tok(s).input_ids, repr(s)
     hf = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32, attn_implementation="eager").eval()
     llm = load(files["f32"], type_k=0, type_v=0)
@@ -117,8 +142,26 @@ def test_importance_matrix_agrees_with_llama_imatrix(model: Path, files, tmp_pat
     bins = tools()
     ours = im.collect(model, CALIB, ctx=CTX, chunks=CHUNKS, quiet=True)
     ref = tmp_path / "ref.gguf"
-    subprocess.run([str(bins / "llama-imatrix"), "-m", str(files["f32"]), "-f", str(CALIB), "-o", str(ref),
-                    "-c", str(CTX), "--chunks", str(CHUNKS), "-t", "2"], check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            str(bins / "llama-imatrix"),
+            "-m",
+            str(files["f32"]),
+            "-f",
+            str(CALIB),
+            "-o",
+            str(ref),
+            "-c",
+            str(CTX),
+            "--chunks",
+            str(CHUNKS),
+            "-t",
+            "2",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     r = im.load(ref)
     assert r.names() == ours.names() and len(r.names()) == 7 * 2
     for name in r.names():
@@ -140,8 +183,10 @@ def test_one_simpo_step_moves_every_weight(model: Path, tmp_path: Path) -> None:
     from simpo_q.train.loop import train
     from simpo_q.train.recipe import load_recipe
 
-    r = load_recipe(REPO / "recipes" / "tiny.yaml", [f"model={model}", f"output_dir={tmp_path / 'run'}",
-                                                      "max_steps=1", "eval_steps=0", "save_dtype=float32"])
+    r = load_recipe(
+        REPO / "recipes" / "tiny.yaml",
+        [f"model={model}", f"output_dir={tmp_path / 'run'}", "max_steps=1", "eval_steps=0", "save_dtype=float32"],
+    )
     train(r, quiet=True)
     before = load_file(str(model / "model.safetensors"))
     after = load_file(str(tmp_path / "run" / "final" / "model.safetensors"))
@@ -157,13 +202,16 @@ def test_answers_end_with_the_end_of_turn(model: Path) -> None:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model)
-    row = {"prompt": "What is 2 + 2?", "chosen": [{"role": "user", "content": "What is 2 + 2?"},
-                                                  {"role": "assistant", "content": " 4 "}],
-           "rejected": [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "5"}]}
+    row = {
+        "prompt": "What is 2 + 2?",
+        "chosen": [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": " 4 "}],
+        "rejected": [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "5"}],
+    }
     (pair,), bad = tokenize_pairs([row], tok, max_length=256, max_prompt_length=128)
     assert not bad
-    assert tok.decode(pair.prompt) == ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n"
-                                       "What is 2 + 2?<|eot_id|>")
+    assert tok.decode(pair.prompt) == (
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nWhat is 2 + 2?<|eot_id|>"
+    )
     assert tok.decode(pair.chosen) == "<|start_header_id|>assistant<|end_header_id|>\n\n4<|eot_id|>"
 
 
@@ -176,8 +224,12 @@ def test_template_renders_what_the_chat_template_renders(model: Path, tmp_path: 
     assert quantize_model(model, tmp_path / "m.gguf", "Q4_K_M", quiet=True, ollama=True) is not None
     blocks = _modelfile_blocks((tmp_path / "Modelfile").read_text())
     assert "LICENSE" not in blocks  # the family does not say which licence: the user does
-    assert blocks["PARAMETER"] == ["num_ctx 8192", 'stop "<|start_header_id|>"', 'stop "<|end_header_id|>"',
-                                   'stop "<|eot_id|>"']
+    assert blocks["PARAMETER"] == [
+        "num_ctx 8192",
+        'stop "<|start_header_id|>"',
+        'stop "<|end_header_id|>"',
+        'stop "<|eot_id|>"',
+    ]
     tok = AutoTokenizer.from_pretrained(str(model))
     cases, expected = [], []
     for system, msgs in _conversations():
@@ -185,9 +237,14 @@ def test_template_renders_what_the_chat_template_renders(model: Path, tmp_path: 
         cases.append({"messages": full})
         text = tok.apply_chat_template(full, tokenize=False, add_generation_prompt=True)
         assert text.startswith(tok.bos_token)
-        expected.append(text[len(tok.bos_token):])
-    r = subprocess.run([str(go_renderer)], input=json.dumps({"template": blocks["TEMPLATE"][0], "cases": cases}),
-                       capture_output=True, text=True, check=True)
+        expected.append(text[len(tok.bos_token) :])
+    r = subprocess.run(
+        [str(go_renderer)],
+        input=json.dumps({"template": blocks["TEMPLATE"][0], "cases": cases}),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(r.stdout) == expected
 
 
@@ -212,11 +269,14 @@ def test_permutation_round_trips() -> None:
     assert llama.permute(np.arange(4, dtype=np.float32).reshape(4, 1), 1)[:, 0].tolist() == [0, 2, 1, 3]
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, r"RoPE scaling 'llama3' is not supported yet"),
-    ({"attention_bias": True}, r"attention_bias is true; biased Llama layers are not supported yet"),
-    ({"num_key_value_heads": 3}, r"num_attention_heads 4 is not a multiple of num_key_value_heads 3"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, r"RoPE scaling 'llama3' is not supported yet"),
+        ({"attention_bias": True}, r"attention_bias is true; biased Llama layers are not supported yet"),
+        ({"num_key_value_heads": 3}, r"num_attention_heads 4 is not a multiple of num_key_value_heads 3"),
+    ],
+)
 def test_what_is_not_supported_is_refused_before_any_work(model: Path, tmp_path: Path, change, message) -> None:
     d = tmp_path / "m"
     build_tiny_model(d, TinyConfig(arch="llama"), quiet=True)
@@ -233,8 +293,11 @@ def test_bpe_only_tokenizer_is_refused_clearly(model: Path, tmp_path: Path) -> N
     d = tmp_path / "m"
     shutil.copytree(model, d)
     (d / "tokenizer.model").unlink()
-    with pytest.raises(SimpoQError, match=r"tokenizer.model: missing; .* BPE-only tokenizer.json \(Llama-3\) is not "
-                                          r"supported yet"):
+    with pytest.raises(
+        SimpoQError,
+        match=r"tokenizer.model: missing; .* BPE-only tokenizer.json \(Llama-3\) is not "
+        r"supported yet",
+    ):
         convert(d, tmp_path / "out.gguf", "f32", quiet=True)
 
 
@@ -242,8 +305,11 @@ def test_eighty_layer_llama_gets_llama_cpps_70b_attn_v(tmp_path: Path) -> None:
     """llama.cpp calls a llama of 80 layers with grouped keys "70B" and gives its attn_v more
     bits (Q5_K where Q3_K_S would say Q3_K): the same types as llama_model_quantize, on a
     narrow 80-layer model."""
-    d = build_tiny_model(tmp_path / "m", TinyConfig(arch="llama", layers=80, hidden=256, intermediate=256, heads=8,
-                                                    kv_heads=2, head_dim=32, vocab=1024), quiet=True)
+    d = build_tiny_model(
+        tmp_path / "m",
+        TinyConfig(arch="llama", layers=80, hidden=256, intermediate=256, heads=8, kv_heads=2, head_dim=32, vocab=1024),
+        quiet=True,
+    )
     f16 = convert(d, tmp_path / "f16.gguf", "f16", quiet=True)
     ref = tmp_path / "ref.gguf"
     _llama_quantize(f16, ref, 11)

@@ -26,12 +26,9 @@ DATA = REPO / "python" / "simpo_q" / "data"
 GEMMA_TERMS = resources.files("simpo_q.data").joinpath("gemma-terms-of-use.txt").read_text(encoding="utf-8")
 
 
-
 @pytest.fixture(scope="module")
 def model() -> Path:
     return cached_tiny_model(REPO / ".cache", pretrain_steps=200, quiet=True)
-
-
 
 
 def _modelfile_blocks(text: str) -> dict[str, list[str]]:
@@ -40,14 +37,14 @@ def _modelfile_blocks(text: str) -> dict[str, list[str]]:
     i = 0
     while i < len(text):
         line_end = text.find("\n", i)
-        line = text[i:line_end if line_end >= 0 else len(text)]
+        line = text[i : line_end if line_end >= 0 else len(text)]
         if not line.strip():
             i = (line_end if line_end >= 0 else len(text)) + 1
             continue
         word, _, rest = line.partition(" ")
         if rest.startswith('"""'):
             end = text.index('"""', i + len(word) + 4)
-            out.setdefault(word, []).append(text[i + len(word) + 4:end])
+            out.setdefault(word, []).append(text[i + len(word) + 4 : end])
             i = end + 4
         else:
             out.setdefault(word, []).append(rest)
@@ -59,7 +56,7 @@ def _conversations() -> list[tuple[str | None, list[dict]]]:
     """One to four user turns, the assistant answering between them, with and without a
     system prompt; contents without surrounding spaces (Gemma's template trims them, Go's
     text/template has no trim, and Ollama passes contents as typed)."""
-    users = ["Hi", "What is 2+2?\nAnswer briefly.", "Tell me about \"quotes\" & <tags>", "Thanks! Bye."]
+    users = ["Hi", "What is 2+2?\nAnswer briefly.", 'Tell me about "quotes" & <tags>', "Thanks! Bye."]
     answers = ["Hello!", "4", "They are <b>markup</b> & 'text'."]
     out = []
     for n in range(1, 5):
@@ -92,9 +89,14 @@ def test_template_renders_what_the_chat_template_renders(model: Path, tmp_path: 
             hf_msgs[0]["content"] = f"{system} {hf_msgs[0]['content']}"
         text = tok.apply_chat_template(hf_msgs, tokenize=False, add_generation_prompt=True)
         assert text.startswith(tok.bos_token)
-        expected.append(text[len(tok.bos_token):])
-    r = subprocess.run([str(go_renderer)], input=json.dumps({"template": template, "cases": cases}),
-                       capture_output=True, text=True, check=True)
+        expected.append(text[len(tok.bos_token) :])
+    r = subprocess.run(
+        [str(go_renderer)],
+        input=json.dumps({"template": template, "cases": cases}),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     got = json.loads(r.stdout)
     assert len(got) == len(expected) == 8
     for g, e in zip(got, expected, strict=True):
@@ -104,38 +106,72 @@ def test_template_renders_what_the_chat_template_renders(model: Path, tmp_path: 
 def test_modelfile_is_the_whole_page(model: Path, tmp_path: Path) -> None:
     """FROM, TEMPLATE, the page's parameters, SYSTEM and the full Gemma Terms of Use; the
     NOTICE the licence asks for beside it; parameters and system from the command line."""
-    rc = cli(["--quiet", "quantize", str(model), str(tmp_path / "m.gguf"), "--ollama", "--parameter", "temperature=0.7",
-              "--parameter", "num_ctx=8192", "--system", "You are helpful."])
+    rc = cli(
+        [
+            "--quiet",
+            "quantize",
+            str(model),
+            str(tmp_path / "m.gguf"),
+            "--ollama",
+            "--parameter",
+            "temperature=0.7",
+            "--parameter",
+            "num_ctx=8192",
+            "--system",
+            "You are helpful.",
+        ]
+    )
     assert rc == 0
     mf = (tmp_path / "Modelfile").read_text()
     b = _modelfile_blocks(mf)
     assert b["FROM"] == ["./m.gguf"]
-    assert b["PARAMETER"] == ["num_ctx 8192", "num_predict 4096", "repeat_penalty 1", "temperature 0.7",
-                              'stop "<start_of_turn>"', 'stop "<end_of_turn>"']
+    assert b["PARAMETER"] == [
+        "num_ctx 8192",
+        "num_predict 4096",
+        "repeat_penalty 1",
+        "temperature 0.7",
+        'stop "<start_of_turn>"',
+        'stop "<end_of_turn>"',
+    ]
     assert b["SYSTEM"] == ["You are helpful."]
     assert b["LICENSE"] == [GEMMA_TERMS]
-    assert "You must provide all third party recipients of Gemma or Model Derivatives a copy of this Agreement" \
-        in GEMMA_TERMS and GEMMA_TERMS.rstrip().endswith("any rights under this Agreement.")
-    assert (tmp_path / "NOTICE").read_text() == ("Gemma is provided under and subject to the Gemma Terms of Use "
-                                                 "found at ai.google.dev/gemma/terms\n")
+    assert (
+        "You must provide all third party recipients of Gemma or Model Derivatives a copy of this Agreement"
+        in GEMMA_TERMS
+        and GEMMA_TERMS.rstrip().endswith("any rights under this Agreement.")
+    )
+    assert (tmp_path / "NOTICE").read_text() == (
+        "Gemma is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms\n"
+    )
     # the page's parameters by default
     d = tmp_path / "plain"
     d.mkdir()
     quantize_model(model, d / "m.gguf", quiet=True, ollama=True)
     assert _modelfile_blocks((d / "Modelfile").read_text())["PARAMETER"] == [
-        "num_ctx 4096", "num_predict 4096", "repeat_penalty 1", 'stop "<start_of_turn>"', 'stop "<end_of_turn>"']
+        "num_ctx 4096",
+        "num_predict 4096",
+        "repeat_penalty 1",
+        'stop "<start_of_turn>"',
+        'stop "<end_of_turn>"',
+    ]
     assert "SYSTEM" not in _modelfile_blocks((d / "Modelfile").read_text())
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--parameter", "num_ctxx=4096"], r"'num_ctxx' is not an Ollama parameter; known: num_ctx"),
-    (["--parameter", "num_ctx=lots"], r"num_ctx: cannot use 'lots'"),
-    (["--parameter", "temperature"], r"--parameter 'temperature': expected KEY=VALUE"),
-    (["--license", "apache-2.0"], r"--license apache-2.0: simpo-q has no text of this licence; give it with "
-                                  r"--license-file"),
-    (["--license-file", "/nonexistent/LICENSE"], r"/nonexistent/LICENSE: --license-file not found"),
-    (["--system", 'say """ then'], r"--system .*must not contain"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--parameter", "num_ctxx=4096"], r"'num_ctxx' is not an Ollama parameter; known: num_ctx"),
+        (["--parameter", "num_ctx=lots"], r"num_ctx: cannot use 'lots'"),
+        (["--parameter", "temperature"], r"--parameter 'temperature': expected KEY=VALUE"),
+        (
+            ["--license", "apache-2.0"],
+            r"--license apache-2.0: simpo-q has no text of this licence; give it with "
+            r"--license-file",
+        ),
+        (["--license-file", "/nonexistent/LICENSE"], r"/nonexistent/LICENSE: --license-file not found"),
+        (["--system", 'say """ then'], r"--system .*must not contain"),
+    ],
+)
 def test_bad_page_options_fail_before_any_work(model: Path, tmp_path: Path, capsys, args, message) -> None:
     calib = DATA / "calibration.txt"
     rc = cli(["quantize", str(model), str(tmp_path / "m.gguf"), "--ollama", "--imatrix", str(calib), *args])
@@ -150,8 +186,14 @@ def test_another_licence_with_its_text(model: Path, tmp_path: Path) -> None:
     lic.write_text("Apache License\nVersion 2.0, January 2004\n")
     out = tmp_path / "out"
     out.mkdir()
-    quantize_model(model, out / "m.gguf", quiet=True, ollama=True, model_card=True,
-                   page=Page(license="apache-2.0", license_file=lic))
+    quantize_model(
+        model,
+        out / "m.gguf",
+        quiet=True,
+        ollama=True,
+        model_card=True,
+        page=Page(license="apache-2.0", license_file=lic),
+    )
     assert _modelfile_blocks((out / "Modelfile").read_text())["LICENSE"] == [lic.read_text()]
     assert not (out / "NOTICE").exists()  # only Gemma's licence asks for one
     assert metadata_dict(open_gguf(out / "m.gguf"))["general.license"] == "apache-2.0"
@@ -172,8 +214,17 @@ def test_model_card_and_general_keys_are_the_converters(model: Path, tmp_path: P
         require("gguf package", e)
     calib = DATA / "calibration.txt"
     page = Page(base_model=["google/gemma-2-9b-it"], datasets=["princeton-nlp/gemma2-ultrafeedback-armorm"])
-    out = quantize_model(model, tmp_path / "m.gguf", "Q3_K_S", quiet=True, imatrix=calib, imatrix_ctx=64,
-                         imatrix_chunks=3, page=page, model_card=True)
+    out = quantize_model(
+        model,
+        tmp_path / "m.gguf",
+        "Q3_K_S",
+        quiet=True,
+        imatrix=calib,
+        imatrix_ctx=64,
+        imatrix_chunks=3,
+        page=page,
+        model_card=True,
+    )
     assert out is not None
     card = (tmp_path / "README.md").read_text()
     fm = _front_matter(card)
@@ -184,8 +235,9 @@ def test_model_card_and_general_keys_are_the_converters(model: Path, tmp_path: P
     counts: dict[str, int] = {}
     for _, _, t, _, _ in r.tensors:
         counts[t] = counts.get(t, 0) + 1
-    assert "tensors: " + ", ".join(f"{n} {t}" for t, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))) \
-        in card
+    assert (
+        "tensors: " + ", ".join(f"{n} {t}" for t, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))) in card
+    )
     assert "3 chunks" in card and "ctx 64" in card and "calibration.txt" in card
     assert "quantized directly from the bf16 safetensors" in card and "no f32 file" in card
     assert "identical to what llama.cpp's llama-quantize writes" in card
@@ -223,8 +275,9 @@ def test_plain_quantize_keeps_llama_quantizes_metadata(model: Path, tmp_path: Pa
     """Without a page option, quantize adds no general.* key: its metadata stays the one
     llama-quantize writes from the converted file."""
     a = metadata_dict(open_gguf(quantize_model(model, tmp_path / "a.gguf", quiet=True)))
-    assert not any(k.startswith(("general.license", "general.base_model", "general.tags", "general.quantized_by"))
-                   for k in a)
+    assert not any(
+        k.startswith(("general.license", "general.base_model", "general.tags", "general.quantized_by")) for k in a
+    )
 
 
 def test_pipeline_card_tells_the_fine_tune_and_its_cost(model: Path, tmp_path: Path) -> None:
@@ -233,12 +286,28 @@ def test_pipeline_card_tells_the_fine_tune_and_its_cost(model: Path, tmp_path: P
     from simpo_q.pipeline import run_pipeline
     from simpo_q.train.recipe import load_recipe
 
-    r = load_recipe(REPO / "recipes" / "tiny.yaml", [f"model={model}", f"output_dir={tmp_path / 'run'}",
-                                                      "max_steps=2", "eval_steps=1",
-                                                      'ollama_parameters={"temperature": 0.5}',
-                                                      "ollama_system=Answer in English."])
-    out = run_pipeline(r, tmp_path / "m.gguf", imatrix=DATA / "calibration.txt", imatrix_ctx=64, imatrix_chunks=2,
-                       quiet=True, eval_text=DATA / "evaluation.txt", eval_ctx=64, eval_chunks=2)
+    r = load_recipe(
+        REPO / "recipes" / "tiny.yaml",
+        [
+            f"model={model}",
+            f"output_dir={tmp_path / 'run'}",
+            "max_steps=2",
+            "eval_steps=1",
+            'ollama_parameters={"temperature": 0.5}',
+            "ollama_system=Answer in English.",
+        ],
+    )
+    out = run_pipeline(
+        r,
+        tmp_path / "m.gguf",
+        imatrix=DATA / "calibration.txt",
+        imatrix_ctx=64,
+        imatrix_chunks=2,
+        quiet=True,
+        eval_text=DATA / "evaluation.txt",
+        eval_ctx=64,
+        eval_chunks=2,
+    )
     assert out is not None
     card = (tmp_path / "README.md").read_text()
     assert "SimPO" in card and "beta 2.0" in card and "gamma_beta_ratio 0.5" in card and "max_steps 2" in card

@@ -90,8 +90,9 @@ importance_f32 = st.floats(width=32, allow_nan=False, allow_infinity=False, min_
     w=st.none() | hnp.arrays(np.float32, (256,), elements=importance_f32),
 )
 # found by hypothesis: a tiny importance once lifted the core's limit to infinity
-@example(qtype="Q4_0", x=np.array([[3.162281e19] + [0.0] * 255], dtype=np.float32),
-         w=np.full(256, 1e-5, dtype=np.float32))
+@example(
+    qtype="Q4_0", x=np.array([[3.162281e19] + [0.0] * 255], dtype=np.float32), w=np.full(256, 1e-5, dtype=np.float32)
+)
 def test_property_arbitrary_floats_match_ggml(qtype, x, w) -> None:
     """Any finite values hypothesis can think of, subnormals and huge ones included."""
     assert_same_as_ggml(x, qtype, w, qtype)

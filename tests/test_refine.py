@@ -61,8 +61,13 @@ def test_never_worse_on_every_kind_of_data(qtype: str, kind: str) -> None:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(qtype=st.sampled_from(REFINED), seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 4),
-       scale=st.floats(1e-6, 1e3), imatrix=st.booleans())
+@given(
+    qtype=st.sampled_from(REFINED),
+    seed=st.integers(0, 2**32 - 1),
+    rows=st.integers(1, 4),
+    scale=st.floats(1e-6, 1e3),
+    imatrix=st.booleans(),
+)
 def test_property_never_worse(qtype: str, seed: int, rows: int, scale: float, imatrix: bool) -> None:
     rng = np.random.default_rng(seed)
     x = (rng.standard_t(3, (rows, 512)) * scale).astype(np.float32)
@@ -160,8 +165,13 @@ def test_refined_files_are_closer_to_the_full_model_on_held_out_text(files: dict
 
     names = [n for n in files if n != "F32"]
     ref = LlamaCppModel(files["F32"], 128, threads=2)
-    reports, _ = run_kld(ref, [LlamaCppModel(files[n], 128, threads=2) for n in names],
-                         (DATA / "evaluation.txt").read_text(), ctx=128, quiet=True)
+    reports, _ = run_kld(
+        ref,
+        [LlamaCppModel(files[n], 128, threads=2) for n in names],
+        (DATA / "evaluation.txt").read_text(),
+        ctx=128,
+        quiet=True,
+    )
     kld = {n: r["kld"] for n, r in zip(names, reports, strict=True)}
     for n in names:
         if n.endswith("-refined"):
@@ -199,8 +209,9 @@ def _data_bytes(path: Path) -> int:
 
 
 @pytest.mark.parametrize("imatrix", [False, True])
-def test_target_bpw_at_q3_k_m_size_beats_q3_k_m(files: dict[str, Path], model: Path, tmp_path: Path,
-                                                imatrix: bool) -> None:
+def test_target_bpw_at_q3_k_m_size_beats_q3_k_m(
+    files: dict[str, Path], model: Path, tmp_path: Path, imatrix: bool
+) -> None:
     """At Q3_K_M's own size the chosen types are closer to the full model on held-out text
     (the tiny model; BENCHMARKS.md has a wider one, where with an importance matrix they
     are not)."""
@@ -217,8 +228,13 @@ def test_target_bpw_at_q3_k_m_size_beats_q3_k_m(files: dict[str, Path], model: P
     assert types["token_embd.weight"] == "Q6_K"  # the embedding keeps the file type's choice
     assert len(set(types.values()) - {"F32", "Q6_K"}) > 1  # the budget was really redistributed
     ref = LlamaCppModel(files["F32"], 128, threads=2)
-    reports, _ = run_kld(ref, [LlamaCppModel(base, 128, threads=2), LlamaCppModel(out, 128, threads=2)],
-                         (DATA / "evaluation.txt").read_text(), ctx=128, quiet=True)
+    reports, _ = run_kld(
+        ref,
+        [LlamaCppModel(base, 128, threads=2), LlamaCppModel(out, 128, threads=2)],
+        (DATA / "evaluation.txt").read_text(),
+        ctx=128,
+        quiet=True,
+    )
     assert reports[1]["kld"] < reports[0]["kld"], [x["kld"] for x in reports]
     written = (tmp_path / "budget.tensor-types.txt").read_text().splitlines()
     assert len(written) == len(types) and all(line.startswith("^") and "$=" in line for line in written)
@@ -241,8 +257,21 @@ def test_llama_quantize_reads_our_tensor_type_file(files: dict[str, Path], model
     imat = files["Q3_K_S-im"].parent / "cal.imatrix.gguf"
     ours = quantize_model(model, tmp_path / "ours.gguf", "Q3_K_S", imatrix=imat, target_size=1_250_000, quiet=True)
     tt = tmp_path / "ours.tensor-types.txt"
-    subprocess.run([str(exe), "--imatrix", str(imat), "--tensor-type-file", str(tt), str(files["F32"]),
-                    str(tmp_path / "theirs.gguf"), "Q3_K_S", "2"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            str(exe),
+            "--imatrix",
+            str(imat),
+            "--tensor-type-file",
+            str(tt),
+            str(files["F32"]),
+            str(tmp_path / "theirs.gguf"),
+            "Q3_K_S",
+            "2",
+        ],
+        check=True,
+        capture_output=True,
+    )
     a, b = open_gguf(ours), open_gguf(tmp_path / "theirs.gguf")
     assert [t[:3] for t in a.tensors] == [t[:3] for t in b.tensors]
     for t in a.tensors:

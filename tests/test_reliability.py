@@ -91,8 +91,19 @@ def test_resume_never_unpickles(model: Path, tmp_path: Path, capsys) -> None:
         (out / d).mkdir()
         (out / d / "trainer_state.json").write_text("{}")
         (out / d / ".metadata").write_bytes(pickle.dumps(_Boom(str(marker))))
-    rc, err = run_cli(capsys, "train", str(TINY_RECIPE), "--set", f"model={model}", "--set", f"output_dir={out}",
-                      "--set", "max_steps=2", "--set", "eval_steps=0")
+    rc, err = run_cli(
+        capsys,
+        "train",
+        str(TINY_RECIPE),
+        "--set",
+        f"model={model}",
+        "--set",
+        f"output_dir={out}",
+        "--set",
+        "max_steps=2",
+        "--set",
+        "eval_steps=0",
+    )
     one_line_error(rc, err, "old torch-pickle format")
     assert not marker.exists()
     assert not (out / "checkpoint.next").exists() and not (out / "checkpoint.prev").exists()
@@ -102,8 +113,17 @@ def test_checkpoint_files_are_not_pickles(model: Path, tmp_path: Path) -> None:
     from simpo_q.train.loop import train
     from simpo_q.train.recipe import load_recipe
 
-    r = load_recipe(TINY_RECIPE, [f"model={model}", f"output_dir={tmp_path / 'run'}", "max_steps=2", "save_steps=1",
-                                  "eval_steps=0", "threads=1"])
+    r = load_recipe(
+        TINY_RECIPE,
+        [
+            f"model={model}",
+            f"output_dir={tmp_path / 'run'}",
+            "max_steps=2",
+            "save_steps=1",
+            "eval_steps=0",
+            "threads=1",
+        ],
+    )
     train(r, quiet=True)
     files = sorted(p.name for p in (tmp_path / "run" / "checkpoint").iterdir())
     assert files == ["rank-00000.safetensors", "trainer_state.json"]
@@ -111,8 +131,10 @@ def test_checkpoint_files_are_not_pickles(model: Path, tmp_path: Path) -> None:
     assert state["step"] == 2 and state["world_size"] == 1
 
 
-@pytest.mark.parametrize("shard", ["../../../../../../etc/passwd", "../other/model.safetensors", "/etc/passwd",
-                                   "sub/model.safetensors", ".."])
+@pytest.mark.parametrize(
+    "shard",
+    ["../../../../../../etc/passwd", "../other/model.safetensors", "/etc/passwd", "sub/model.safetensors", ".."],
+)
 def test_index_shards_must_be_files_of_the_model_directory(copy: Path, tmp_path: Path, shard: str) -> None:
     from simpo_q.sources import HFDirectory
 
@@ -163,15 +185,38 @@ def test_files_beside_out_are_kept_unless_forced(model: Path, tmp_path: Path, ca
     out = tmp_path / "m.gguf"
     for name in ("Modelfile", "NOTICE", "m.imatrix.gguf"):
         (tmp_path / name).write_text("mine\n")
-        rc, err = run_cli(capsys, "quantize", str(model), str(out), "--ollama", "--imatrix", str(CALIB),
-                          "--chunks", "2", "--ctx", "128")
+        rc, err = run_cli(
+            capsys,
+            "quantize",
+            str(model),
+            str(out),
+            "--ollama",
+            "--imatrix",
+            str(CALIB),
+            "--chunks",
+            "2",
+            "--ctx",
+            "128",
+        )
         one_line_error(rc, err, name, "exists; pass --force")
         assert (tmp_path / name).read_text() == "mine\n" and not out.exists()
         (tmp_path / name).unlink()
     for name in ("Modelfile", "NOTICE", "m.imatrix.gguf"):
         (tmp_path / name).write_text("mine\n")
-    rc, err = run_cli(capsys, "quantize", str(model), str(out), "--ollama", "--imatrix", str(CALIB), "--chunks", "2",
-                      "--ctx", "128", "--force")
+    rc, err = run_cli(
+        capsys,
+        "quantize",
+        str(model),
+        str(out),
+        "--ollama",
+        "--imatrix",
+        str(CALIB),
+        "--chunks",
+        "2",
+        "--ctx",
+        "128",
+        "--force",
+    )
     assert rc == 0, err
     assert all((tmp_path / n).read_text(errors="replace") != "mine\n" for n in ("Modelfile", "NOTICE"))
     assert (tmp_path / "m.imatrix.gguf").read_bytes()[:4] == b"GGUF"
@@ -206,9 +251,25 @@ sys.exit(main(sys.argv[3:]))
 
 
 def _train_args(model: Path, out: Path) -> list[str]:
-    return ["--quiet", "train", str(TINY_RECIPE), "--set", f"model={model}", "--set", f"output_dir={out}",
-            "--set", "max_steps=5", "--set", "save_steps=2", "--set", "eval_steps=0", "--set", "threads=1",
-            "--set", "save_dtype=float32"]
+    return [
+        "--quiet",
+        "train",
+        str(TINY_RECIPE),
+        "--set",
+        f"model={model}",
+        "--set",
+        f"output_dir={out}",
+        "--set",
+        "max_steps=5",
+        "--set",
+        "save_steps=2",
+        "--set",
+        "eval_steps=0",
+        "--set",
+        "threads=1",
+        "--set",
+        "save_dtype=float32",
+    ]
 
 
 def _final(out: Path) -> dict[str, np.ndarray]:
@@ -295,33 +356,49 @@ CORRUPTIONS = {
     "hidden size": (lambda d: _config(d, hidden_size=128), "has shape"),
     "more layers": (lambda d: _config(d, num_hidden_layers=3), "'model.layers.2.input_layernorm.weight' is missing"),
     "head count": (lambda d: _config(d, num_attention_heads=8), "has shape"),
-    "missing tensor": (lambda d: _rewrite(d, lambda t: t.pop("model.layers.1.mlp.up_proj.weight")),
-                       "'model.layers.1.mlp.up_proj.weight' is missing"),
-    "transposed": (lambda d: _rewrite(d, lambda t: t.update({"model.layers.0.mlp.down_proj.weight":
-                                                             t["model.layers.0.mlp.down_proj.weight"].T.contiguous()})),
-                   "'model.layers.0.mlp.down_proj.weight' has shape"),
-    "zero-sized": (lambda d: _rewrite(d, lambda t: t.update({"model.norm.weight": t["model.norm.weight"][:0]})),
-                   "'model.norm.weight' has shape [0]"),
-    "extra tensor": (lambda d: _rewrite(d, lambda t: t.update({"model.layers.0.extra.weight":
-                                                               t["model.norm.weight"].clone()})),
-                     "unexpected tensor"),
+    "missing tensor": (
+        lambda d: _rewrite(d, lambda t: t.pop("model.layers.1.mlp.up_proj.weight")),
+        "'model.layers.1.mlp.up_proj.weight' is missing",
+    ),
+    "transposed": (
+        lambda d: _rewrite(
+            d,
+            lambda t: t.update(
+                {"model.layers.0.mlp.down_proj.weight": t["model.layers.0.mlp.down_proj.weight"].T.contiguous()}
+            ),
+        ),
+        "'model.layers.0.mlp.down_proj.weight' has shape",
+    ),
+    "zero-sized": (
+        lambda d: _rewrite(d, lambda t: t.update({"model.norm.weight": t["model.norm.weight"][:0]})),
+        "'model.norm.weight' has shape [0]",
+    ),
+    "extra tensor": (
+        lambda d: _rewrite(d, lambda t: t.update({"model.layers.0.extra.weight": t["model.norm.weight"].clone()})),
+        "unexpected tensor",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CORRUPTIONS))
-def test_weights_that_do_not_match_the_config_are_refused_before_writing(copy: Path, tmp_path: Path, capsys,
-                                                                          case: str) -> None:
+def test_weights_that_do_not_match_the_config_are_refused_before_writing(
+    copy: Path, tmp_path: Path, capsys, case: str
+) -> None:
     corrupt, message = CORRUPTIONS[case]
     corrupt(copy)
-    for args in (["quantize", str(copy), str(tmp_path / "q.gguf")], ["convert", str(copy), str(tmp_path / "c.gguf")],
-                 ["imatrix", str(copy), "-f", str(CALIB), "-o", str(tmp_path / "i.gguf"), "--ctx", "64"]):
+    for args in (
+        ["quantize", str(copy), str(tmp_path / "q.gguf")],
+        ["convert", str(copy), str(tmp_path / "c.gguf")],
+        ["imatrix", str(copy), "-f", str(CALIB), "-o", str(tmp_path / "i.gguf"), "--ctx", "64"],
+    ):
         rc, err = run_cli(capsys, *args)
         one_line_error(rc, err, str(copy), message)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
-def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(model: Path, tmp_path: Path,
-                                                                            monkeypatch) -> None:
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(
+    model: Path, tmp_path: Path, monkeypatch
+) -> None:
     import simpo_q.train.loop as loop
     import torch
     from simpo_q.train.recipe import load_recipe
@@ -337,8 +414,9 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(mod
 
     monkeypatch.setattr(loop, "simpo_loss", poisoned)
     out = tmp_path / "run"
-    r = load_recipe(TINY_RECIPE, [f"model={model}", f"output_dir={out}", "max_steps=5", "save_steps=1",
-                                  "eval_steps=0", "threads=1"])
+    r = load_recipe(
+        TINY_RECIPE, [f"model={model}", f"output_dir={out}", "max_steps=5", "save_steps=1", "eval_steps=0", "threads=1"]
+    )
     with pytest.raises(SimpoQError, match=r"step 3: the loss \(nan\).*not finite.*last good checkpoint"):
         loop.train(r, quiet=True)
     state = json.loads((out / "checkpoint" / "trainer_state.json").read_text())
@@ -367,14 +445,23 @@ def test_huge_importances_are_refused_everywhere(model: Path, tmp_path: Path, ca
     m = Imatrix(512)
     m.set_entry("blk.0.attn_q.weight", np.full(256, 3e38, np.float32), 1)
     m.save(str(tmp_path / "huge.gguf"), "gguf")
-    rc, err = run_cli(capsys, "quantize", str(model), str(tmp_path / "q.gguf"), "--imatrix",
-                      str(tmp_path / "huge.gguf"))
+    rc, err = run_cli(
+        capsys, "quantize", str(model), str(tmp_path / "q.gguf"), "--imatrix", str(tmp_path / "huge.gguf")
+    )
     one_line_error(rc, err, "blk.0.attn_q.weight", "too large")
     assert not (tmp_path / "q.gguf").exists()
     # merging two such files would overflow the sums: refused, naming both files
     shutil.copy(tmp_path / "huge.gguf", tmp_path / "huge2.gguf")
-    rc, err = run_cli(capsys, "imatrix", "--in-file", str(tmp_path / "huge.gguf"), "--in-file",
-                      str(tmp_path / "huge2.gguf"), "-o", str(tmp_path / "merged.gguf"))
+    rc, err = run_cli(
+        capsys,
+        "imatrix",
+        "--in-file",
+        str(tmp_path / "huge.gguf"),
+        "--in-file",
+        str(tmp_path / "huge2.gguf"),
+        "-o",
+        str(tmp_path / "merged.gguf"),
+    )
     one_line_error(rc, err, "huge2.gguf", "huge.gguf", "overflows float32")
     assert not (tmp_path / "merged.gguf").exists()
 
@@ -428,7 +515,7 @@ def test_json_of_the_wrong_shape(copy: Path, tmp_path: Path, capsys, case: str) 
         raw = (copy / "model.safetensors").read_bytes()
         n = int.from_bytes(raw[:8], "little")
         head = b"[1, 2, 3]".ljust(n, b" ")
-        (copy / "model.safetensors").write_bytes(raw[:8] + head + raw[8 + n:])
+        (copy / "model.safetensors").write_bytes(raw[:8] + head + raw[8 + n :])
         want = "not an object"
     elif case.startswith("index"):
         (copy / "model.safetensors.index.json").write_text("[]" if case == "index list" else '{"weight_map": []}')
@@ -440,37 +527,51 @@ def test_json_of_the_wrong_shape(copy: Path, tmp_path: Path, capsys, case: str) 
     one_line_error(rc, err, str(copy), want)
 
 
-@pytest.mark.parametrize(("args", "want"), [
-    (["quantize", "M", "O", "--threads", "-1"], "--threads: -1 must be at least 1"),
-    (["quantize", "M", "O", "--ctx", "0"], "--ctx: 0 must be at least 1"),
-    (["quantize", "M", "O", "--chunks", "-1"], "--chunks: -1 must be at least 1"),
-    (["imatrix", "M", "-f", "T", "-o", "O", "--ctx", "0"], "--ctx: 0 must be at least 1"),
-    (["convert", "M", "O", "--threads", "0"], "--threads: 0 must be at least 1"),
-])
+@pytest.mark.parametrize(
+    ("args", "want"),
+    [
+        (["quantize", "M", "O", "--threads", "-1"], "--threads: -1 must be at least 1"),
+        (["quantize", "M", "O", "--ctx", "0"], "--ctx: 0 must be at least 1"),
+        (["quantize", "M", "O", "--chunks", "-1"], "--chunks: -1 must be at least 1"),
+        (["imatrix", "M", "-f", "T", "-o", "O", "--ctx", "0"], "--ctx: 0 must be at least 1"),
+        (["convert", "M", "O", "--threads", "0"], "--threads: 0 must be at least 1"),
+    ],
+)
 def test_bad_numbers_are_usage_errors(capsys, args: list[str], want: str) -> None:
     rc, err = run_cli(capsys, *args)
     assert rc == 2 and want in err and "Traceback" not in err, err
 
 
 def test_bad_tensor_type_regex_fails_before_the_importance_matrix(model: Path, tmp_path: Path, capsys) -> None:
-    rc, err = run_cli(capsys, "quantize", str(model), str(tmp_path / "q.gguf"), "--imatrix", str(CALIB),
-                      "--tensor-type", "attn_(q=Q4_K")
+    rc, err = run_cli(
+        capsys,
+        "quantize",
+        str(model),
+        str(tmp_path / "q.gguf"),
+        "--imatrix",
+        str(CALIB),
+        "--tensor-type",
+        "attn_(q=Q4_K",
+    )
     one_line_error(rc, err, "'attn_(q' is not a valid regular expression")
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize(("text", "want"), [
-    ("- a\n- b\n", "a recipe is a mapping"),
-    ("just words\n", "a recipe is a mapping"),
-    ("", "the recipe names no model"),
-    ("model: m\ndata: d\nper_device_train_batch_size: 0\n", "per_device_train_batch_size is 0"),
-    ("model: m\ndata: d\ngradient_accumulation_steps: 0\n", "gradient_accumulation_steps is 0"),
-    ("model: m\ndata: d\neval_fraction: -0.5\n", "eval_fraction is -0.5"),
-    ("model: m\ndata: d\nwarmup_ratio: 5\n", "warmup_ratio is 5.0"),
-    ("model: m\ndata: d\nbf16: maybe\n", "bf16: cannot use 'maybe'"),
-    ("model: m\ndata: d\nmax_steps: 2.5\n", "max_steps: cannot use 2.5"),
-    ("{model: [1, 2\n", "cannot read recipe"),
-])
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("- a\n- b\n", "a recipe is a mapping"),
+        ("just words\n", "a recipe is a mapping"),
+        ("", "the recipe names no model"),
+        ("model: m\ndata: d\nper_device_train_batch_size: 0\n", "per_device_train_batch_size is 0"),
+        ("model: m\ndata: d\ngradient_accumulation_steps: 0\n", "gradient_accumulation_steps is 0"),
+        ("model: m\ndata: d\neval_fraction: -0.5\n", "eval_fraction is -0.5"),
+        ("model: m\ndata: d\nwarmup_ratio: 5\n", "warmup_ratio is 5.0"),
+        ("model: m\ndata: d\nbf16: maybe\n", "bf16: cannot use 'maybe'"),
+        ("model: m\ndata: d\nmax_steps: 2.5\n", "max_steps: cannot use 2.5"),
+        ("{model: [1, 2\n", "cannot read recipe"),
+    ],
+)
 def test_bad_recipes(tmp_path: Path, capsys, text: str, want: str) -> None:
     p = tmp_path / "r.yaml"
     p.write_text(text)
@@ -479,12 +580,24 @@ def test_bad_recipes(tmp_path: Path, capsys, text: str, want: str) -> None:
 
 
 def test_message_content_that_is_not_a_string(model: Path, tmp_path: Path, capsys) -> None:
-    row = {"prompt": "hi", "chosen": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": 5}],
-           "rejected": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ["no"]}]}
+    row = {
+        "prompt": "hi",
+        "chosen": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": 5}],
+        "rejected": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ["no"]}],
+    }
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps(row) + "\n")
-    rc, err = run_cli(capsys, "train", str(TINY_RECIPE), "--set", f"model={model}", "--set", f"data={data}",
-                      "--set", f"output_dir={tmp_path / 'run'}")
+    rc, err = run_cli(
+        capsys,
+        "train",
+        str(TINY_RECIPE),
+        "--set",
+        f"model={model}",
+        "--set",
+        f"data={data}",
+        "--set",
+        f"output_dir={tmp_path / 'run'}",
+    )
     # --quiet must not hide why nothing was usable
     one_line_error(rc, err, "no usable preference pairs", "1 a message without a string role and content")
 
@@ -493,8 +606,20 @@ def test_resuming_into_a_run_of_another_shape(model: Path, tmp_path: Path, capsy
     from simpo_q.tiny import TinyConfig
 
     other = cached_tiny_model(REPO / ".cache", TinyConfig(layers=1), pretrain_steps=0, quiet=True)
-    base = ["train", str(TINY_RECIPE), "--set", f"output_dir={tmp_path / 'run'}", "--set", "max_steps=2",
-            "--set", "save_steps=1", "--set", "eval_steps=0", "--set", "stop_after_steps=1"]
+    base = [
+        "train",
+        str(TINY_RECIPE),
+        "--set",
+        f"output_dir={tmp_path / 'run'}",
+        "--set",
+        "max_steps=2",
+        "--set",
+        "save_steps=1",
+        "--set",
+        "eval_steps=0",
+        "--set",
+        "stop_after_steps=1",
+    ]
     rc, err = run_cli(capsys, *base, "--set", f"model={other}")
     assert rc == 0, err
     rc, err = run_cli(capsys, *base, "--set", f"model={model}")
@@ -510,8 +635,9 @@ def test_ctrl_c_is_one_line_and_130(model: Path, tmp_path: Path) -> None:
 
 
 def test_missing_model_is_named_at_once(tmp_path: Path, capsys) -> None:
-    rc, err = run_cli(capsys, "train", str(TINY_RECIPE), "--set", "model=no/such/dir", "--set",
-                      f"output_dir={tmp_path / 'run'}")
+    rc, err = run_cli(
+        capsys, "train", str(TINY_RECIPE), "--set", "model=no/such/dir", "--set", f"output_dir={tmp_path / 'run'}"
+    )
     one_line_error(rc, err, "no/such/dir: no such model directory")
     rc, err = run_cli(capsys, "quantize", "no/such/dir", str(tmp_path / "q.gguf"))
     one_line_error(rc, err, "no/such/dir: no such file or directory")
@@ -530,8 +656,16 @@ def test_non_finite_weight_is_blamed_on_the_weight(copy: Path, tmp_path: Path, c
 
 def test_unwritable_pipeline_output_fails_before_training(model: Path, tmp_path: Path, capsys) -> None:
     run = tmp_path / "run"
-    rc, err = run_cli(capsys, "pipeline", str(TINY_RECIPE), str(tmp_path / "no" / "such" / "m.gguf"), "--set",
-                      f"model={model}", "--set", f"output_dir={run}")
+    rc, err = run_cli(
+        capsys,
+        "pipeline",
+        str(TINY_RECIPE),
+        str(tmp_path / "no" / "such" / "m.gguf"),
+        "--set",
+        f"model={model}",
+        "--set",
+        f"output_dir={run}",
+    )
     one_line_error(rc, err, "does not exist")
     assert not run.exists()
 
@@ -543,8 +677,13 @@ def test_closed_pipe_is_quiet(model: Path, tmp_path: Path) -> None:
     r_fd, w_fd = os.pipe()
     os.close(r_fd)  # the reader is gone before the first byte
     try:
-        p = subprocess.run([sys.executable, "-m", "simpo_q", "inspect", "--json", str(f)], stdout=w_fd,
-                           stderr=subprocess.PIPE, text=True, timeout=120)
+        p = subprocess.run(
+            [sys.executable, "-m", "simpo_q", "inspect", "--json", str(f)],
+            stdout=w_fd,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
     finally:
         os.close(w_fd)
     assert p.returncode == 141 and p.stderr == "", p.stderr

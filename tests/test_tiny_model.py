@@ -37,8 +37,14 @@ def pretrained() -> Path:
 
 def test_files_and_config(tiny: Path) -> None:
     names = {p.name for p in tiny.iterdir()}
-    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.model",
-            "tokenizer.json", "tokenizer_config.json"} <= names
+    assert {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.model",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    } <= names
     cfg = json.loads((tiny / "config.json").read_text())
     assert cfg["architectures"] == ["Gemma2ForCausalLM"]
     assert cfg["tie_word_embeddings"] is True
@@ -106,7 +112,7 @@ def test_loads_in_transformers_and_generates(pretrained: Path) -> None:
     assert ids.input_ids[0, 0].item() == 2  # one BOS, added by the tokenizer
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=12, do_sample=False)
-    new = out[0, ids.input_ids.shape[1]:].tolist()
+    new = out[0, ids.input_ids.shape[1] :].tolist()
     assert len(new) == 12
     assert len(set(new)) > 3, f"pretrained model should not repeat one token: {tok.decode(new)!r}"
 
@@ -115,12 +121,30 @@ def test_tokenizer_special_ids_and_round_trip(tiny: Path) -> None:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny)
-    ids = {t: tok.convert_tokens_to_ids(t) for t in
-           ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"]}
-    assert ids == {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<mask>": 4,
-                   "<start_of_turn>": 106, "<end_of_turn>": 107}
-    for text in ["Hello world", "  leading and trailing  ", "tabs\tand\nnewlines\n\n\n", "CRLF\r\nline",
-                 "naïve café – ½", "日本語のテキスト", "Ελληνικά", "emoji 🙂🚀", "x = [1, 2, 3]\n"]:
+    ids = {
+        t: tok.convert_tokens_to_ids(t)
+        for t in ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"]
+    }
+    assert ids == {
+        "<pad>": 0,
+        "<eos>": 1,
+        "<bos>": 2,
+        "<unk>": 3,
+        "<mask>": 4,
+        "<start_of_turn>": 106,
+        "<end_of_turn>": 107,
+    }
+    for text in [
+        "Hello world",
+        "  leading and trailing  ",
+        "tabs\tand\nnewlines\n\n\n",
+        "CRLF\r\nline",
+        "naïve café – ½",
+        "日本語のテキスト",
+        "Ελληνικά",
+        "emoji 🙂🚀",
+        "x = [1, 2, 3]\n",
+    ]:
         enc = tok(text, add_special_tokens=False).input_ids
         assert tok.decode(enc) == text, repr(text)
 
@@ -129,12 +153,17 @@ def test_chat_template_as_gemma(tiny: Path) -> None:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny)
-    msgs = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": " 4. "},
-            {"role": "user", "content": "Thanks"}]
+    msgs = [
+        {"role": "user", "content": "What is 2 + 2?"},
+        {"role": "assistant", "content": " 4. "},
+        {"role": "user", "content": "Thanks"},
+    ]
     text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    assert text == ("<bos><start_of_turn>user\nWhat is 2 + 2?<end_of_turn>\n"
-                    "<start_of_turn>model\n4.<end_of_turn>\n<start_of_turn>user\nThanks<end_of_turn>\n"
-                    "<start_of_turn>model\n")
+    assert text == (
+        "<bos><start_of_turn>user\nWhat is 2 + 2?<end_of_turn>\n"
+        "<start_of_turn>model\n4.<end_of_turn>\n<start_of_turn>user\nThanks<end_of_turn>\n"
+        "<start_of_turn>model\n"
+    )
     ids = tok(text, add_special_tokens=False).input_ids
     assert ids[:2] == [2, 106] and ids.count(2) == 1 and ids.count(107) == 3
     cfg = json.loads((tiny / "tokenizer_config.json").read_text())

@@ -39,8 +39,11 @@ def test_simpo_loss_is_the_official_formula(loss_type: str, ls: float) -> None:
     beta, ratio = 10.0, 0.5
     losses, rc, rr = simpo_loss(c, r, beta=beta, gamma_beta_ratio=ratio, label_smoothing=ls, loss_type=loss_type)
     d = c - r - ratio
-    want = (-(1 - ls) * F.logsigmoid(beta * d) - ls * F.logsigmoid(-beta * d)) if loss_type == "sigmoid" \
+    want = (
+        (-(1 - ls) * F.logsigmoid(beta * d) - ls * F.logsigmoid(-beta * d))
+        if loss_type == "sigmoid"
         else torch.relu(1 - beta * d)
+    )
     assert torch.allclose(losses, want, rtol=0, atol=1e-6)
     assert torch.equal(rc, beta * c) and torch.equal(rr, beta * r)
     with pytest.raises(ValueError, match="loss_type"):
@@ -53,8 +56,15 @@ def test_simpo_loss_equals_trl_cpo_simpo() -> None:
     g = torch.Generator().manual_seed(1)
     c, r = -torch.rand(32, generator=g) * 2, -torch.rand(32, generator=g) * 2
     for beta, ratio, ls in [(10.0, 0.5, 0.0), (2.0, 0.25, 0.05)]:
-        fake = SimpleNamespace(alpha=0.0, loss_type="simpo", simpo_gamma=beta * ratio, beta=beta, label_smoothing=ls,
-                               accelerator=SimpleNamespace(device="cpu"), cpo_alpha=0.0)
+        fake = SimpleNamespace(
+            alpha=0.0,
+            loss_type="simpo",
+            simpo_gamma=beta * ratio,
+            beta=beta,
+            label_smoothing=ls,
+            accelerator=SimpleNamespace(device="cpu"),
+            cpo_alpha=0.0,
+        )
         tl, tc, tr = CPOTrainer.cpo_loss(fake, c, r)
         ol, oc, orr = simpo_loss(c, r, beta=beta, gamma_beta_ratio=ratio, label_smoothing=ls)
         assert torch.allclose(ol, tl, atol=1e-6) and torch.allclose(oc, tc) and torch.allclose(orr, tr)
@@ -76,8 +86,10 @@ def test_sequence_logps_equals_full_logits(model_dir: Path, softcap) -> None:
     w = torch.tensor([1.0, -2.0, 0.5, 3.0])
     grads = []
     vals = []
-    for fn in (lambda: sequence_logps(m, ids, att, labels, chunk_tokens=13),
-               lambda: naive_sequence_logps(m, ids, att, labels)):
+    for fn in (
+        lambda: sequence_logps(m, ids, att, labels, chunk_tokens=13),
+        lambda: naive_sequence_logps(m, ids, att, labels),
+    ):
         m.zero_grad()
         v = fn()
         (v * w).sum().backward()
@@ -93,8 +105,13 @@ def test_tokenization_follows_the_official_layout(model_dir: Path) -> None:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    rows = [{"prompt": "Hi?", "chosen": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Yes."}],
-             "rejected": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "No."}]}]
+    rows = [
+        {
+            "prompt": "Hi?",
+            "chosen": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Yes."}],
+            "rejected": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "No."}],
+        }
+    ]
     (pair,), bad = tokenize_pairs(rows, tok, max_length=512, max_prompt_length=256)
     assert not bad
     assert pair.prompt[0] == tok.bos_token_id and pair.prompt.count(tok.bos_token_id) == 1
@@ -111,8 +128,11 @@ def test_bad_rows_are_counted_and_truncation_is_keep_end(model_dir: Path, tmp_pa
     tok = AutoTokenizer.from_pretrained(model_dir)
 
     def row(c, r, prompt="Q?"):
-        return {"prompt": prompt, "chosen": [{"role": "user", "content": prompt}, {"role": "assistant", "content": c}],
-                "rejected": [{"role": "user", "content": prompt}, {"role": "assistant", "content": r}]}
+        return {
+            "prompt": prompt,
+            "chosen": [{"role": "user", "content": prompt}, {"role": "assistant", "content": c}],
+            "rejected": [{"role": "user", "content": prompt}, {"role": "assistant", "content": r}],
+        }
 
     rows = [row("a", "b"), {"prompt": "x"}, row("", "b"), row("same", "same"), row("a " * 300, "b", "long " * 50)]
     pairs, bad = tokenize_pairs(rows, tok, max_length=64, max_prompt_length=40)
@@ -137,9 +157,19 @@ def _weights(out: Path) -> dict[str, np.ndarray]:
 
 
 def _recipe(model_dir: Path, out: Path, *extra: str) -> list[str]:
-    return ["--set", f"model={model_dir}", "--set", f"output_dir={out}", "--set", "eval_steps=0",
-            "--set", "save_dtype=float32",
-            "--set", "threads=1", *extra]
+    return [
+        "--set",
+        f"model={model_dir}",
+        "--set",
+        f"output_dir={out}",
+        "--set",
+        "eval_steps=0",
+        "--set",
+        "save_dtype=float32",
+        "--set",
+        "threads=1",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -150,11 +180,32 @@ def test_fsdp2_two_processes_equal_one(model_dir: Path, tmp_path: Path) -> None:
     so the learning rate is kept small enough (3e-5) for the 1e-5 weight bound to be meaningful,
     and the update as a whole must agree to 1e-3 relative."""
     common = ["--set", "max_steps=3", "--set", "gradient_accumulation_steps=2", "--set", "learning_rate=3e-5"]
-    _run([sys.executable, "-m", "simpo_q", "--quiet", "train", str(REPO / "recipes" / "tiny.yaml"),
-          *_recipe(model_dir, tmp_path / "one", *common, "--set", "per_device_train_batch_size=4")])
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "-m",
-          "simpo_q", "--quiet", "train", str(REPO / "recipes" / "tiny.yaml"),
-          *_recipe(model_dir, tmp_path / "two", *common, "--set", "per_device_train_batch_size=2")])
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "simpo_q",
+            "--quiet",
+            "train",
+            str(REPO / "recipes" / "tiny.yaml"),
+            *_recipe(model_dir, tmp_path / "one", *common, "--set", "per_device_train_batch_size=4"),
+        ]
+    )
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29533",
+            "-m",
+            "simpo_q",
+            "--quiet",
+            "train",
+            str(REPO / "recipes" / "tiny.yaml"),
+            *_recipe(model_dir, tmp_path / "two", *common, "--set", "per_device_train_batch_size=2"),
+        ]
+    )
     a, b, w0 = _weights(tmp_path / "one"), _weights(tmp_path / "two"), _weights_of(model_dir)
     assert a.keys() == b.keys()
     for k in a:
@@ -189,8 +240,9 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(model_dir: Path, tmp_
 
 
 def test_reward_accuracy_and_margin_rise_on_held_out_pairs(model_dir: Path, tmp_path: Path) -> None:
-    r = load_recipe(REPO / "recipes" / "tiny.yaml", [f"model={model_dir}", f"output_dir={tmp_path / 'run'}",
-                                                      "threads=2"])
+    r = load_recipe(
+        REPO / "recipes" / "tiny.yaml", [f"model={model_dir}", f"output_dir={tmp_path / 'run'}", "threads=2"]
+    )
     from simpo_q.train.loop import train
 
     train(r, quiet=True)
@@ -250,8 +302,12 @@ def test_gradient_checkpointing_changes_nothing(model_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    pairs, _ = tokenize_pairs(read_rows(REPO / "python" / "simpo_q" / "data" / "preferences.jsonl")[:4], tok,
-                              max_length=256, max_prompt_length=192)
+    pairs, _ = tokenize_pairs(
+        read_rows(REPO / "python" / "simpo_q" / "data" / "preferences.jsonl")[:4],
+        tok,
+        max_length=256,
+        max_prompt_length=192,
+    )
     b = collate(pairs, tok.pad_token_id)
     grads = []
     for ckpt in (False, True):
@@ -271,9 +327,17 @@ def test_gradient_checkpointing_changes_nothing(model_dir: Path) -> None:
 def test_bf16_run_trains(model_dir: Path, tmp_path: Path) -> None:
     from simpo_q.train.loop import train
 
-    r = load_recipe(REPO / "recipes" / "tiny.yaml", [f"model={model_dir}", f"output_dir={tmp_path / 'b'}",
-                                                      "bf16=true", "max_steps=3", "eval_steps=0",
-                                                      "gradient_checkpointing=true"])
+    r = load_recipe(
+        REPO / "recipes" / "tiny.yaml",
+        [
+            f"model={model_dir}",
+            f"output_dir={tmp_path / 'b'}",
+            "bf16=true",
+            "max_steps=3",
+            "eval_steps=0",
+            "gradient_checkpointing=true",
+        ],
+    )
     train(r, quiet=True)
     rows = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(np.isfinite(x["loss"]) for x in rows)
@@ -286,14 +350,21 @@ def test_pipeline_quantizes_the_weights_in_memory(model_dir: Path, tmp_path: Pat
     from simpo_q.pipeline import recipe_page, run_pipeline
     from simpo_q.quantize_model import quantize_model
 
-    r = load_recipe(REPO / "recipes" / "tiny.yaml", [f"model={model_dir}", f"output_dir={tmp_path / 'run'}",
-                                                      "max_steps=4", "eval_steps=0", "save_dtype=float32"])
+    r = load_recipe(
+        REPO / "recipes" / "tiny.yaml",
+        [f"model={model_dir}", f"output_dir={tmp_path / 'run'}", "max_steps=4", "eval_steps=0", "save_dtype=float32"],
+    )
     calib = REPO / "python" / "simpo_q" / "data" / "calibration.txt"
     out = run_pipeline(r, tmp_path / "m.gguf", imatrix=calib, imatrix_ctx=128, imatrix_chunks=2, quiet=True)
     assert out is not None and (tmp_path / "Modelfile").exists() and (tmp_path / "NOTICE").exists()
     # the same page (licence, tags, training) as the pipeline's, so that all metadata but the name compare
-    ref = quantize_model(tmp_path / "run" / "final", tmp_path / "ref.gguf", imatrix=tmp_path / "m.imatrix.gguf",
-                         quiet=True, page=recipe_page(r))
+    ref = quantize_model(
+        tmp_path / "run" / "final",
+        tmp_path / "ref.gguf",
+        imatrix=tmp_path / "m.imatrix.gguf",
+        quiet=True,
+        page=recipe_page(r),
+    )
     a, b = open_gguf(out), open_gguf(ref)
     assert [t[:3] for t in a.tensors] == [t[:3] for t in b.tensors]
     for name, *_ in b.tensors:
@@ -301,8 +372,9 @@ def test_pipeline_quantizes_the_weights_in_memory(model_dir: Path, tmp_path: Pat
     ma = metadata_dict(a)
     assert ma["quantize.imatrix.chunks_count"] == 2 and ma["general.file_type"] == 11
     assert ma["general.name"] == "run"  # the run's name, not its "final" directory's
-    assert {k: v for k, v in ma.items() if k != "general.name"} == \
-        {k: v for k, v in metadata_dict(b).items() if k != "general.name"}
+    assert {k: v for k, v in ma.items() if k != "general.name"} == {
+        k: v for k, v in metadata_dict(b).items() if k != "general.name"
+    }
     assert (tmp_path / "run" / "final" / "tokenizer.model").exists()
 
 
@@ -312,8 +384,10 @@ def test_pipeline_imatrix_is_the_trained_models(model_dir: Path, tmp_path: Path)
     from simpo_q import imatrix as im
     from simpo_q.pipeline import run_pipeline
 
-    r = load_recipe(REPO / "recipes" / "tiny.yaml", [f"model={model_dir}", f"output_dir={tmp_path / 'run'}",
-                                                      "max_steps=2", "eval_steps=0", "save_dtype=float32"])
+    r = load_recipe(
+        REPO / "recipes" / "tiny.yaml",
+        [f"model={model_dir}", f"output_dir={tmp_path / 'run'}", "max_steps=2", "eval_steps=0", "save_dtype=float32"],
+    )
     calib = REPO / "python" / "simpo_q" / "data" / "calibration.txt"
     run_pipeline(r, tmp_path / "m.gguf", imatrix=calib, imatrix_ctx=128, imatrix_chunks=3, quiet=True)
     got = im.load(tmp_path / "m.imatrix.gguf")
@@ -339,10 +413,28 @@ def test_pipeline_under_fsdp2_streams_weights_to_rank_0(model_dir: Path, tmp_pat
     from simpo_q.quantize_model import quantize_model
 
     calib = REPO / "python" / "simpo_q" / "data" / "calibration.txt"
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29537", "-m",
-          "simpo_q", "--quiet", "pipeline", str(REPO / "recipes" / "tiny.yaml"), str(tmp_path / "m.gguf"),
-          "--imatrix", str(calib), "--ctx", "128", "--chunks", "5",
-          *_recipe(model_dir, tmp_path / "run", "--set", "max_steps=2", "--set", "per_device_train_batch_size=2")])
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29537",
+            "-m",
+            "simpo_q",
+            "--quiet",
+            "pipeline",
+            str(REPO / "recipes" / "tiny.yaml"),
+            str(tmp_path / "m.gguf"),
+            "--imatrix",
+            str(calib),
+            "--ctx",
+            "128",
+            "--chunks",
+            "5",
+            *_recipe(model_dir, tmp_path / "run", "--set", "max_steps=2", "--set", "per_device_train_batch_size=2"),
+        ]
+    )
     got = im.load(tmp_path / "m.imatrix.gguf")
     ref = im.collect(tmp_path / "run" / "final", calib, ctx=128, chunks=5, quiet=True)
     assert got.names() == ref.names() and got.chunk_count == 5
@@ -350,8 +442,9 @@ def test_pipeline_under_fsdp2_streams_weights_to_rank_0(model_dir: Path, tmp_pat
         (a, ca), (b, cb) = got.entry(n), ref.entry(n)
         assert ca == cb == 5 * 128
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-    want = quantize_model(tmp_path / "run" / "final", tmp_path / "ref.gguf", imatrix=tmp_path / "m.imatrix.gguf",
-                          quiet=True)
+    want = quantize_model(
+        tmp_path / "run" / "final", tmp_path / "ref.gguf", imatrix=tmp_path / "m.imatrix.gguf", quiet=True
+    )
     a, b = open_gguf(tmp_path / "m.gguf"), open_gguf(want)
     assert [t[:3] for t in a.tensors] == [t[:3] for t in b.tensors]
     for name, *_ in b.tensors:
@@ -429,8 +522,12 @@ def test_trainer_model_really_checkpoints(model_dir: Path) -> None:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    pairs, _ = tokenize_pairs(read_rows(REPO / "python" / "simpo_q" / "data" / "preferences.jsonl")[:4], tok,
-                              max_length=128, max_prompt_length=96)
+    pairs, _ = tokenize_pairs(
+        read_rows(REPO / "python" / "simpo_q" / "data" / "preferences.jsonl")[:4],
+        tok,
+        max_length=128,
+        max_prompt_length=96,
+    )
     b = collate(pairs[:2], tok.pad_token_id)
     seqs, t = b["input_ids"].shape
     kept = {}
@@ -438,8 +535,16 @@ def test_trainer_model_really_checkpoints(model_dir: Path) -> None:
         r = load_recipe(REPO / "recipes" / "tiny.yaml", [f"model={model_dir}", f"gradient_checkpointing={ckpt}"])
         kept[ckpt] = _saved_bytes_of_forward(build_model(r, torch.device("cpu"), 1), b)
     c = json.loads((model_dir / "config.json").read_text())
-    shape = (c["hidden_size"], c["intermediate_size"], c["num_attention_heads"], c["num_key_value_heads"],
-             c["head_dim"], seqs, t, False)
+    shape = (
+        c["hidden_size"],
+        c["intermediate_size"],
+        c["num_attention_heads"],
+        c["num_key_value_heads"],
+        c["head_dim"],
+        seqs,
+        t,
+        False,
+    )
     assert kept[True] < kept[False] / 4
     # the model's own bytes minus the head's (the chunked head saves a little outside the layers)
     for ckpt in (False, True):
@@ -457,12 +562,28 @@ def test_pipeline_failure_on_rank_0_ends_every_rank(model_dir: Path, tmp_path: P
     other.set_entry("blk.0.attn_q.weight", np.ones(7, np.float32), 128)
     other.save(str(tmp_path / "other.imatrix.gguf"), "gguf")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29539",
-                        "-m", "simpo_q", "--quiet", "pipeline", str(REPO / "recipes" / "tiny.yaml"),
-                        str(tmp_path / "m.gguf"), "--imatrix", str(tmp_path / "other.imatrix.gguf"),
-                        *_recipe(model_dir, tmp_path / "run", "--set", "max_steps=1",
-                                 "--set", "per_device_train_batch_size=2")],
-                       capture_output=True, text=True, env=env, timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29539",
+            "-m",
+            "simpo_q",
+            "--quiet",
+            "pipeline",
+            str(REPO / "recipes" / "tiny.yaml"),
+            str(tmp_path / "m.gguf"),
+            "--imatrix",
+            str(tmp_path / "other.imatrix.gguf"),
+            *_recipe(model_dir, tmp_path / "run", "--set", "max_steps=1", "--set", "per_device_train_batch_size=2"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert p.returncode != 0
     assert "7 columns, the tensor has 256" in p.stderr
     assert not (tmp_path / "m.gguf").exists()
@@ -511,8 +632,9 @@ def test_final_directory_streams_in_shards_that_hf_loads(model_dir: Path, tmp_pa
     old = ck.SHARD_BYTES
     ck.SHARD_BYTES = 1_000_000
     try:
-        save_final(SimPOModel(hf), AutoTokenizer.from_pretrained(model_dir), tmp_path / "final", 0, "bfloat16",
-                   str(model_dir))
+        save_final(
+            SimPOModel(hf), AutoTokenizer.from_pretrained(model_dir), tmp_path / "final", 0, "bfloat16", str(model_dir)
+        )
     finally:
         ck.SHARD_BYTES = old
     out = tmp_path / "final"
@@ -545,8 +667,17 @@ def test_fsdp2_on_one_process_equals_plain(model_dir: Path, tmp_path: Path) -> N
 def test_logging_steps_averages_the_interval(model_dir: Path, tmp_path: Path) -> None:
     from simpo_q.train.loop import train
 
-    r = load_recipe(REPO / "recipes" / "tiny.yaml", [f"model={model_dir}", f"output_dir={tmp_path / 'run'}",
-                                                      "max_steps=5", "logging_steps=2", "eval_steps=0", "threads=1"])
+    r = load_recipe(
+        REPO / "recipes" / "tiny.yaml",
+        [
+            f"model={model_dir}",
+            f"output_dir={tmp_path / 'run'}",
+            "max_steps=5",
+            "logging_steps=2",
+            "eval_steps=0",
+            "threads=1",
+        ],
+    )
     train(r, quiet=True)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in rows] == [2, 4, 5] and [x["steps"] for x in rows] == [2, 2, 1]

@@ -50,8 +50,9 @@ def candidates(ne0: int) -> tuple[str, ...]:
     return K_CANDIDATES if ne0 % 256 == 0 else SMALL_CANDIDATES
 
 
-def measure(x: np.ndarray, importance: np.ndarray | None, types: tuple[str, ...], refine: bool,
-            threads: int | None) -> dict[str, float]:
+def measure(
+    x: np.ndarray, importance: np.ndarray | None, types: tuple[str, ...], refine: bool, threads: int | None
+) -> dict[str, float]:
     """The weighted squared error of `x` (rows × columns) under each type."""
     rows = x.shape[0]
     if rows > SAMPLE_ROWS:
@@ -109,13 +110,23 @@ def parse_size(text: str) -> int:
     if not m:
         raise SimpoQError(f"--target-size {text!r}: expected a size such as 4.3GB, 4100MiB or 4300000000")
     unit = m.group(2).upper().rstrip("B")
-    mult = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
-            "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}[unit]
+    mult = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}[
+        unit
+    ]
     return int(float(m.group(1)) * mult)
 
 
-def plan_budget(plan, types: dict[str, str], importance_of, *, target_bpw: float | None, target_size: int | None,
-                refine: bool, threads: int | None, quiet: bool) -> tuple[dict[str, str], list[Choice]]:
+def plan_budget(
+    plan,
+    types: dict[str, str],
+    importance_of,
+    *,
+    target_bpw: float | None,
+    target_size: int | None,
+    refine: bool,
+    threads: int | None,
+    quiet: bool,
+) -> tuple[dict[str, str], list[Choice]]:
     """The types under the budget. `plan`: the source's Planned tensors (float loaders);
     `types`: the file type's choice for every tensor; `importance_of(name)`: the importance
     vector, or None. Returns (types, the allocatable tensors' choices)."""
@@ -124,8 +135,7 @@ def plan_budget(plan, types: dict[str, str], importance_of, *, target_bpw: float
     params = sum(int(np.prod(p.shape)) for p in plan)
     budget = int(target_bpw * params / 8) if target_bpw is not None else int(target_size)
     fixed, choices = 0, []
-    for p in tqdm(plan, desc="measuring types", unit="tensor", disable=True if quiet else None,
-                  file=sys.stderr):
+    for p in tqdm(plan, desc="measuring types", unit="tensor", disable=True if quiet else None, file=sys.stderr):
         quantized = types[p.name] not in ("F32", "F16", "BF16") and len(p.shape) >= 2
         if not quantized or p.name in FIXED:
             fixed += shape_bytes(types[p.name], p.shape)
@@ -137,9 +147,11 @@ def plan_budget(plan, types: dict[str, str], importance_of, *, target_bpw: float
         choices.append(Choice(p.name, p.shape, {t: (shape_bytes(t, p.shape), errs[t]) for t in cand}, cand[0]))
     floor = fixed + sum(min(b for b, _ in c.options.values()) for c in choices)
     if floor > budget:
-        raise SimpoQError(f"the size budget of {budget} bytes ({8 * budget / params:.3f} bits per weight) is below "
-                          f"the smallest this model can be with these types: {floor} bytes "
-                          f"({8 * floor / params:.3f} bits per weight)")
+        raise SimpoQError(
+            f"the size budget of {budget} bytes ({8 * budget / params:.3f} bits per weight) is below "
+            f"the smallest this model can be with these types: {floor} bytes "
+            f"({8 * floor / params:.3f} bits per weight)"
+        )
     allocate(choices, budget - fixed)
     out = dict(types)
     for c in choices:

@@ -29,9 +29,18 @@ def _size(text: str) -> int:
 def _tiny_model(args: argparse.Namespace) -> int:
     from simpo_q.tiny import TinyConfig, build_tiny_model
 
-    cfg = TinyConfig(seed=args.seed, layers=args.layers, hidden=args.hidden, intermediate=args.intermediate,
-                     heads=args.heads, kv_heads=args.kv_heads, head_dim=args.head_dim, vocab=args.vocab,
-                     shards=args.shards, arch=args.arch)
+    cfg = TinyConfig(
+        seed=args.seed,
+        layers=args.layers,
+        hidden=args.hidden,
+        intermediate=args.intermediate,
+        heads=args.heads,
+        kv_heads=args.kv_heads,
+        head_dim=args.head_dim,
+        vocab=args.vocab,
+        shards=args.shards,
+        arch=args.arch,
+    )
     out = build_tiny_model(args.dir, cfg, pretrain_steps=args.pretrain_steps, quiet=args.quiet)
     if not args.quiet:
         for p in sorted(out.iterdir()):
@@ -53,8 +62,15 @@ def _convert(args: argparse.Namespace) -> int:
     out = _one_of("outfile", args.outfile, args.out, None)
     if out is None:
         raise SimpoQError("convert: give the output file (OUT or --outfile)")
-    convert(args.model, out, args.outtype, quiet=args.quiet, threads=args.threads, name=args.model_name,
-            vocab_only=args.vocab_only)
+    convert(
+        args.model,
+        out,
+        args.outtype,
+        quiet=args.quiet,
+        threads=args.threads,
+        name=args.model_name,
+        vocab_only=args.vocab_only,
+    )
     return 0
 
 
@@ -75,15 +91,36 @@ def _quantize(args: argparse.Namespace) -> int:
     target_size = None if args.target_size is None else _size(args.target_size)
     args.type = _one_of("type", args.type, args.type_pos, "Q3_K_S")
     args.threads = _one_of("threads", args.threads, args.nthreads_pos, None)
-    ov = Overrides(output_tensor_type=args.output_tensor_type, token_embedding_type=args.token_embedding_type,
-                   tensor_types=tt, pure=args.pure)
-    quantize_model(args.input, args.out, args.type, overrides=ov, dry_run=args.dry_run, ollama=args.ollama,
-                   quiet=args.quiet, threads=args.threads, imatrix=args.imatrix, imatrix_ctx=args.ctx,
-                   imatrix_chunks=args.chunks, force=args.force, refine=args.refine, target_bpw=args.target_bpw,
-                   target_size=target_size, name=args.name, page=_page(args), model_card=args.model_card,
-                   kv_overrides=[parse_kv_override(s) for s in args.override_kv],
-                   allow_requantize=args.allow_requantize, include_weights=tuple(args.include_weights),
-                   exclude_weights=tuple(args.exclude_weights))
+    ov = Overrides(
+        output_tensor_type=args.output_tensor_type,
+        token_embedding_type=args.token_embedding_type,
+        tensor_types=tt,
+        pure=args.pure,
+    )
+    quantize_model(
+        args.input,
+        args.out,
+        args.type,
+        overrides=ov,
+        dry_run=args.dry_run,
+        ollama=args.ollama,
+        quiet=args.quiet,
+        threads=args.threads,
+        imatrix=args.imatrix,
+        imatrix_ctx=args.ctx,
+        imatrix_chunks=args.chunks,
+        force=args.force,
+        refine=args.refine,
+        target_bpw=args.target_bpw,
+        target_size=target_size,
+        name=args.name,
+        page=_page(args),
+        model_card=args.model_card,
+        kv_overrides=[parse_kv_override(s) for s in args.override_kv],
+        allow_requantize=args.allow_requantize,
+        include_weights=tuple(args.include_weights),
+        exclude_weights=tuple(args.exclude_weights),
+    )
     return 0
 
 
@@ -106,20 +143,38 @@ def _page(args: argparse.Namespace, always: bool = False):
     given = args.license or args.license_file or args.base_model or args.parameter or args.system
     if not (given or always or getattr(args, "ollama", False) or getattr(args, "model_card", False)):
         return None
-    return Page(license=args.license, license_file=args.license_file, base_model=list(args.base_model),
-                system=args.system, parameters=parse_parameters(args.parameter))
+    return Page(
+        license=args.license,
+        license_file=args.license_file,
+        base_model=list(args.base_model),
+        system=args.system,
+        parameters=parse_parameters(args.parameter),
+    )
 
 
 def _page_options(p: argparse.ArgumentParser) -> None:
     """What the Modelfile, the model card and the GGUF's general.* keys say about the model."""
-    p.add_argument("--license", metavar="ID",
-                   help="licence id for the card and general.license (default: the architecture's: gemma for "
-                        "Gemma, none for Llama)")
+    p.add_argument(
+        "--license",
+        metavar="ID",
+        help="licence id for the card and general.license (default: the architecture's: gemma for "
+        "Gemma, none for Llama)",
+    )
     p.add_argument("--license-file", metavar="FILE", help="full licence text for the Modelfile's LICENSE block")
-    p.add_argument("--base-model", action="append", default=[], metavar="ID",
-                   help="Hugging Face id of the model this one derives from (repeatable; general.base_model.*)")
-    p.add_argument("--parameter", action="append", default=[], metavar="KEY=VALUE",
-                   help="an Ollama PARAMETER over the architecture's defaults (repeatable; stop may repeat)")
+    p.add_argument(
+        "--base-model",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="Hugging Face id of the model this one derives from (repeatable; general.base_model.*)",
+    )
+    p.add_argument(
+        "--parameter",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an Ollama PARAMETER over the architecture's defaults (repeatable; stop may repeat)",
+    )
     p.add_argument("--system", metavar="TEXT", help="the Modelfile's SYSTEM prompt")
 
 
@@ -136,11 +191,14 @@ def _imatrix(args: argparse.Namespace) -> int:
     if args.show:
         m = im.load(args.show)
         print(f"{args.show}: {len(m)} entries, {m.chunk_count} chunks of {m.chunk_size}, datasets {m.datasets}")
-        print(f"{'name':36s} {'cols':>6s} {'count':>8s} {'sum':>12s} {'min':>10s} {'max':>10s} {'mean':>10s} "
-              f"{'zero':>6s}")
+        print(
+            f"{'name':36s} {'cols':>6s} {'count':>8s} {'sum':>12s} {'min':>10s} {'max':>10s} {'mean':>10s} {'zero':>6s}"
+        )
         for r in im.stats(m):
-            print(f"{r['name']:36s} {r['columns']:6d} {r['count']:8d} {r['sum']:12.4g} {r['min']:10.4g} "
-                  f"{r['max']:10.4g} {r['mean']:10.4g} {r['zero_fraction']:6.1%}")
+            print(
+                f"{r['name']:36s} {r['columns']:6d} {r['count']:8d} {r['sum']:12.4g} {r['min']:10.4g} "
+                f"{r['max']:10.4g} {r['mean']:10.4g} {r['zero_fraction']:6.1%}"
+            )
         return 0
     args.model = _one_of("model", args.model_opt, args.model, None)
     if args.chunk < 0:
@@ -173,13 +231,20 @@ def _imatrix(args: argparse.Namespace) -> int:
             m.merge(im.load(f))
         except SimpoQError as e:
             # the core names the entry; the files are only known here
-            sources = ", ".join(str(x) for x in args.in_file[:args.in_file.index(f)]) or "nothing"
+            sources = ", ".join(str(x) for x in args.in_file[: args.in_file.index(f)]) or "nothing"
             raise SimpoQError(f"{f}: cannot merge into {sources}: {e}") from e
     if args.file:
         from simpo_q.imatrix_offload import collect_offloaded, needs_offload
 
-        kw = dict(ctx=args.ctx, chunks=args.chunks, device=args.device, dtype=args.dtype, quiet=args.quiet, into=m,
-                  skip=args.chunk)
+        kw = dict(
+            ctx=args.ctx,
+            chunks=args.chunks,
+            device=args.device,
+            dtype=args.dtype,
+            quiet=args.quiet,
+            into=m,
+            skip=args.chunk,
+        )
         why = "--offload" if args.offload else needs_offload(args.model, args.device, args.dtype)
         if why:
             if not args.quiet:
@@ -258,12 +323,26 @@ def _pipeline(args: argparse.Namespace) -> int:
     from simpo_q.pipeline import run_pipeline
     from simpo_q.train.recipe import load_recipe
 
-    run_pipeline(load_recipe(args.recipe, args.set), args.out, ftype=args.type, imatrix=args.imatrix,
-                 imatrix_ctx=args.ctx, imatrix_chunks=args.chunks, ollama=not args.no_ollama, quiet=args.quiet,
-                 name=args.name, force=args.force, eval_text=args.eval_text, eval_ctx=args.eval_ctx,
-                 eval_chunks=args.eval_chunks, refine=args.refine, target_bpw=args.target_bpw,
-                 target_size=None if args.target_size is None else _size(args.target_size),
-                 page=_page(args, always=True), model_card=not args.no_model_card)
+    run_pipeline(
+        load_recipe(args.recipe, args.set),
+        args.out,
+        ftype=args.type,
+        imatrix=args.imatrix,
+        imatrix_ctx=args.ctx,
+        imatrix_chunks=args.chunks,
+        ollama=not args.no_ollama,
+        quiet=args.quiet,
+        name=args.name,
+        force=args.force,
+        eval_text=args.eval_text,
+        eval_ctx=args.eval_ctx,
+        eval_chunks=args.eval_chunks,
+        refine=args.refine,
+        target_bpw=args.target_bpw,
+        target_size=None if args.target_size is None else _size(args.target_size),
+        page=_page(args, always=True),
+        model_card=not args.no_model_card,
+    )
     return 0
 
 
@@ -279,9 +358,21 @@ def _eval_kld(args: argparse.Namespace) -> int:
     from simpo_q.evaluate.kld import kld_files
 
     _quiet_hf(args.quiet)
-    kld_files(args.reference, args.quant, args.file, ctx=args.ctx, chunks=args.chunks, device=args.device,
-              dtype=args.dtype, engine=args.engine, threads=args.threads, json_out=args.json, plot_out=args.plot,
-              quiet=args.quiet, flash_attn=args.flash_attn == "on")
+    kld_files(
+        args.reference,
+        args.quant,
+        args.file,
+        ctx=args.ctx,
+        chunks=args.chunks,
+        device=args.device,
+        dtype=args.dtype,
+        engine=args.engine,
+        threads=args.threads,
+        json_out=args.json,
+        plot_out=args.plot,
+        quiet=args.quiet,
+        flash_attn=args.flash_attn == "on",
+    )
     return 0
 
 
@@ -289,8 +380,19 @@ def _eval_tasks(args: argparse.Namespace) -> int:
     from simpo_q.evaluate.tasks import tasks_files
 
     _quiet_hf(args.quiet)
-    tasks_files(args.model, args.task, args.data, limit=args.limit, max_tokens=args.max_tokens, ctx=args.ctx,
-                device=args.device, dtype=args.dtype, threads=args.threads, json_out=args.json, quiet=args.quiet)
+    tasks_files(
+        args.model,
+        args.task,
+        args.data,
+        limit=args.limit,
+        max_tokens=args.max_tokens,
+        ctx=args.ctx,
+        device=args.device,
+        dtype=args.dtype,
+        threads=args.threads,
+        json_out=args.json,
+        quiet=args.quiet,
+    )
     return 0
 
 
@@ -298,8 +400,12 @@ def _command(subparsers, name: str, **kw) -> argparse.ArgumentParser:
     """A subcommand whose --help shows the defaults and which takes --quiet after its name
     too (left unset when absent, so the one before the subcommand still counts)."""
     sp = subparsers.add_parser(name, formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kw)
-    sp.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
-                    help="no progress bars or per-file lines (also accepted before the subcommand)")
+    sp.add_argument(
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="no progress bars or per-file lines (also accepted before the subcommand)",
+    )
     return sp
 
 
@@ -315,9 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("dir", help="output directory")
     from simpo_q.arch import FAMILIES
 
-    t.add_argument("--arch", choices=[a.ARCH for a in FAMILIES], default="gemma2",
-                   help="model family: gemma2 (Gemma's layout and chat template) or llama (Llama-3's chat "
-                        "template on a SentencePiece vocabulary)")
+    t.add_argument(
+        "--arch",
+        choices=[a.ARCH for a in FAMILIES],
+        default="gemma2",
+        help="model family: gemma2 (Gemma's layout and chat template) or llama (Llama-3's chat "
+        "template on a SentencePiece vocabulary)",
+    )
     t.add_argument("--seed", type=int, default=0, help="random seed of the weights (same seed, same bytes)")
     t.add_argument("--layers", type=int, default=2, help="decoder layers")
     t.add_argument("--hidden", type=int, default=256, help="hidden size")
@@ -327,8 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--head-dim", type=int, default=64, help="size of one head")
     t.add_argument("--vocab", type=int, default=3072, help="vocabulary size (the tokenizer is trained to it)")
     t.add_argument("--shards", type=int, default=1, help="write N safetensors files plus an index")
-    t.add_argument("--pretrain-steps", type=int, default=0,
-                   help="train briefly on the bundled text first, so it is a real (tiny) language model")
+    t.add_argument(
+        "--pretrain-steps",
+        type=int,
+        default=0,
+        help="train briefly on the bundled text first, so it is a real (tiny) language model",
+    )
     t.set_defaults(func=_tiny_model)
 
     c = _command(sub, "convert", help="Hugging Face Gemma-2 or Llama directory -> GGUF (f32/f16/bf16/q8_0)")
@@ -338,8 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
     from simpo_q.convert import OUTTYPES
     from simpo_q.policy import FILE_TYPES
 
-    c.add_argument("--outtype", default="auto", choices=[*OUTTYPES, "auto"],
-                   help="type of the 2-D weights; auto: bf16 or f16 as the checkpoint stores them")
+    c.add_argument(
+        "--outtype",
+        default="auto",
+        choices=[*OUTTYPES, "auto"],
+        help="type of the 2-D weights; auto: bf16 or f16 as the checkpoint stores them",
+    )
     c.add_argument("--model-name", help="general.name of the GGUF (default: the directory's name)")
     c.add_argument("--vocab-only", action="store_true", help="only the metadata and the vocabulary, no tensors")
     c.add_argument("--threads", type=_positive, default=None, help="threads (default: all cores)")
@@ -348,54 +466,109 @@ def build_parser() -> argparse.ArgumentParser:
     q = _command(sub, "quantize", help="HF directory or F32/F16/BF16 GGUF -> k-quant GGUF")
     q.add_argument("input", help="Hugging Face model directory or an F32/F16/BF16 GGUF")
     q.add_argument("out", help="output GGUF")
-    q.add_argument("type_pos", nargs="?", metavar="TYPE",
-                   help="file type, as llama-quantize takes it: a name or its number (15 = Q4_K_M); same as --type")
-    q.add_argument("nthreads_pos", nargs="?", type=_positive, metavar="NTHREADS",
-                   help="threads, as llama-quantize's trailing argument; same as --threads")
-    q.add_argument("--type", default=None, help="file type (default Q3_K_S): " + ", ".join(
-        f"{n} ({i})" for n, (i, _) in FILE_TYPES.items()))
+    q.add_argument(
+        "type_pos",
+        nargs="?",
+        metavar="TYPE",
+        help="file type, as llama-quantize takes it: a name or its number (15 = Q4_K_M); same as --type",
+    )
+    q.add_argument(
+        "nthreads_pos",
+        nargs="?",
+        type=_positive,
+        metavar="NTHREADS",
+        help="threads, as llama-quantize's trailing argument; same as --threads",
+    )
+    q.add_argument(
+        "--type",
+        default=None,
+        help="file type (default Q3_K_S): " + ", ".join(f"{n} ({i})" for n, (i, _) in FILE_TYPES.items()),
+    )
     q.add_argument("--output-tensor-type", help="type of output.weight (llama-quantize's option)")
     q.add_argument("--token-embedding-type", help="type of token_embd.weight (llama-quantize's option)")
-    q.add_argument("--tensor-type", action="append", default=[], metavar="PATTERN=TYPE",
-                   help="regex on the tensor name = ggml type (repeatable; first match wins)")
+    q.add_argument(
+        "--tensor-type",
+        action="append",
+        default=[],
+        metavar="PATTERN=TYPE",
+        help="regex on the tensor name = ggml type (repeatable; first match wins)",
+    )
     q.add_argument("--pure", action="store_true", help="no per-tensor policy: the file type's type everywhere")
     q.add_argument("--dry-run", action="store_true", help="print each tensor's type and the predicted size")
-    q.add_argument("--ollama", action="store_true",
-                   help="also write a Modelfile (template, parameters, licence) and the NOTICE the licence asks for")
+    q.add_argument(
+        "--ollama",
+        action="store_true",
+        help="also write a Modelfile (template, parameters, licence) and the NOTICE the licence asks for",
+    )
     q.add_argument("--model-card", action="store_true", help="also write README.md, a Hugging Face model card")
-    q.add_argument("--include-weights", action="append", default=[], metavar="NAME",
-                   help="use the importance matrix only for tensors whose names contain NAME (repeatable)")
-    q.add_argument("--exclude-weights", action="append", default=[], metavar="NAME",
-                   help="do not use the importance matrix for tensors whose names contain NAME (repeatable)")
-    q.add_argument("--allow-requantize", action="store_true",
-                   help="convert tensors that are already quantized (a quantized GGUF input; the errors add up)")
-    q.add_argument("--override-kv", action="append", default=[], metavar="KEY=TYPE:VALUE",
-                   help="set a metadata key as llama-quantize does (TYPE int, float, bool or str; repeatable)")
+    q.add_argument(
+        "--include-weights",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="use the importance matrix only for tensors whose names contain NAME (repeatable)",
+    )
+    q.add_argument(
+        "--exclude-weights",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="do not use the importance matrix for tensors whose names contain NAME (repeatable)",
+    )
+    q.add_argument(
+        "--allow-requantize",
+        action="store_true",
+        help="convert tensors that are already quantized (a quantized GGUF input; the errors add up)",
+    )
+    q.add_argument(
+        "--override-kv",
+        action="append",
+        default=[],
+        metavar="KEY=TYPE:VALUE",
+        help="set a metadata key as llama-quantize does (TYPE int, float, bool or str; repeatable)",
+    )
     q.add_argument("--name", help="general.name of the GGUF (default: the source directory's name)")
     _page_options(q)
     q.add_argument("--threads", type=_positive, default=None, help="threads (default: all cores)")
     q.add_argument("--imatrix", help="imatrix file (.gguf or .dat) or a calibration text to compute one from")
     q.add_argument("--ctx", type=_positive, default=512, help="context per chunk when computing the imatrix")
     q.add_argument("--chunks", type=_positive, default=None, help="at most N chunks when computing the imatrix")
-    q.add_argument("--force", action="store_true",
-                   help="replace existing files beside OUT (OUT.imatrix.gguf, Modelfile, NOTICE, README.md)")
-    q.add_argument("--tensor-type-file", metavar="FILE",
-                   help="PATTERN=TYPE items separated by spaces or newlines (llama-quantize's format)")
-    q.add_argument("--target-bpw", type=float, metavar="B",
-                   help="choose each tensor's type (Q3_K..Q8_0) for the least weighted error within B bits per "
-                        "weight; writes OUT.tensor-types.txt")
+    q.add_argument(
+        "--force",
+        action="store_true",
+        help="replace existing files beside OUT (OUT.imatrix.gguf, Modelfile, NOTICE, README.md)",
+    )
+    q.add_argument(
+        "--tensor-type-file",
+        metavar="FILE",
+        help="PATTERN=TYPE items separated by spaces or newlines (llama-quantize's format)",
+    )
+    q.add_argument(
+        "--target-bpw",
+        type=float,
+        metavar="B",
+        help="choose each tensor's type (Q3_K..Q8_0) for the least weighted error within B bits per "
+        "weight; writes OUT.tensor-types.txt",
+    )
     q.add_argument("--target-size", metavar="SIZE", help="the same within SIZE bytes of tensor data (4.3GB, 4100MiB)")
-    q.add_argument("--refine", action="store_true",
-                   help="simpo-q's refined encoder for Q3_K/Q4_K/Q5_K/Q6_K tensors: the same format, which stock "
-                        "llama.cpp runs, with every block's error at most ggml's (not byte-identical to ggml)")
+    q.add_argument(
+        "--refine",
+        action="store_true",
+        help="simpo-q's refined encoder for Q3_K/Q4_K/Q5_K/Q6_K tensors: the same format, which stock "
+        "llama.cpp runs, with every block's error at most ggml's (not byte-identical to ggml)",
+    )
     q.set_defaults(func=_quantize)
 
     m = _command(sub, "imatrix", help="collect, merge or show an importance matrix (llama-imatrix's job)")
     m.add_argument("model", nargs="?", help="Hugging Face model directory or hub id")
     m.add_argument("-m", "--model", dest="model_opt", metavar="MODEL", help="the model, as llama-imatrix takes it")
     m.add_argument("-f", "--file", help="calibration text")
-    m.add_argument("-o", "--output", help="output file (.gguf, or .dat for the legacy format; default imatrix.gguf "
-                                          "when collecting, as llama-imatrix)")
+    m.add_argument(
+        "-o",
+        "--output",
+        help="output file (.gguf, or .dat for the legacy format; default imatrix.gguf "
+        "when collecting, as llama-imatrix)",
+    )
     m.add_argument("--chunk", type=int, default=0, metavar="N", help="skip the first N chunks of the text")
     m.add_argument("--no-ppl", action="store_true", help="do not compute the perplexity (no output head)")
     m.add_argument("--ctx", type=_positive, default=512, help="tokens per chunk")
@@ -403,16 +576,27 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", default="cpu", help="cpu or cuda")
     m.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="torch dtype of the model")
     m.add_argument("--in-file", action="append", default=[], help="merge this imatrix (repeatable)")
-    m.add_argument("-b", "--batch-size", type=_positive, default=None,
-                   help="tokens per forward, as llama-imatrix: -b / --ctx chunks run together (default: 2048 on "
-                        "a GPU, one chunk on the CPU, where torch is faster so)")
-    m.add_argument("--offload", action="store_true",
-                   help="run the model one decoder layer at a time, loading each from the files (about one layer "
-                        "of memory; chosen by itself when the model does not fit the device)")
+    m.add_argument(
+        "-b",
+        "--batch-size",
+        type=_positive,
+        default=None,
+        help="tokens per forward, as llama-imatrix: -b / --ctx chunks run together (default: 2048 on "
+        "a GPU, one chunk on the CPU, where torch is faster so)",
+    )
+    m.add_argument(
+        "--offload",
+        action="store_true",
+        help="run the model one decoder layer at a time, loading each from the files (about one layer "
+        "of memory; chosen by itself when the model does not fit the device)",
+    )
     m.add_argument("--show", metavar="FILE", help="print per-tensor statistics of an imatrix file")
-    m.add_argument("--show-statistics", action="store_true",
-                   help="llama-imatrix's statistics of the --in-file: Σ(Act²), min, max, μ, σ, % active, entropy, "
-                        "ZD score, cosine similarity with the previous layer, and per-layer means")
+    m.add_argument(
+        "--show-statistics",
+        action="store_true",
+        help="llama-imatrix's statistics of the --in-file: Σ(Act²), min, max, μ, σ, % active, entropy, "
+        "ZD score, cosine similarity with the previous layer, and per-layer means",
+    )
     m.set_defaults(func=_imatrix)
 
     i = _command(sub, "inspect", help="metadata and tensor table of a GGUF")
@@ -435,12 +619,18 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--no-ollama", action="store_true", help="do not write the Modelfile and NOTICE")
     pp.add_argument("--no-model-card", action="store_true", help="do not write README.md (the model card)")
     _page_options(pp)
-    pp.add_argument("--force", action="store_true",
-                    help="replace existing files beside OUT (OUT.imatrix.gguf, Modelfile, NOTICE, README.md)")
+    pp.add_argument(
+        "--force",
+        action="store_true",
+        help="replace existing files beside OUT (OUT.imatrix.gguf, Modelfile, NOTICE, README.md)",
+    )
     pp.add_argument("--name", help="general.name of the GGUF (default: the recipe's output_dir name)")
-    pp.add_argument("--eval-text", metavar="FILE",
-                    help="end with `eval kld` of the GGUF against the trained model on this (held-out) text, "
-                         "beside the same type without the importance matrix")
+    pp.add_argument(
+        "--eval-text",
+        metavar="FILE",
+        help="end with `eval kld` of the GGUF against the trained model on this (held-out) text, "
+        "beside the same type without the importance matrix",
+    )
     pp.add_argument("--refine", action="store_true", help="the refined encoder (see quantize --refine)")
     pp.add_argument("--target-bpw", type=float, metavar="B", help="types chosen within a size budget (see quantize)")
     pp.add_argument("--target-size", metavar="SIZE", help="the same within SIZE bytes (see quantize)")
@@ -461,35 +651,60 @@ def build_parser() -> argparse.ArgumentParser:
     ev = _command(sub, "eval", help="what quantization cost: KL divergence, perplexity, task accuracy")
     evs = ev.add_subparsers(dest="eval_command", required=True)
     k = _command(evs, "kld", help="llama-perplexity --kl-divergence's statistics, reference and quants in lockstep")
-    k.add_argument("reference", help="full-precision model: a Hugging Face directory (torch) or an "
-                                     "F32/F16/BF16/Q8_0 GGUF (llama.cpp)")
+    k.add_argument(
+        "reference",
+        help="full-precision model: a Hugging Face directory (torch) or an F32/F16/BF16/Q8_0 GGUF (llama.cpp)",
+    )
     k.add_argument("quant", nargs="+", help="quantized GGUF file(s)")
     k.add_argument("-f", "--file", required=True, help="evaluation text (not the calibration text)")
     k.add_argument("--ctx", type=_positive, default=512, help="tokens per chunk; the second half is scored")
     k.add_argument("--chunks", type=_positive, default=None, help="at most N chunks (default: all)")
     k.add_argument("--device", default="cpu", help="torch device of a Hugging Face reference: cpu or cuda")
-    k.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="torch dtype of a Hugging Face reference")
-    k.add_argument("--engine", default="llama.cpp", choices=["llama.cpp", "torch"],
-                   help="run each GGUF with llama.cpp, or its dequantized weights in the Hugging Face model")
+    k.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="torch dtype of a Hugging Face reference",
+    )
+    k.add_argument(
+        "--engine",
+        default="llama.cpp",
+        choices=["llama.cpp", "torch"],
+        help="run each GGUF with llama.cpp, or its dequantized weights in the Hugging Face model",
+    )
     k.add_argument("--threads", type=_positive, default=None, help="llama.cpp threads (default: all cores)")
-    k.add_argument("--flash-attn", default="on", choices=["on", "off"],
-                   help="llama.cpp's flash attention (llama-perplexity's default 'auto' is on for CPU)")
+    k.add_argument(
+        "--flash-attn",
+        default="on",
+        choices=["on", "off"],
+        help="llama.cpp's flash attention (llama-perplexity's default 'auto' is on for CPU)",
+    )
     k.add_argument("--json", metavar="FILE", help="write every statistic as JSON")
     k.add_argument("--plot", metavar="FILE.png", help="plot the per-token KLD distributions (matplotlib)")
     k.set_defaults(func=_eval_kld)
     ta = _command(evs, "tasks", help="GSM8K / MMLU-Redux accuracy as ZeroEval measures it (the SimPO card's columns)")
-    ta.add_argument("model", nargs="+", help="Hugging Face directories and/or GGUF files; with two, the questions "
-                                            "whose verdict flips are listed")
+    ta.add_argument(
+        "model",
+        nargs="+",
+        help="Hugging Face directories and/or GGUF files; with two, the questions whose verdict flips are listed",
+    )
     ta.add_argument("--task", required=True, choices=["gsm8k", "mmlu"], help="GSM8K or MMLU-Redux")
-    ta.add_argument("--data", required=True, help="JSON lines in the public layout (GSM8K: question, answer "
-                                                  "'... #### N'; MMLU-Redux: question, choices, answer)")
+    ta.add_argument(
+        "--data",
+        required=True,
+        help="JSON lines in the public layout (GSM8K: question, answer "
+        "'... #### N'; MMLU-Redux: question, choices, answer)",
+    )
     ta.add_argument("--limit", type=_positive, default=None, help="the first N questions only")
     ta.add_argument("--max-tokens", type=_positive, default=4096, help="longest answer (ZeroEval's default)")
     ta.add_argument("--ctx", type=_positive, default=8192, help="llama.cpp context for a GGUF")
     ta.add_argument("--device", default="cpu", help="torch device for a Hugging Face directory")
-    ta.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                    help="torch dtype for a Hugging Face directory")
+    ta.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="torch dtype for a Hugging Face directory",
+    )
     ta.add_argument("--threads", type=_positive, default=None, help="llama.cpp threads")
     ta.add_argument("--json", metavar="FILE", help="every verdict and the summary as JSON")
     ta.set_defaults(func=_eval_tasks)
@@ -537,8 +752,7 @@ def main(argv: list[str] | None = None) -> int:
         print("simpo-q: interrupted; nothing partial was left behind", file=sys.stderr)
         return 130
     except _Terminated as e:
-        print(f"simpo-q: terminated by signal {int(e.code) - 128}; nothing partial was left behind",
-              file=sys.stderr)
+        print(f"simpo-q: terminated by signal {int(e.code) - 128}; nothing partial was left behind", file=sys.stderr)
         return int(e.code)
     try:
         _end_distributed()

@@ -37,18 +37,19 @@ def hf_plan(src: HFDirectory, tensor_type) -> list[Planned]:
 
         rows = None
         if hasattr(src, "load_rows") and len(shape) == 2 and arch.row_local(cfg, hf):
+
             def rows(start: int, stop: int, hf=hf) -> np.ndarray:
                 return arch.transform(cfg, hf, src.load_rows(hf, start, stop))
 
         # what the quantizer's log calls the input's type: norms become float32 (+1 added)
         src_type = src.stored_type(hf) if len(shape) == 2 else "F32"
-        plan.append(Planned(name, tuple(shape), tensor_type(name, tuple(shape)), load, rows=rows,
-                            src_type=src_type))
+        plan.append(Planned(name, tuple(shape), tensor_type(name, tuple(shape)), load, rows=rows, src_type=src_type))
     return plan
 
 
-def converted_metadata(src: HFDirectory, file_type: int, n_params: int,
-                       name: str | None = None) -> list[tuple[str, str, object]]:
+def converted_metadata(
+    src: HFDirectory, file_type: int, n_params: int, name: str | None = None
+) -> list[tuple[str, str, object]]:
     arch = adapter_for(src.config, str(src.path / "config.json"))
     cfg = src.config
     from simpo_q.hub import repo_name
@@ -80,9 +81,16 @@ def auto_outtype(src: HFDirectory) -> str:
     return "f16"
 
 
-def convert(model_dir: str | os.PathLike, out: str | os.PathLike, outtype: str = "f16", *,
-            quiet: bool = False, threads: int | None = None, name: str | None = None,
-            vocab_only: bool = False) -> Path:
+def convert(
+    model_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    outtype: str = "f16",
+    *,
+    quiet: bool = False,
+    threads: int | None = None,
+    name: str | None = None,
+    vocab_only: bool = False,
+) -> Path:
     """`outtype` "auto" as the converter; `out` may hold `{ftype}` (or `{FTYPE}`), replaced by
     the outtype's name (the converter's templated file name); `name` replaces general.name;
     `vocab_only` writes the metadata and vocabulary without tensors."""
@@ -96,8 +104,12 @@ def convert(model_dir: str | os.PathLike, out: str | os.PathLike, outtype: str =
         outtype = auto_outtype(src)
     file_type, qtype = FILE_TYPES[outtype.upper()]
     # gguf-py's fill_templated_filename: {ftype}/{outtype} lower case, {FTYPE}/{OUTTYPE} upper case
-    for key, value in (("{ftype}", outtype), ("{outtype}", outtype), ("{FTYPE}", outtype.upper()),
-                       ("{OUTTYPE}", outtype.upper())):
+    for key, value in (
+        ("{ftype}", outtype),
+        ("{outtype}", outtype),
+        ("{FTYPE}", outtype.upper()),
+        ("{OUTTYPE}", outtype.upper()),
+    ):
         out = str(out).replace(key, value)
     out = Path(out)
     check_output(out, [model_dir])

@@ -25,8 +25,7 @@ Metadata = Sequence[tuple[str, str, Any]]
 class GGUFOutput:
     """A GGUF being written: a context manager that finishes on success, aborts on error."""
 
-    def __init__(self, path: str | os.PathLike, metadata: Metadata,
-                 tensors: Iterable[tuple[str, Sequence[int], str]]):
+    def __init__(self, path: str | os.PathLike, metadata: Metadata, tensors: Iterable[tuple[str, Sequence[int], str]]):
         infos = [(name, [int(d) for d in reversed(tuple(shape))], qtype) for name, shape, qtype in tensors]
         self._w = GgufWriter(os.fspath(path), list(metadata), infos)
         self.path = os.fspath(path)

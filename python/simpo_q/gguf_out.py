@@ -80,8 +80,10 @@ def size_summary(plan: list[Planned]) -> list[str]:
     n = sum(int(np.prod(p.shape)) for p in plan)
     org = sum(shape_bytes(p.src_type or p.qtype, p.shape) for p in plan)
     new = sum(tensor_bytes(p) for p in plan)
-    return [f"quantize: model size  = {org / 2**20:8.2f} MiB ({org * 8.0 / n:.2f} BPW)",
-            f"quantize: quant size  = {new / 2**20:8.2f} MiB ({new * 8.0 / n:.2f} BPW)"]
+    return [
+        f"quantize: model size  = {org / 2**20:8.2f} MiB ({org * 8.0 / n:.2f} BPW)",
+        f"quantize: quant size  = {new / 2**20:8.2f} MiB ({new * 8.0 / n:.2f} BPW)",
+    ]
 
 
 def encode(p: Planned, threads: int | None = None) -> np.ndarray:
@@ -95,8 +97,9 @@ def _quantize_rows(p: Planned, rows: np.ndarray, first_row: int, threads: int | 
     # every type, F32 included, goes through the core, which checks each value as it
     # converts it (no float32 temporary of a whole tensor for a finiteness scan)
     try:
-        return simpo_q.quantize(np.ascontiguousarray(rows, dtype=np.float32), p.qtype, p.imatrix, threads=threads,
-                                refine=p.refine)
+        return simpo_q.quantize(
+            np.ascontiguousarray(rows, dtype=np.float32), p.qtype, p.imatrix, threads=threads, refine=p.refine
+        )
     except SimpoQError as e:  # the core names the row and column; the tensor and block are known here
         msg = str(e)
         if first_row:
@@ -130,8 +133,16 @@ def encode_blocks(p: Planned, step: int, threads: int | None, pool) -> Iterator[
         del rows
 
 
-def write_gguf(out: str | os.PathLike, metadata: list[tuple[str, str, object]], plan: list[Planned], *,
-               quiet: bool = False, threads: int | None = None, log=None, block_bytes: int | None = None) -> Path:
+def write_gguf(
+    out: str | os.PathLike,
+    metadata: list[tuple[str, str, object]],
+    plan: list[Planned],
+    *,
+    quiet: bool = False,
+    threads: int | None = None,
+    log=None,
+    block_bytes: int | None = None,
+) -> Path:
     """Writes the file (temporary name, renamed at the end). Prints llama-quantize's
     `[ i/ n] name - [shape], type = ...` line per tensor unless quiet. Tensors larger than
     `block_bytes` of float32 whose source reads rows go through in blocks of rows."""
@@ -145,8 +156,10 @@ def write_gguf(out: str | os.PathLike, metadata: list[tuple[str, str, object]], 
     try:
         # three stages at once: the next block is read, this one quantized, the previous one
         # written (the writer keeps the order; at most one write is in flight)
-        with ThreadPoolExecutor(1, thread_name_prefix="simpo-q-read") as pool, \
-                ThreadPoolExecutor(1, thread_name_prefix="simpo-q-write") as writer:
+        with (
+            ThreadPoolExecutor(1, thread_name_prefix="simpo-q-read") as pool,
+            ThreadPoolExecutor(1, thread_name_prefix="simpo-q-write") as writer,
+        ):
             pending = None
 
             def put(write, name: str, data) -> None:
@@ -155,8 +168,9 @@ def write_gguf(out: str | os.PathLike, metadata: list[tuple[str, str, object]], 
                     pending.result()  # raises the write's error, if any
                 pending = writer.submit(write, name, data)
 
-            bar = tqdm(plan, desc=f"writing {out.name}", unit="tensor", disable=True if quiet else None,
-                       file=sys.stderr)
+            bar = tqdm(
+                plan, desc=f"writing {out.name}", unit="tensor", disable=True if quiet else None, file=sys.stderr
+            )
             for i, p in enumerate(bar, 1):
                 if not quiet:
                     bar.write(log_line(i, len(plan), p), file=sys.stderr)
@@ -177,8 +191,9 @@ def write_gguf(out: str | os.PathLike, metadata: list[tuple[str, str, object]], 
 
 def size_label(n_params: int) -> str:
     """gguf-py's rounded parameter-count label (e.g. 2.0M, 9.2B)."""
-    scale, suffix = next(((sc, sx) for sc, sx in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K"))
-                          if n_params >= sc), (1.0, ""))
+    scale, suffix = next(
+        ((sc, sx) for sc, sx in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")) if n_params >= sc), (1.0, "")
+    )
     scaled = n_params / scale
     digits = max(0, 2 - len(str(int(scaled))))
     return f"{scaled:.{digits}f}{suffix}"

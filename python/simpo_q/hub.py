@@ -22,8 +22,17 @@ _FILE_SUFFIXES = (".gguf", ".safetensors", ".json", ".jsonl", ".parquet", ".txt"
 
 # what simpo-q reads of a model and of a dataset (no other weights formats, no pickles)
 MODEL_FILES = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "README.md", "LICENSE*"]
-DATASET_FILES = ["*.parquet", "*.json", "*.jsonl", "README.md", "*/*.parquet", "*/*.json", "*/*.jsonl",
-                 "*/*/*.parquet", "*/*/*.jsonl"]
+DATASET_FILES = [
+    "*.parquet",
+    "*.json",
+    "*.jsonl",
+    "README.md",
+    "*/*.parquet",
+    "*/*.json",
+    "*/*.jsonl",
+    "*/*/*.parquet",
+    "*/*/*.jsonl",
+]
 
 
 def hub_id(s: str | os.PathLike) -> tuple[str, str | None] | None:
@@ -42,7 +51,8 @@ def cache_dir() -> Path:
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"])
     home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
+    )
     return Path(home) / "hub"
 
 
@@ -70,20 +80,29 @@ def local(s: str | os.PathLike, kind: str = "model", files: list[str] | None = N
     pats = files or (MODEL_FILES if kind == "model" else DATASET_FILES)
     where = f"{s}: no such file or directory, and as a Hugging Face {kind} id"
     try:
-        path = snapshot_download(repo, repo_type=kind, revision=rev, cache_dir=str(cache_dir()),
-                                 allow_patterns=pats, local_files_only=offline())
+        path = snapshot_download(
+            repo,
+            repo_type=kind,
+            revision=rev,
+            cache_dir=str(cache_dir()),
+            allow_patterns=pats,
+            local_files_only=offline(),
+        )
     except RevisionNotFoundError as e:
         raise SimpoQError(f"{where} it has no revision {rev!r}") from e
     except GatedRepoError as e:
-        raise SimpoQError(f"{where} it is gated: accept its licence on huggingface.co and log in (hf auth login)"
-                          ) from e
+        raise SimpoQError(
+            f"{where} it is gated: accept its licence on huggingface.co and log in (hf auth login)"
+        ) from e
     except RepositoryNotFoundError as e:
         raise SimpoQError(f"{where} there is no such repository on the hub (or it is private)") from e
     except LocalEntryNotFoundError as e:
         at = f" at revision {rev!r}" if rev else ""
         why = "HF_HUB_OFFLINE is set" if offline() else "the hub cannot be reached"
-        raise SimpoQError(f"{where} it is not in the cache {cache_dir()}{at}, and {why}; download it first "
-                          f"(hf download {repo}{' --repo-type dataset' if kind == 'dataset' else ''})") from e
+        raise SimpoQError(
+            f"{where} it is not in the cache {cache_dir()}{at}, and {why}; download it first "
+            f"(hf download {repo}{' --repo-type dataset' if kind == 'dataset' else ''})"
+        ) from e
     except (OSError, ValueError) as e:
         raise SimpoQError(f"{where} it cannot be resolved ({e})") from e
     return Path(path)
@@ -102,15 +121,21 @@ def repo_name(folder: Path) -> str | None:
 def split_files(folder: Path, split: str) -> list[Path]:
     """The data files of one split of a hub dataset snapshot, by the hub's naming rules: files
     named `{split}-*` or `{split}.*`, or under a folder named after the split."""
-    data = sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix in (".parquet", ".jsonl", ".json")
-                  and f.name not in ("dataset_info.json", "state.json", "dataset_dict.json")
-                  and not f.name.startswith("."))
+    data = sorted(
+        f
+        for f in folder.rglob("*")
+        if f.is_file()
+        and f.suffix in (".parquet", ".jsonl", ".json")
+        and f.name not in ("dataset_info.json", "state.json", "dataset_dict.json")
+        and not f.name.startswith(".")
+    )
     if not data:
         return []
-    mine = [f for f in data if f.name.split("-")[0].split(".")[0] == split
-            or split in f.relative_to(folder).parts[:-1]]
+    mine = [f for f in data if f.name.split("-")[0].split(".")[0] == split or split in f.relative_to(folder).parts[:-1]]
     if mine:
         return mine
     splits = sorted({f.name.split("-")[0].split(".")[0] for f in data})
-    raise SimpoQError(f"{folder}: no files of split {split!r} (splits here: {', '.join(splits)}); "
-                      f"choose one with --set data_split=...")
+    raise SimpoQError(
+        f"{folder}: no files of split {split!r} (splits here: {', '.join(splits)}); "
+        f"choose one with --set data_split=..."
+    )

@@ -30,25 +30,37 @@ def chunk_tokens(tok, text: str, ctx: int, chunks: int | None, where: str, skip:
     if skip > 0:
         if (skip + 2) * ctx >= len(ids):
             raise SimpoQError(f"{where}: {len(ids)} tokens; not enough left after skipping {skip} chunks of {ctx}")
-        ids = ids[skip * ctx:]
+        ids = ids[skip * ctx :]
     if len(ids) < 2 * ctx:
-        raise SimpoQError(f"{where}: calibration text has {len(ids)} tokens; --ctx {ctx} needs at least "
-                          f"{2 * ctx} (two chunks, as llama-imatrix requires)")
+        raise SimpoQError(
+            f"{where}: calibration text has {len(ids)} tokens; --ctx {ctx} needs at least "
+            f"{2 * ctx} (two chunks, as llama-imatrix requires)"
+        )
     n = len(ids) // ctx
     if chunks is not None and chunks > 0:
         n = min(n, chunks)
     out = []
     for i in range(n):
-        c = list(ids[i * ctx:(i + 1) * ctx])
+        c = list(ids[i * ctx : (i + 1) * ctx])
         c[0] = tok.bos_token_id
         out.append(c)
     return out
 
 
-def collect(model_dir: str | os.PathLike, text_file: str | os.PathLike, *, ctx: int = 512,
-            chunks: int | None = None, device: str = "cpu", dtype: str = "float32",
-            quiet: bool = False, into: Imatrix | None = None, batch: int = 1, skip: int = 0,
-            ppl: bool = True) -> Imatrix:
+def collect(
+    model_dir: str | os.PathLike,
+    text_file: str | os.PathLike,
+    *,
+    ctx: int = 512,
+    chunks: int | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    quiet: bool = False,
+    into: Imatrix | None = None,
+    batch: int = 1,
+    skip: int = 0,
+    ppl: bool = True,
+) -> Imatrix:
     """Loads a Hugging Face directory and collects its importance matrix over `text_file`,
     `batch` chunks per forward."""
     import torch
@@ -69,16 +81,40 @@ def collect(model_dir: str | os.PathLike, text_file: str | os.PathLike, *, ctx: 
     for name, p in model.named_parameters():
         # a broken weight would surface as "activations no longer finite": name the weight
         if not torch.isfinite(p).all():
-            raise SimpoQError(f"{src.path}: weight {name} has non-finite values (NaN or infinity); the model is "
-                              f"broken, not the calibration text")
+            raise SimpoQError(
+                f"{src.path}: weight {name} has non-finite values (NaN or infinity); the model is "
+                f"broken, not the calibration text"
+            )
     model.to(device).eval()
-    return collect_from_model(model, tok, text_file, ctx=ctx, chunks=chunks, quiet=quiet, into=into, text=text,
-                              batch=batch, skip=skip, ppl=ppl)
+    return collect_from_model(
+        model,
+        tok,
+        text_file,
+        ctx=ctx,
+        chunks=chunks,
+        quiet=quiet,
+        into=into,
+        text=text,
+        batch=batch,
+        skip=skip,
+        ppl=ppl,
+    )
 
 
-def collect_from_model(model, tok, text_file: str | os.PathLike, *, ctx: int = 512, chunks: int | None = None,
-                       quiet: bool = False, into: Imatrix | None = None, text: str | None = None,
-                       batch: int = 1, skip: int = 0, ppl: bool = True) -> Imatrix | None:
+def collect_from_model(
+    model,
+    tok,
+    text_file: str | os.PathLike,
+    *,
+    ctx: int = 512,
+    chunks: int | None = None,
+    quiet: bool = False,
+    into: Imatrix | None = None,
+    text: str | None = None,
+    batch: int = 1,
+    skip: int = 0,
+    ppl: bool = True,
+) -> Imatrix | None:
     """The importance matrix of a model already in memory: a Hugging Face causal LM, or the
     trainer's SimPOModel, sharded by FSDP2 or not. Under torch.distributed every rank must
     call this: rank r runs chunks r, r+world, …, and the sums and counts are added across
@@ -119,7 +155,7 @@ def collect_from_model(model, tok, text_file: str | os.PathLike, *, ctx: int = 5
 
             def hook(_m, args, name=name):
                 if active[0]:
-                    x = args[0].detach()[:active[0]].reshape(-1, args[0].shape[-1])
+                    x = args[0].detach()[: active[0]].reshape(-1, args[0].shape[-1])
                     x = x.to(device="cpu", dtype=torch.float32).contiguous()
                     local.add(name, x.numpy())  # a view of x: no copy; Rust reads it with the GIL released
 
@@ -131,8 +167,7 @@ def collect_from_model(model, tok, text_file: str | os.PathLike, *, ctx: int = 5
     nll = torch.zeros(3, dtype=torch.float64)  # Σ -log p, Σ (log p)², tokens scored
     steps = -(-len(batches) // (world * batch))
     t0 = time.perf_counter()
-    bar = tqdm(range(steps), desc="imatrix", unit="step", disable=True if quiet or rank != 0 else None,
-               file=sys.stderr)
+    bar = tqdm(range(steps), desc="imatrix", unit="step", disable=True if quiet or rank != 0 else None, file=sys.stderr)
     try:
         with torch.no_grad():
             for s in bar:
@@ -141,14 +176,16 @@ def collect_from_model(model, tok, text_file: str | os.PathLike, *, ctx: int = 5
                 x = torch.tensor([batches[min(first_k + j, len(batches) - 1)] for j in range(batch)])
                 lab = labels.expand(batch, -1).clone()
                 if ppl:
-                    lab[:, first + 1:] = x[:, first + 1:]
+                    lab[:, first + 1 :] = x[:, first + 1 :]
                 lp, rows = run(x.to(device), torch.ones_like(x).to(device), lab.to(device), ctx, per_token=True)
                 mine = (rows < active[0]).cpu()
                 lp = lp.detach().double().cpu()[mine]
                 nll += torch.stack([-lp.sum(), (lp * lp).sum(), torch.tensor(float(lp.numel()), dtype=torch.float64)])
                 done = min(len(batches), (s + 1) * world * batch)
-                bar.set_postfix(ppl=f"{math.exp(nll[0] / nll[2]):.3f}" if nll[2] else "-",
-                                tok_s=f"{done * ctx / (time.perf_counter() - t0):.0f}")
+                bar.set_postfix(
+                    ppl=f"{math.exp(nll[0] / nll[2]):.3f}" if nll[2] else "-",
+                    tok_s=f"{done * ctx / (time.perf_counter() - t0):.0f}",
+                )
     finally:
         for h in hooks:
             h.remove()
@@ -197,7 +234,7 @@ def _reduce_ranks(local: Imatrix, widths: dict[str, int], device) -> Imatrix | N
     s_np, c_np, at = s.cpu().numpy(), c.cpu().numpy(), 0
     for n, cnt in zip(names, c_np, strict=True):
         if cnt > 0:
-            out.set_entry(n, np.ascontiguousarray(s_np[at:at + widths[n]]), int(cnt))
+            out.set_entry(n, np.ascontiguousarray(s_np[at : at + widths[n]]), int(cnt))
         at += widths[n]
     return out
 
@@ -215,8 +252,18 @@ def stats(m: Imatrix) -> list[dict]:
     rows = []
     for name in m.names():
         s, c = m.entry(name)
-        rows.append({"name": name, "columns": len(s), "count": c, "sum": float(s.sum()), "min": float(s.min()),
-                     "max": float(s.max()), "mean": float(s.mean()), "zero_fraction": float((s == 0).mean())})
+        rows.append(
+            {
+                "name": name,
+                "columns": len(s),
+                "count": c,
+                "sum": float(s.sum()),
+                "min": float(s.min()),
+                "max": float(s.max()),
+                "mean": float(s.mean()),
+                "zero_fraction": float((s == 0).mean()),
+            }
+        )
     return rows
 
 
@@ -272,31 +319,64 @@ def show_statistics(m: Imatrix, where: str) -> str:
             p = p[p > 0]
             entropy = f32(-_seq_sum((p * np.log2(p).astype(f32)).astype(f32)))
         zd = f32(np.count_nonzero(((act - mean) / dev) > 1)) / f32(len(act)) if dev > 0 else f32(0)
-        stats.append({"tensor": name, "values": values.astype(f32), "total": total, "min": float(act.min()),
-                      "max": float(act.max()), "mean": mean, "dev": dev, "active": active, "n": len(act),
-                      "entropy": entropy, "zd": zd, "cossim": f32(0)})
+        stats.append(
+            {
+                "tensor": name,
+                "values": values.astype(f32),
+                "total": total,
+                "min": float(act.min()),
+                "max": float(act.max()),
+                "mean": mean,
+                "dev": dev,
+                "active": active,
+                "n": len(act),
+                "entropy": entropy,
+                "zd": zd,
+                "cossim": f32(0),
+            }
+        )
     by_name = {s["tensor"]: s for s in stats}
     for s in stats:
         mt = re.search(r"blk\.(\d+)\.", s["tensor"])
         if not mt:
             continue
-        prev = by_name.get(s["tensor"][:mt.start(1)] + str(int(mt.group(1)) - 1) + s["tensor"][mt.end(1):])
+        prev = by_name.get(s["tensor"][: mt.start(1)] + str(int(mt.group(1)) - 1) + s["tensor"][mt.end(1) :])
         if prev is not None:
             a, b = s["values"], prev["values"]
             dp = f32(_seq_sum((a * b).astype(f32)))
             s["cossim"] = f32(dp / (f32(np.sqrt(f32(_seq_sum(a * a)))) * f32(np.sqrt(f32(_seq_sum(b * b))))))
     stats.sort(key=lambda s: (_layer_and_name(s["tensor"])[1], -float(s["total"])))
-    out = [f"\nComputing statistics for {where} ({len(stats)} tensors)",
-           "\n" + "\t".join([" Layer", "       Tensor", "          Σ(Act²)", "  Min", "            Max", "           μ",
-                             "   σ", " % Active", "N", "   Entropy", "E (norm)", "ZD", "  CosSim"]),
-           "=" * 173]
+    out = [
+        f"\nComputing statistics for {where} ({len(stats)} tensors)",
+        "\n"
+        + "\t".join(
+            [
+                " Layer",
+                "       Tensor",
+                "          Σ(Act²)",
+                "  Min",
+                "            Max",
+                "           μ",
+                "   σ",
+                " % Active",
+                "N",
+                "   Entropy",
+                "E (norm)",
+                "ZD",
+                "  CosSim",
+            ]
+        ),
+        "=" * 173,
+    ]
     layers: dict[int, list[float]] = {}
     for s in stats:
         layer, name = _layer_and_name(s["tensor"])
         norm = f32(100) * (s["entropy"] / f32(np.log2(s["n"]))) if s["n"] > 0 else f32(0)
-        out.append(f"{layer:>5s}\t{name:<20s}\t{s['total']:10.2f}\t{s['min']:8.4f}\t{s['max']:11.4f}\t"
-                   f"{s['mean']:6.2f}\t{s['dev']:6.2f}\t{s['active'] * 100:8.2f}%\t{s['n']:6d}\t{s['entropy']:10.4f}\t"
-                   f"{norm:6.2f}%\t{100 * s['zd']:10.2f}%\t{s['cossim']:8.4f}")
+        out.append(
+            f"{layer:>5s}\t{name:<20s}\t{s['total']:10.2f}\t{s['min']:8.4f}\t{s['max']:11.4f}\t"
+            f"{s['mean']:6.2f}\t{s['dev']:6.2f}\t{s['active'] * 100:8.2f}%\t{s['n']:6d}\t{s['entropy']:10.4f}\t"
+            f"{norm:6.2f}%\t{100 * s['zd']:10.2f}%\t{s['cossim']:8.4f}"
+        )
         blk = int(layer) if layer.isdigit() else -1
         w = layers.setdefault(blk, [f32(0), f32(0), f32(0), 0])
         w[0] += f32(s["n"]) * s["total"]

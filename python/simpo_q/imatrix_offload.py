@@ -63,8 +63,10 @@ def needs_offload(model_dir: str | os.PathLike, device: str, dtype: str) -> str 
     need = model_bytes(HFDirectory(model_dir), 4 if dtype == "float32" else 2)
     free = available_bytes(device)
     if need * 5 // 4 > free:
-        return (f"the model needs {need / 2**30:.1f} GiB in {dtype}, {device} has {free / 2**30:.1f} GiB free; "
-                f"pass --offload to choose it yourself")
+        return (
+            f"the model needs {need / 2**30:.1f} GiB in {dtype}, {device} has {free / 2**30:.1f} GiB free; "
+            f"pass --offload to choose it yourself"
+        )
     return None
 
 
@@ -88,8 +90,7 @@ def _skeleton(src, dtype):
     for name, _ in list(model.named_buffers()):
         parts = name.split(".")
         # a layer's buffer comes from the small model's layer 0
-        key = ".".join("0" if i > 0 and parts[i - 1] == "layers" and p.isdigit() else p
-                       for i, p in enumerate(parts))
+        key = ".".join("0" if i > 0 and parts[i - 1] == "layers" and p.isdigit() else p for i, p in enumerate(parts))
         if key not in buffers:
             raise SimpoQError(f"{src.path}: cannot rebuild buffer {name} for the layer-by-layer importance matrix")
         mod = model.get_submodule(".".join(parts[:-1]))
@@ -129,6 +130,7 @@ def _stand_ins(layers, calls: list):
             if i == n - 1:
                 raise _Captured
             return hidden_states
+
         return forward
 
     for i, layer in enumerate(layers):
@@ -156,14 +158,26 @@ def _load_layer(layer, src, prefix: str, device, buffers: dict) -> None:
             except KeyError as e:
                 raise SimpoQError(f"{src.path}: no tensor {hf!r}") from e
             if not torch.isfinite(x).all():
-                raise SimpoQError(f"{src.path}: weight {hf} has non-finite values (NaN or infinity); the model is "
-                                  f"broken, not the calibration text")
+                raise SimpoQError(
+                    f"{src.path}: weight {hf} has non-finite values (NaN or infinity); the model is "
+                    f"broken, not the calibration text"
+                )
             p.copy_(x)
 
 
-def collect_offloaded(model_dir: str | os.PathLike, text_file: str | os.PathLike, *, ctx: int = 512,
-                      chunks: int | None = None, device: str = "cpu", dtype: str = "float32", quiet: bool = False,
-                      into: Imatrix | None = None, hidden_budget: int | None = None, skip: int = 0) -> Imatrix:
+def collect_offloaded(
+    model_dir: str | os.PathLike,
+    text_file: str | os.PathLike,
+    *,
+    ctx: int = 512,
+    chunks: int | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    quiet: bool = False,
+    into: Imatrix | None = None,
+    hidden_budget: int | None = None,
+    skip: int = 0,
+) -> Imatrix:
     """`imatrix.collect`'s result, computed one decoder layer at a time."""
     import torch
     from tqdm.auto import tqdm
@@ -187,12 +201,17 @@ def collect_offloaded(model_dir: str | os.PathLike, text_file: str | os.PathLike
     group = max(1, (hidden_budget or HIDDEN_BUDGET) // per_chunk)
     out = into if into is not None else Imatrix(ctx)
     passes = -(-len(batches) // group)
-    bar = tqdm(total=len(layers) * passes, desc="imatrix (by layer)", unit="layer",
-               disable=True if quiet else None, file=sys.stderr)
+    bar = tqdm(
+        total=len(layers) * passes,
+        desc="imatrix (by layer)",
+        unit="layer",
+        disable=True if quiet else None,
+        file=sys.stderr,
+    )
     t0 = time.perf_counter()
     with torch.no_grad():
         for g0 in range(0, len(batches), group):
-            chunk_ids = batches[g0:g0 + group]
+            chunk_ids = batches[g0 : g0 + group]
             uniq, rows = _embedding_rows(src, [i for c in chunk_ids for i in c], torch_dtype)
             body.embed_tokens.weight = torch.nn.Parameter(rows.to(device), requires_grad=False)
             for mod in body.children():  # the embedding and the rotary tables, not the meta layers
@@ -205,8 +224,7 @@ def collect_offloaded(model_dir: str | os.PathLike, text_file: str | os.PathLike
                 calls: list = []
                 with _stand_ins(layers, calls):
                     try:
-                        body(input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device),
-                             use_cache=False)
+                        body(input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device), use_cache=False)
                     except _Captured:
                         pass
                 inputs.append(calls)
@@ -215,6 +233,7 @@ def collect_offloaded(model_dir: str | os.PathLike, text_file: str | os.PathLike
                 _load_layer(layer, src, f"{LAYER_PREFIX}{i}.", device, layer_buffers[i])
                 hooks = []
                 for hf_name, gguf in linears.items():
+
                     def hook(_m, args, name=f"blk.{i}.{gguf}.weight"):
                         x = args[0].detach().reshape(-1, args[0].shape[-1])
                         out.add(name, x.to(device="cpu", dtype=torch.float32).contiguous().numpy())

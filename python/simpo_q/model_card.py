@@ -25,14 +25,26 @@ SIMPO_CITATION = """@inproceedings{meng2024simpo,
 }"""
 
 # the recipe settings a reader needs to reproduce the fine-tune
-_TRAINING_KEYS = ("beta", "gamma_beta_ratio", "loss_type", "learning_rate", "warmup_ratio", "num_train_epochs",
-                  "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length",
-                  "max_prompt_length", "seed")
+_TRAINING_KEYS = (
+    "beta",
+    "gamma_beta_ratio",
+    "loss_type",
+    "learning_rate",
+    "warmup_ratio",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "max_length",
+    "max_prompt_length",
+    "seed",
+)
 
 
 @dataclass
 class Made:
     """How the file was made, as the quantizer saw it."""
+
     gguf_name: str
     file_type: str
     tensor_types: list[str]  # one per tensor
@@ -69,8 +81,10 @@ def render(name: str, arch, page: ResolvedPage, made: Made) -> str:
     base = ", ".join(page.page.base_model) or f"`{page.page.base_name or 'the source model'}`"
     trained = page.page.training is not None
     what = f"a SimPO fine-tune of {base}" if trained else base
-    out.append(f"`{made.gguf_name}` is a {made.file_type} quantization of {what}, for llama.cpp and Ollama "
-               f"(`ollama create {_slug(name)} -f Modelfile`, or `llama-cli -m {made.gguf_name}`).")
+    out.append(
+        f"`{made.gguf_name}` is a {made.file_type} quantization of {what}, for llama.cpp and Ollama "
+        f"(`ollama create {_slug(name)} -f Modelfile`, or `llama-cli -m {made.gguf_name}`)."
+    )
     out.append("")
     out.append("## How it was made")
     out.append("")
@@ -78,43 +92,64 @@ def render(name: str, arch, page: ResolvedPage, made: Made) -> str:
         t = page.page.training or {}
         data = ", ".join(page.page.datasets) or f"`{Path(str(t.get('data'))).name}`"
         steps = f", {t['steps']} optimizer steps" if t.get("steps") else ""
-        out.append(f"- **Fine-tune**: SimPO (reference-free, length-normalised preference optimisation) on "
-                   f"{data}{steps}, with simpo-q {simpo_q.__version__}: "
-                   + ", ".join(f"{k} {t[k]}" for k in _TRAINING_KEYS if k in t) + ".")
+        out.append(
+            f"- **Fine-tune**: SimPO (reference-free, length-normalised preference optimisation) on "
+            f"{data}{steps}, with simpo-q {simpo_q.__version__}: "
+            + ", ".join(f"{k} {t[k]}" for k in _TRAINING_KEYS if k in t)
+            + "."
+        )
         if "eval_accuracy" in t:
             margin = f", reward margin {t['eval_margin']:.4g}" if t.get("eval_margin") is not None else ""
-            out.append(f"- **Held-out preference pairs** (step {t['eval_step']}): reward accuracy "
-                       f"{t['eval_accuracy']:.1%}{margin}.")
+            out.append(
+                f"- **Held-out preference pairs** (step {t['eval_step']}): reward accuracy "
+                f"{t['eval_accuracy']:.1%}{margin}."
+            )
     if made.from_gguf:
         out.append(f"- **Source**: {made.source}.")
     else:
         out.append(f"- **Source**: quantized directly from {made.source}, no f32 file.")
     if made.imatrix:
         im = made.imatrix
-        parts = [f"dataset `{im['dataset']}`" if im.get("dataset") else None,
-                 f"{im['chunks']} chunks" if im.get("chunks") else None,
-                 f"ctx {im['ctx']}" if im.get("ctx") else None]
-        out.append(f"- **Importance matrix**: quantized with an importance matrix ({', '.join(p for p in parts if p)}"
-                   f"; file `{im['file']}`).")
+        parts = [
+            f"dataset `{im['dataset']}`" if im.get("dataset") else None,
+            f"{im['chunks']} chunks" if im.get("chunks") else None,
+            f"ctx {im['ctx']}" if im.get("ctx") else None,
+        ]
+        out.append(
+            f"- **Importance matrix**: quantized with an importance matrix ({', '.join(p for p in parts if p)}"
+            f"; file `{im['file']}`)."
+        )
     else:
         out.append("- **Importance matrix**: none.")
     counts = Counter(made.tensor_types)
-    out.append(f"- **File type**: {made.file_type}; tensors: "
-               + ", ".join(f"{n} {t}" for t, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))) + ".")
+    out.append(
+        f"- **File type**: {made.file_type}; tensors: "
+        + ", ".join(f"{n} {t}" for t, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+        + "."
+    )
     if made.refined or made.budget:
-        how = (["simpo-q's refined encoder (every block's error at most ggml's)"] if made.refined else []) \
-            + ([f"types chosen within a size budget ({made.budget})"] if made.budget else [])
-        out.append(f"- **Encoder**: {'; '.join(how)}. The format is llama.cpp's; the bytes are not "
-                   f"llama-quantize's.")
+        how = (["simpo-q's refined encoder (every block's error at most ggml's)"] if made.refined else []) + (
+            [f"types chosen within a size budget ({made.budget})"] if made.budget else []
+        )
+        out.append(f"- **Encoder**: {'; '.join(how)}. The format is llama.cpp's; the bytes are not llama-quantize's.")
     else:
-        out.append(f"- **Encoder**: simpo-q {simpo_q.__version__}; the tensor bytes are identical to what "
-                   f"llama.cpp's llama-quantize writes for the same input, type and importance matrix.")
+        out.append(
+            f"- **Encoder**: simpo-q {simpo_q.__version__}; the tensor bytes are identical to what "
+            f"llama.cpp's llama-quantize writes for the same input, type and importance matrix."
+        )
     if made.size_bytes is not None:
         out.append(f"- **Size**: {made.size_bytes} bytes.")
     if page.page.evaluation:
-        out += ["", "## What quantization cost", "",
-                "KL divergence and perplexity against the full-precision model (`simpo-q eval kld`):", "",
-                "```", page.page.evaluation.rstrip(), "```"]
+        out += [
+            "",
+            "## What quantization cost",
+            "",
+            "KL divergence and perplexity against the full-precision model (`simpo-q eval kld`):",
+            "",
+            "```",
+            page.page.evaluation.rstrip(),
+            "```",
+        ]
     out += ["", "## Licence", ""]
     if page.license is not None:
         out.append(f"{page.license.name} ({page.license.link}); the full text is in the Modelfile's LICENSE block.")
@@ -124,8 +159,11 @@ def render(name: str, arch, page: ResolvedPage, made: Made) -> str:
     elif page.license_id:
         out.append(f"`{page.license_id}`; the full text is in the Modelfile's LICENSE block.")
     out.append("")
-    out.append(f"This file was modified from {base}: " + ("fine-tuned with SimPO, then " if trained else "")
-               + "converted and quantized by simpo-q.")
+    out.append(
+        f"This file was modified from {base}: "
+        + ("fine-tuned with SimPO, then " if trained else "")
+        + "converted and quantized by simpo-q."
+    )
     cites = ([SIMPO_CITATION] if trained else []) + ([arch.CITATION] if getattr(arch, "CITATION", None) else [])
     if cites:
         out += ["", "## Citations", "", "```bibtex", "\n\n".join(cites), "```"]

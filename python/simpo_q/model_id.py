@@ -12,8 +12,10 @@ import re
 
 def id_to_title(string: str) -> str:
     """'gemma-2-9b-it' -> 'Gemma 2 9b It': words title-cased unless an acronym or a version."""
-    return " ".join(w.title() if w.islower() and not re.match(r"^(v\d+(?:\.\d+)*|\d.*)$", w) else w
-                    for w in string.strip().replace("-", " ").split())
+    return " ".join(
+        w.title() if w.islower() and not re.match(r"^(v\d+(?:\.\d+)*|\d.*)$", w) else w
+        for w in string.strip().replace("-", " ").split()
+    )
 
 
 def get_model_id_components(model_id: str | None = None, total_params: int = 0):
@@ -36,8 +38,9 @@ def get_model_id_components(model_id: str | None = None, total_params: int = 0):
         elif re.fullmatch(r"i?q\d(_\w)*|b?fp?(16|32)", part, re.IGNORECASE):
             types[i].add("type")
             parts[i] = part.upper()
-        elif i > 0 and re.fullmatch(r"(([A]|\d+[x])?\d+([._]\d+)?[KMBT][\d]?|small|mini|medium|large|x?xl)", part,
-                                    re.IGNORECASE):
+        elif i > 0 and re.fullmatch(
+            r"(([A]|\d+[x])?\d+([._]\d+)?[KMBT][\d]?|small|mini|medium|large|x?xl)", part, re.IGNORECASE
+        ):
             part = part.replace("_", ".")
             if part[-1].isdecimal():  # bloom-7b1
                 part = part[:-2] + "." + part[-1] + part[-2]
@@ -48,7 +51,8 @@ def get_model_id_components(model_id: str | None = None, total_params: int = 0):
                     label_params = float(part[:-1]) * pow(1000, " KMBT".find(part[-1]))
                     # far from the model's size: a context length, so part of the finetune
                     if (total_params < 0 and label_params < abs(total_params) // 8) or (
-                            total_params > 0 and abs(label_params - total_params) > 7 * total_params // 8):
+                        total_params > 0 and abs(label_params - total_params) > 7 * total_params // 8
+                    ):
                         types[i].add("finetune")
                         part = part[:-1] + part[-1].lower()
                 except ValueError:

@@ -48,6 +48,8 @@ def ollama_files(gguf: Path, page: ResolvedPage) -> list[Path]:
 
 
 def write_ollama_files(gguf: Path, arch, page: ResolvedPage) -> list[Path]:
-    texts = {"Modelfile": modelfile(gguf.name, arch, page),
-             "NOTICE": page.license.notice if page.license is not None else None}
+    texts = {
+        "Modelfile": modelfile(gguf.name, arch, page),
+        "NOTICE": page.license.notice if page.license is not None else None,
+    }
     return [write_text(p, texts[p.name] or "") for p in ollama_files(gguf, page)]

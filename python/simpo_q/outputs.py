@@ -42,16 +42,18 @@ def _same(a: Path, b: Path) -> bool:
         return False
 
 
-def check_output(out: str | os.PathLike, inputs: Iterable[str | os.PathLike | None], *,
-                 side_file: bool = False, force: bool = False) -> Path:
+def check_output(
+    out: str | os.PathLike, inputs: Iterable[str | os.PathLike | None], *, side_file: bool = False, force: bool = False
+) -> Path:
     """Refuses an output that is an input, a directory, a device, an existing side file
     (without `force`) or a file in a folder that is missing or not writable."""
     out = Path(out)
     for i in input_files(inputs):
         if _same(out, i):
             what = "a file of the input" if i.parent != out.parent or i.is_dir() else "an input"
-            raise SimpoQError(f"{out}: is {what} ({i}); writing it would destroy what is read. "
-                              f"Choose another output name")
+            raise SimpoQError(
+                f"{out}: is {what} ({i}); writing it would destroy what is read. Choose another output name"
+            )
     if out.is_dir():
         raise SimpoQError(f"{out}: is a directory; give a file name")
     if out.exists() and not out.is_file():
@@ -77,8 +79,9 @@ def check_space(out: str | os.PathLike, nbytes: int, what: str = "the file") -> 
     except OSError:
         return
     if nbytes > free:
-        raise SimpoQError(f"{out}: {what} needs {nbytes / 2**30:.2f} GiB ({nbytes} bytes); {folder} has "
-                          f"{free / 2**30:.2f} GiB free")
+        raise SimpoQError(
+            f"{out}: {what} needs {nbytes / 2**30:.2f} GiB ({nbytes} bytes); {folder} has {free / 2**30:.2f} GiB free"
+        )
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

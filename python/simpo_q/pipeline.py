@@ -15,8 +15,18 @@ from pathlib import Path
 from simpo_q._native import SimpoQError
 
 
-def _check_args(recipe, out: Path, ftype: str, imatrix, ollama: bool, force: bool, ctx: int,
-                chunks: int | None, page, model_card: bool) -> None:
+def _check_args(
+    recipe,
+    out: Path,
+    ftype: str,
+    imatrix,
+    ollama: bool,
+    force: bool,
+    ctx: int,
+    chunks: int | None,
+    page,
+    model_card: bool,
+) -> None:
     """Before hours of training: the file type must exist, --imatrix must be readable, and
     every output must be writable, not an input, and (beside OUT) not already there."""
     from simpo_q import imatrix as im
@@ -41,8 +51,7 @@ def _check_args(recipe, out: Path, ftype: str, imatrix, ollama: bool, force: boo
         if not im.is_imatrix_file(p):
             im.read_text(p)
             text = p
-    inputs = [recipe.model, recipe.data, recipe.eval_data, imatrix if isinstance(imatrix, (str, os.PathLike))
-              else None]
+    inputs = [recipe.model, recipe.data, recipe.eval_data, imatrix if isinstance(imatrix, (str, os.PathLike)) else None]
     check_output(out, inputs)
     if text is not None:
         check_output(imatrix_beside(out), inputs, side_file=True, force=force)
@@ -54,11 +63,27 @@ def _check_args(recipe, out: Path, ftype: str, imatrix, ollama: bool, force: boo
         check_output(card_beside(out), [*inputs, out], side_file=True, force=force)
 
 
-def run_pipeline(recipe, out: str | os.PathLike, *, ftype: str = "Q3_K_S", imatrix=None, imatrix_ctx: int = 512,
-                 imatrix_chunks: int | None = None, ollama: bool = True, quiet: bool = False,
-                 name: str | None = None, force: bool = False, eval_text=None, eval_ctx: int = 512,
-                 eval_chunks: int | None = None, refine: bool = False, target_bpw: float | None = None,
-                 target_size: int | None = None, page=None, model_card: bool = True) -> Path | None:
+def run_pipeline(
+    recipe,
+    out: str | os.PathLike,
+    *,
+    ftype: str = "Q3_K_S",
+    imatrix=None,
+    imatrix_ctx: int = 512,
+    imatrix_chunks: int | None = None,
+    ollama: bool = True,
+    quiet: bool = False,
+    name: str | None = None,
+    force: bool = False,
+    eval_text=None,
+    eval_ctx: int = 512,
+    eval_chunks: int | None = None,
+    refine: bool = False,
+    target_bpw: float | None = None,
+    target_size: int | None = None,
+    page=None,
+    model_card: bool = True,
+) -> Path | None:
     """Returns the GGUF's path on rank 0, None on the other ranks. The GGUF's general.name is
     `name`, by default the run's name (the recipe's output_dir), not that of its `final`
     directory. `page` (simpo_q.publish.Page) holds the command line's licence, base model,
@@ -102,17 +127,30 @@ def run_pipeline(recipe, out: str | os.PathLike, *, ftype: str = "Q3_K_S", imatr
         return None
     with ModelWeights(final, model) as src:
         # the importance matrix was just written beside OUT by this run: not an existing side file
-        path = quantize_model(src, out, ftype, imatrix=imatrix, imatrix_ctx=imatrix_ctx,
-                              imatrix_chunks=imatrix_chunks, ollama=ollama, quiet=quiet,
-                              name=name or Path(recipe.output_dir).resolve().name, force=force,
-                              inputs=(recipe.model, recipe.data, recipe.eval_data), refine=refine,
-                              target_bpw=target_bpw, target_size=target_size, page=page,
-                              model_card=model_card and eval_text is None)
+        path = quantize_model(
+            src,
+            out,
+            ftype,
+            imatrix=imatrix,
+            imatrix_ctx=imatrix_ctx,
+            imatrix_chunks=imatrix_chunks,
+            ollama=ollama,
+            quiet=quiet,
+            name=name or Path(recipe.output_dir).resolve().name,
+            force=force,
+            inputs=(recipe.model, recipe.data, recipe.eval_data),
+            refine=refine,
+            target_bpw=target_bpw,
+            target_size=target_size,
+            page=page,
+            model_card=model_card and eval_text is None,
+        )
     if not quiet:
         print(f"pipeline: trained {final}, wrote {path}", file=sys.stderr)
     if eval_text is not None:
-        reports = evaluate_gguf(model, final, path, ftype, imatrix is not None, eval_text, ctx=eval_ctx,
-                                chunks=eval_chunks, quiet=quiet)
+        reports = evaluate_gguf(
+            model, final, path, ftype, imatrix is not None, eval_text, ctx=eval_ctx, chunks=eval_chunks, quiet=quiet
+        )
         if model_card and page.card is not None:
             from simpo_q.evaluate.kld import render
 
@@ -146,8 +184,18 @@ def recipe_page(recipe, page=None):
     return page
 
 
-def evaluate_gguf(model, final: Path, gguf: Path, ftype: str, with_imatrix: bool, text_file, *, ctx: int,
-                  chunks: int | None, quiet: bool) -> list[dict]:
+def evaluate_gguf(
+    model,
+    final: Path,
+    gguf: Path,
+    ftype: str,
+    with_imatrix: bool,
+    text_file,
+    *,
+    ctx: int,
+    chunks: int | None,
+    quiet: bool,
+) -> list[dict]:
     """What quantization cost: `eval kld` of the GGUF against the trained model (in memory,
     float32: the weights the quantizer read) on a text it was not calibrated on, beside the
     same file type without the importance matrix (written to a temporary folder)."""
@@ -168,8 +216,13 @@ def evaluate_gguf(model, final: Path, gguf: Path, ftype: str, with_imatrix: bool
         ref = TorchModel.from_directory(final)  # sharded weights: the saved model instead
     else:
         tok = AutoTokenizer.from_pretrained(str(final))
-        ref = TorchModel(hf, tok, f"{final} (in memory)", _hf_vocabulary(tok, hf.config.vocab_size),
-                         adapter_for(hf.config.to_dict(), "the trained model").ARCH)
+        ref = TorchModel(
+            hf,
+            tok,
+            f"{final} (in memory)",
+            _hf_vocabulary(tok, hf.config.vocab_size),
+            adapter_for(hf.config.to_dict(), "the trained model").ARCH,
+        )
     was_training = hf.training
     hf.eval()
     try:
@@ -180,8 +233,15 @@ def evaluate_gguf(model, final: Path, gguf: Path, ftype: str, with_imatrix: bool
                     plain = gguf.with_name(gguf.name.removesuffix(".gguf") + "-no-imatrix.gguf")
                     files.append(quantize_model(src, Path(tmp) / plain.name, ftype, quiet=True))
             text = read_text(text_file, "evaluation text")
-            reports, _ = run_kld(ref, [LlamaCppModel(f, ctx) for f in files], text, ctx=ctx, chunks=chunks,
-                                 where=str(text_file), quiet=quiet)
+            reports, _ = run_kld(
+                ref,
+                [LlamaCppModel(f, ctx) for f in files],
+                text,
+                ctx=ctx,
+                chunks=chunks,
+                where=str(text_file),
+                quiet=quiet,
+            )
     finally:
         hf.train(was_training)
     print(render(reports))

@@ -12,9 +12,17 @@ from simpo_q._native import SimpoQError, type_info
 
 # name → (llama_ftype id, default ggml type)
 FILE_TYPES = {
-    "F32": (0, "F32"), "F16": (1, "F16"), "BF16": (32, "BF16"), "Q8_0": (7, "Q8_0"),
-    "Q3_K_S": (11, "Q3_K"), "Q3_K_M": (12, "Q3_K"), "Q3_K_L": (13, "Q3_K"),
-    "Q4_K_S": (14, "Q4_K"), "Q4_K_M": (15, "Q4_K"), "Q5_K_S": (16, "Q5_K"), "Q5_K_M": (17, "Q5_K"),
+    "F32": (0, "F32"),
+    "F16": (1, "F16"),
+    "BF16": (32, "BF16"),
+    "Q8_0": (7, "Q8_0"),
+    "Q3_K_S": (11, "Q3_K"),
+    "Q3_K_M": (12, "Q3_K"),
+    "Q3_K_L": (13, "Q3_K"),
+    "Q4_K_S": (14, "Q4_K"),
+    "Q4_K_M": (15, "Q4_K"),
+    "Q5_K_S": (16, "Q5_K"),
+    "Q5_K_M": (17, "Q5_K"),
     "Q6_K": (18, "Q6_K"),
 }
 FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
@@ -69,8 +77,10 @@ def check_file_type(ftype: str) -> str:
     if ftype.strip() in by_id:
         return by_id[ftype.strip()]
     if ftype.upper() not in FILE_TYPES:
-        raise SimpoQError(f"--type: unknown file type {ftype!r}; supported: "
-                          f"{', '.join(f'{n} ({i})' for n, (i, _) in FILE_TYPES.items())}")
+        raise SimpoQError(
+            f"--type: unknown file type {ftype!r}; supported: "
+            f"{', '.join(f'{n} ({i})' for n, (i, _) in FILE_TYPES.items())}"
+        )
     return ftype.upper()
 
 
@@ -78,6 +88,7 @@ def check_file_type(ftype: str) -> str:
 class _State:
     """What llama.cpp's type choice knows of the model and counts as it goes (its
     quantize_state_impl)."""
+
     ftype: str
     default: str
     has_output: bool  # an untied head; otherwise token_embd is the output
@@ -95,9 +106,14 @@ def _is_llama_70b(arch: str, shapes: dict[str, tuple[int, ...]], n_layer: int) -
     return arch == "llama" and n_layer == 80 and q is not None and k is not None and q[0] != k[0]
 
 
-def plan_types(ftype: str, tensors: list[tuple[str, tuple[int, ...]]], ov: Overrides | None = None,
-               input_types: dict[str, str] | None = None, fallbacks: list[str] | None = None,
-               arch: str = "") -> dict[str, str]:
+def plan_types(
+    ftype: str,
+    tensors: list[tuple[str, tuple[int, ...]]],
+    ov: Overrides | None = None,
+    input_types: dict[str, str] | None = None,
+    fallbacks: list[str] | None = None,
+    arch: str = "",
+) -> dict[str, str]:
     """The output type of every tensor (GGUF names, numpy shapes), in llama.cpp's order.
     `fallbacks` collects llama-quantize's warning line for each tensor whose row length
     does not fit its type. `arch`: the GGUF architecture (one llama.cpp rule depends on it)."""
@@ -107,8 +123,14 @@ def plan_types(ftype: str, tensors: list[tuple[str, tuple[int, ...]]], ov: Overr
     names = sorted((n for n, _ in tensors), key=weights_map_key)
     shapes = dict(tensors)
     n_layer = sum(1 for n in names if n.endswith("ffn_down.weight"))
-    qs = _State(ftype, default, "output.weight" in shapes, sum(1 for n in names if n.endswith("attn_v.weight")),
-                n_layer, _is_llama_70b(arch, shapes, n_layer))
+    qs = _State(
+        ftype,
+        default,
+        "output.weight" in shapes,
+        sum(1 for n in names if n.endswith("attn_v.weight")),
+        n_layer,
+        _is_llama_70b(arch, shapes, n_layer),
+    )
     out: dict[str, str] = {}
     patterns = []
     for p, t in ov.tensor_types:
@@ -142,8 +164,10 @@ def plan_types(ftype: str, tensors: list[tuple[str, tuple[int, ...]]], ov: Overr
         if new != t and fallbacks is not None:
             # llama.cpp's tensor_type_fallback wording
             unusual = "(WARNING: must use F16 due to unusual shape) " if new == "F16" else ""
-            fallbacks.append(f"warning: {name:<36s} - ncols {ne0:6d} not divisible by {_block(t):3d} (required for "
-                             f"type {ggml_type_name(t):>7s}) {unusual}-> falling back to {ggml_type_name(new):>7s}")
+            fallbacks.append(
+                f"warning: {name:<36s} - ncols {ne0:6d} not divisible by {_block(t):3d} (required for "
+                f"type {ggml_type_name(t):>7s}) {unusual}-> falling back to {ggml_type_name(new):>7s}"
+            )
         out[name] = new
     return out
 

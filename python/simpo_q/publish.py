@@ -29,16 +29,35 @@ class License:
 # licences whose full text ships with simpo-q; any other needs --license-file
 LICENSES = {
     "gemma": License(
-        "gemma", "Gemma Terms of Use", "https://ai.google.dev/gemma/terms", "gemma-terms-of-use.txt",
-        "Gemma is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms\n"),
+        "gemma",
+        "Gemma Terms of Use",
+        "https://ai.google.dev/gemma/terms",
+        "gemma-terms-of-use.txt",
+        "Gemma is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms\n",
+    ),
 }
 
 # Ollama's model options (api/types.go, Options and Runner) and how each is written and checked
 OLLAMA_PARAMETER_TYPES = {
-    "num_ctx": int, "num_batch": int, "num_gpu": int, "main_gpu": int, "num_thread": int, "use_mmap": bool,
-    "num_keep": int, "seed": int, "num_predict": int, "top_k": int, "top_p": float, "min_p": float,
-    "typical_p": float, "repeat_last_n": int, "temperature": float, "repeat_penalty": float,
-    "presence_penalty": float, "frequency_penalty": float, "stop": list,
+    "num_ctx": int,
+    "num_batch": int,
+    "num_gpu": int,
+    "main_gpu": int,
+    "num_thread": int,
+    "use_mmap": bool,
+    "num_keep": int,
+    "seed": int,
+    "num_predict": int,
+    "top_k": int,
+    "top_p": float,
+    "min_p": float,
+    "typical_p": float,
+    "repeat_last_n": int,
+    "temperature": float,
+    "repeat_penalty": float,
+    "presence_penalty": float,
+    "frequency_penalty": float,
+    "stop": list,
 }
 
 
@@ -89,6 +108,7 @@ def parse_parameters(specs: list[str], where: str = "--parameter") -> dict:
 @dataclass
 class Page:
     """Everything written about the model, beside and inside the GGUF."""
+
     name: str | None = None
     license: str | None = None  # a licence id; None: the architecture's
     license_file: str | os.PathLike | None = None
@@ -111,22 +131,26 @@ class Page:
         if self.license_file is not None:
             p = Path(self.license_file)
             if not p.is_file():
-                raise SimpoQError(f"{p}: --license-file not found" if not p.exists()
-                                  else f"{p}: --license-file is not a regular file")
+                raise SimpoQError(
+                    f"{p}: --license-file not found" if not p.exists() else f"{p}: --license-file is not a regular file"
+                )
             from simpo_q.textfile import read_text
 
             text = read_text(p, "licence file")
         elif known is not None and known.text_file is not None:
             text = resources.files("simpo_q.data").joinpath(known.text_file).read_text(encoding="utf-8")
         elif lic_id:
-            raise SimpoQError(f"--license {lic_id}: simpo-q has no text of this licence; give it with --license-file "
-                              f"(bundled: {', '.join(LICENSES)})")
+            raise SimpoQError(
+                f"--license {lic_id}: simpo-q has no text of this licence; give it with --license-file "
+                f"(bundled: {', '.join(LICENSES)})"
+            )
         if text is not None and '"""' in text:
-            raise SimpoQError(f"{self.license_file}: the licence text contains \"\"\", which ends a Modelfile block")
+            raise SimpoQError(f'{self.license_file}: the licence text contains """, which ends a Modelfile block')
         if self.system is not None and ('"""' in self.system or not self.system.strip()):
-            raise SimpoQError(f"--system {self.system!r}: must be non-empty and must not contain \"\"\"")
-        params = {k: check_parameter(k, v, "ollama parameters") for k, v in getattr(arch, "OLLAMA_PARAMETERS",
-                                                                                    {}).items()}
+            raise SimpoQError(f'--system {self.system!r}: must be non-empty and must not contain """')
+        params = {
+            k: check_parameter(k, v, "ollama parameters") for k, v in getattr(arch, "OLLAMA_PARAMETERS", {}).items()
+        }
         for k, v in self.parameters.items():
             params[k] = check_parameter(k, v, "--parameter")
         for b in self.base_model:

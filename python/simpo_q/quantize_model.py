@@ -40,8 +40,10 @@ def _from_gguf(path: Path):
     plan = []
     for name, dims, qtype, _, _ in r.tensors:
         if qtype not in simpo_q.QUANT_TYPES:
-            raise SimpoQError(f"{path}: tensor {name!r} is {qtype}, which simpo-q cannot read (give an "
-                              f"F32/F16/BF16 GGUF or the Hugging Face directory)")
+            raise SimpoQError(
+                f"{path}: tensor {name!r} is {qtype}, which simpo-q cannot read (give an "
+                f"F32/F16/BF16 GGUF or the Hugging Face directory)"
+            )
         shape = tuple(reversed(dims))
 
         def load(name=name, qtype=qtype, shape=shape) -> np.ndarray:
@@ -50,7 +52,7 @@ def _from_gguf(path: Path):
 
         def rows(start: int, stop: int, name=name, qtype=qtype, cols=shape[-1]) -> np.ndarray:
             rb = simpo_q.row_size(qtype, cols)
-            raw = r.tensor_bytes(name)[start * rb:stop * rb]
+            raw = r.tensor_bytes(name)[start * rb : stop * rb]
             return simpo_q.dequantize(raw, qtype, cols).reshape(stop - start, cols)
 
         plan.append(Planned(name, shape, qtype, load, rows=rows if len(shape) == 2 else None, src_type=qtype))
@@ -74,8 +76,9 @@ def _imatrix_kind(imatrix, inp: Path) -> str | None:
     if im.is_imatrix_file(path):
         return "file"
     if not inp.is_dir():
-        raise SimpoQError(f"{path}: computing an importance matrix from text needs a Hugging Face directory "
-                          f"as input, not {inp}")
+        raise SimpoQError(
+            f"{path}: computing an importance matrix from text needs a Hugging Face directory as input, not {inp}"
+        )
     im.read_text(path)  # a bad text fails now, not after loading the model
     return "text"
 
@@ -98,8 +101,15 @@ def _importance(imatrix, kind: str | None, inp: Path, saved: Path, quiet: bool, 
     return m, str(saved)
 
 
-def _check_arguments(imatrix, imatrix_ctx: int, imatrix_chunks: int | None, target_bpw: float | None,
-                     target_size: int | None, include_weights: tuple, exclude_weights: tuple) -> None:
+def _check_arguments(
+    imatrix,
+    imatrix_ctx: int,
+    imatrix_chunks: int | None,
+    target_bpw: float | None,
+    target_size: int | None,
+    include_weights: tuple,
+    exclude_weights: tuple,
+) -> None:
     """The options that contradict each other or are out of range, before anything is read."""
     if imatrix_ctx < 1:
         raise SimpoQError(f"--ctx {imatrix_ctx}: must be at least 1")
@@ -110,8 +120,10 @@ def _check_arguments(imatrix, imatrix_ctx: int, imatrix_chunks: int | None, targ
     if include_weights and exclude_weights:
         raise SimpoQError("--include-weights and --exclude-weights: give one of them (as llama-quantize)")
     if (include_weights or exclude_weights) and imatrix is None:
-        raise SimpoQError("--include-weights/--exclude-weights choose which tensors use the importance matrix; "
-                          "give one with --imatrix")
+        raise SimpoQError(
+            "--include-weights/--exclude-weights choose which tensors use the importance matrix; "
+            "give one with --imatrix"
+        )
     if target_bpw is not None and not (0 < target_bpw < 64):
         raise SimpoQError(f"--target-bpw {target_bpw}: expected bits per weight between 0 and 64")
     if target_size is not None and target_size <= 0:
@@ -135,8 +147,10 @@ def _open_source(inp):
         metadata, source, reader = _from_gguf(inp)
         return inp, metadata, source, reader, reader
     if inp.exists():
-        raise SimpoQError(f"{inp}: not a regular file or a directory (a device or pipe?); give a Hugging Face "
-                          f"model directory or a GGUF file")
+        raise SimpoQError(
+            f"{inp}: not a regular file or a directory (a device or pipe?); give a Hugging Face "
+            f"model directory or a GGUF file"
+        )
     raise SimpoQError(f"{inp}: no such file or directory")
 
 
@@ -149,13 +163,28 @@ def _check_outputs(out, ins: list, need: int, what: str, sides: list[Path], forc
         check_output(side, [*ins, out], side_file=True, force=force)
 
 
-def _file_metadata(metadata: list, ftype: str, general_name: str | None, resolved, plan: list[Planned],
-                   refine: bool, kv_overrides, imat, imat_file, by_name: dict, inp: Path) -> list:
+def _file_metadata(
+    metadata: list,
+    ftype: str,
+    general_name: str | None,
+    resolved,
+    plan: list[Planned],
+    refine: bool,
+    kv_overrides,
+    imat,
+    imat_file,
+    by_name: dict,
+    inp: Path,
+) -> list:
     """The output's keys: the source's, the file type, the name and page (general.*), the
     refinement note, then the user's overrides and the importance matrix's keys, in
     llama-quantize's order."""
-    md = [(k, t, v) for k, t, v in metadata if k not in ("general.quantization_version", "general.file_type",
-                                                          "split.no", "split.count", "split.tensors.count")]
+    md = [
+        (k, t, v)
+        for k, t, v in metadata
+        if k
+        not in ("general.quantization_version", "general.file_type", "split.no", "split.count", "split.tensors.count")
+    ]
     md += [("general.quantization_version", "u32", 2), ("general.file_type", "u32", FILE_TYPES[ftype][0])]
     if general_name:
         md = [(k, t, general_name if k == "general.name" else v) for k, t, v in md]
@@ -164,8 +193,13 @@ def _file_metadata(metadata: list, ftype: str, general_name: str | None, resolve
     if refine:
         # the file records how it was made; llama.cpp ignores keys it does not know
         refined = sorted({p.qtype for p in plan if p.refine and p.qtype in simpo_q.REFINABLE_TYPES})
-        md.append(("quantize.refined", "str", f"simpo-q {simpo_q.__version__} refined encoder: "
-                                              f"{', '.join(refined) or 'no refinable type'}"))
+        md.append(
+            (
+                "quantize.refined",
+                "str",
+                f"simpo-q {simpo_q.__version__} refined encoder: {', '.join(refined) or 'no refinable type'}",
+            )
+        )
     sets = list(kv_overrides)  # llama-quantize applies the user's overrides, then its imatrix keys
     if imat is not None:
         used = [n for n in imat.names() if n in by_name]
@@ -204,12 +238,15 @@ def _print_dry_run(plan: list[Planned]) -> None:
         shape = ", ".join(str(d) for d in reversed(p.shape))
         print(f"[{i:4d}/{len(plan):4d}] {p.name:36s} - [{shape:>18s}], type = {p.qtype:6s}, {n} bytes")
     params = sum(int(np.prod(p.shape)) for p in plan)
-    print(f"predicted size: {total} bytes of tensor data ({total / 2**20:.2f} MiB, "
-          f"{8 * sum(tensor_bytes(p) for p in plan) / params:.2f} BPW) in {len(plan)} tensors")
+    print(
+        f"predicted size: {total} bytes of tensor data ({total / 2**20:.2f} MiB, "
+        f"{8 * sum(tensor_bytes(p) for p in plan) / params:.2f} BPW) in {len(plan)} tensors"
+    )
 
 
-def _publish(out: Path, md: list, adapter, page: Page, resolved, made: Made, ollama: bool, model_card: bool,
-             quiet: bool) -> None:
+def _publish(
+    out: Path, md: list, adapter, page: Page, resolved, made: Made, ollama: bool, model_card: bool, quiet: bool
+) -> None:
     """The page around the GGUF: the Modelfile and NOTICE (`ollama`), and the model card, which
     `page.card` keeps for the pipeline to rewrite with its evaluation (`model_card`)."""
     if ollama:
@@ -224,18 +261,29 @@ def _publish(out: Path, md: list, adapter, page: Page, resolved, made: Made, oll
             print(f"wrote {page.card.path} (model card)", file=sys.stderr)
 
 
-def _tensor_types(source: list[Planned], ftype: str, overrides, arch: str, allow_requantize: bool,
-                  fallbacks: list[str], inp: Path, quiet: bool) -> dict[str, str]:
+def _tensor_types(
+    source: list[Planned],
+    ftype: str,
+    overrides,
+    arch: str,
+    allow_requantize: bool,
+    fallbacks: list[str],
+    inp: Path,
+    quiet: bool,
+) -> dict[str, str]:
     """Each tensor's type under llama.cpp's policy and the overrides; a quantized input
     tensor is converted only with --allow-requantize (llama-quantize's rule: errors add up;
     one that keeps its type is copied). Prints the fallback warnings."""
     input_types = {p.name: p.qtype for p in source}
-    types = plan_types(ftype, [(p.name, p.shape) for p in source], overrides, input_types, fallbacks=fallbacks,
-                       arch=arch)
+    types = plan_types(
+        ftype, [(p.name, p.shape) for p in source], overrides, input_types, fallbacks=fallbacks, arch=arch
+    )
     for name, t in types.items():
         if input_types[name] not in FLOAT_INPUTS and t != input_types[name] and not allow_requantize:
-            raise SimpoQError(f"{inp}: requantizing from type {input_types[name]} is disabled (tensor {name} "
-                              f"would become {t}); pass --allow-requantize")
+            raise SimpoQError(
+                f"{inp}: requantizing from type {input_types[name]} is disabled (tensor {name} "
+                f"would become {t}); pass --allow-requantize"
+            )
     if not quiet:
         for line in fallbacks:
             print(line, file=sys.stderr)
@@ -251,15 +299,32 @@ def _planned(p: Planned, t: str, reader, imat, imat_file, refine: bool, quiet: b
     return Planned(p.name, p.shape, t, p.load, imatrix=vec, refine=refine, rows=p.rows, src_type=p.src_type)
 
 
-def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathLike, ftype: str = "Q3_K_S", *,
-                   overrides: Overrides | None = None, dry_run: bool = False, ollama: bool = False,
-                   quiet: bool = False, threads: int | None = None, imatrix=None, imatrix_ctx: int = 512,
-                   imatrix_chunks: int | None = None, name: str | None = None, force: bool = False,
-                   inputs: tuple = (), refine: bool = False, target_bpw: float | None = None,
-                   target_size: int | None = None, page: Page | None = None,
-                   model_card: bool = False, kv_overrides: list[tuple[str, str, object]] = (),
-                   allow_requantize: bool = False, include_weights: tuple[str, ...] = (),
-                   exclude_weights: tuple[str, ...] = ()) -> Path | None:
+def quantize_model(
+    inp: str | os.PathLike | StateDictSource,
+    out: str | os.PathLike,
+    ftype: str = "Q3_K_S",
+    *,
+    overrides: Overrides | None = None,
+    dry_run: bool = False,
+    ollama: bool = False,
+    quiet: bool = False,
+    threads: int | None = None,
+    imatrix=None,
+    imatrix_ctx: int = 512,
+    imatrix_chunks: int | None = None,
+    name: str | None = None,
+    force: bool = False,
+    inputs: tuple = (),
+    refine: bool = False,
+    target_bpw: float | None = None,
+    target_size: int | None = None,
+    page: Page | None = None,
+    model_card: bool = False,
+    kv_overrides: list[tuple[str, str, object]] = (),
+    allow_requantize: bool = False,
+    include_weights: tuple[str, ...] = (),
+    exclude_weights: tuple[str, ...] = (),
+) -> Path | None:
     """`name`, when given, replaces general.name (otherwise the source directory's name).
     Files written beside OUT (OUT.imatrix.gguf, Modelfile, NOTICE, README.md) are refused
     when they exist, unless `force`. `inputs`: further paths the output must not replace (the
@@ -270,8 +335,7 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
     (`parse_kv_override`)."""
     general_name = name
     ftype = check_file_type(ftype)
-    _check_arguments(imatrix, imatrix_ctx, imatrix_chunks, target_bpw, target_size, include_weights,
-                     exclude_weights)
+    _check_arguments(imatrix, imatrix_ctx, imatrix_chunks, target_bpw, target_size, include_weights, exclude_weights)
     budgeted = target_bpw is not None or target_size is not None
     inp, metadata, source, origin, reader = _open_source(inp)
     # everything that can be checked is checked before the long work (the importance matrix)
@@ -287,23 +351,35 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
     if page is not None and page.base_name is None:
         page.base_name = inp.name
     if page is not None and not page.tags:
-        page.tags = ["gguf", "llama.cpp", "ollama", ftype, *(["imatrix"] if kind else []),
-                     *(["simpo"] if page.training is not None else [])]
+        page.tags = [
+            "gguf",
+            "llama.cpp",
+            "ollama",
+            ftype,
+            *(["imatrix"] if kind else []),
+            *(["simpo"] if page.training is not None else []),
+        ]
     resolved = page.resolve(adapter) if page is not None else None
     saved = imatrix_beside(out)
     if not dry_run:
         ins = [inp, imatrix if kind in ("file", "text") else None, *inputs]
         # the tensor data at the planned types, plus room for the metadata (the vocabulary)
         need = sum(shape_bytes(types[p.name], p.shape) + ALIGNMENT for p in source) + (8 << 20)
-        sides = [*([saved] if kind == "text" else []),
-                 *(ollama_files(Path(out), resolved) if ollama else []),
-                 *([card_beside(out)] if model_card else []), *([tensor_types_beside(out)] if budgeted else [])]
+        sides = [
+            *([saved] if kind == "text" else []),
+            *(ollama_files(Path(out), resolved) if ollama else []),
+            *([card_beside(out)] if model_card else []),
+            *([tensor_types_beside(out)] if budgeted else []),
+        ]
         _check_outputs(out, ins, need, f"the {ftype} GGUF", sides, force)
     if dry_run and kind == "text":
         # a dry run computes nothing: the types do not depend on the importance matrix
         if not quiet:
-            print("dry run: the importance matrix is not computed" +
-                  ("; the budget's errors are measured without one" if budgeted else ""), file=sys.stderr)
+            print(
+                "dry run: the importance matrix is not computed"
+                + ("; the budget's errors are measured without one" if budgeted else ""),
+                file=sys.stderr,
+            )
         kind = None
     imat, imat_file = _importance(imatrix, kind, inp, saved, quiet, imatrix_ctx, imatrix_chunks)
     if imat is not None and (include_weights or exclude_weights):
@@ -313,14 +389,25 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
         from simpo_q.allocate import plan_budget
 
         planned = [by_name[n] for n in sorted(by_name, key=weights_map_key)]
-        types, table = plan_budget(planned, types, lambda n: _vector(imat, imat_file, n, by_name[n].shape, types[n],
-                                                                      True),
-                                   target_bpw=target_bpw, target_size=target_size, refine=refine, threads=threads,
-                                   quiet=quiet)
-    plan = [_planned(by_name[name], types[name], reader, imat, imat_file, refine, quiet,
-                     bool(include_weights or exclude_weights)) for name in sorted(by_name, key=weights_map_key)]
-    md = _file_metadata(metadata, ftype, general_name, resolved, plan, refine, kv_overrides, imat, imat_file,
-                        by_name, inp)
+        types, table = plan_budget(
+            planned,
+            types,
+            lambda n: _vector(imat, imat_file, n, by_name[n].shape, types[n], True),
+            target_bpw=target_bpw,
+            target_size=target_size,
+            refine=refine,
+            threads=threads,
+            quiet=quiet,
+        )
+    plan = [
+        _planned(
+            by_name[name], types[name], reader, imat, imat_file, refine, quiet, bool(include_weights or exclude_weights)
+        )
+        for name in sorted(by_name, key=weights_map_key)
+    ]
+    md = _file_metadata(
+        metadata, ftype, general_name, resolved, plan, refine, kv_overrides, imat, imat_file, by_name, inp
+    )
     if budgeted and (not quiet or dry_run):
         _print_budget_table(plan, table)
     if dry_run:
@@ -332,8 +419,10 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
         for line in size_summary(plan):
             print(line, file=sys.stderr)
         if fallbacks:
-            print(f"quantize: WARNING: {len(fallbacks)} of {len(plan)} tensor(s) required fallback quantization",
-                  file=sys.stderr)
+            print(
+                f"quantize: WARNING: {len(fallbacks)} of {len(plan)} tensor(s) required fallback quantization",
+                file=sys.stderr,
+            )
         print(f"wrote {path} ({path.stat().st_size} bytes)", file=sys.stderr)
     if budgeted:
         from simpo_q.allocate import tensor_type_file
@@ -342,13 +431,30 @@ def quantize_model(inp: str | os.PathLike | StateDictSource, out: str | os.PathL
         if not quiet:
             print(f"wrote {tt} (the chosen types; llama-quantize --tensor-type-file reads it)", file=sys.stderr)
     if page is not None and resolved is not None:
-        made = Made(out.name, ftype, [p.qtype for p in plan], _describe(inp, origin), reader is not None,
-                    imatrix=None if imat is None else {
-                        "file": Path(imat_file).name, "dataset": imat.datasets[0] if imat.datasets else None,
-                        "chunks": imat.chunk_count or None, "ctx": imat.chunk_size or None},
-                    refined=refine, budget=(f"--target-bpw {target_bpw}" if target_bpw is not None else
-                                            f"--target-size {target_size} bytes" if target_size is not None else None),
-                    size_bytes=path.stat().st_size)
+        made = Made(
+            out.name,
+            ftype,
+            [p.qtype for p in plan],
+            _describe(inp, origin),
+            reader is not None,
+            imatrix=None
+            if imat is None
+            else {
+                "file": Path(imat_file).name,
+                "dataset": imat.datasets[0] if imat.datasets else None,
+                "chunks": imat.chunk_count or None,
+                "ctx": imat.chunk_size or None,
+            },
+            refined=refine,
+            budget=(
+                f"--target-bpw {target_bpw}"
+                if target_bpw is not None
+                else f"--target-size {target_size} bytes"
+                if target_size is not None
+                else None
+            ),
+            size_bytes=path.stat().st_size,
+        )
         _publish(out, md, adapter, page, resolved, made, ollama, model_card, quiet)
     return path
 
@@ -357,8 +463,10 @@ def _with_general(md: list, general: list) -> list:
     """The page's general.* keys where the converter puts them: after general.size_label."""
     keys = {k for k, _, _ in general}
     md = [e for e in md if e[0] not in keys]
-    at = next((i + 1 for i, (k, _, _) in enumerate(md) if k == "general.size_label"),
-              next((i + 1 for i, (k, _, _) in enumerate(md) if k == "general.name"), len(md)))
+    at = next(
+        (i + 1 for i, (k, _, _) in enumerate(md) if k == "general.size_label"),
+        next((i + 1 for i, (k, _, _) in enumerate(md) if k == "general.name"), len(md)),
+    )
     return md[:at] + general + md[at:]
 
 
@@ -390,8 +498,10 @@ def parse_kv_override(spec: str) -> tuple[str, str, object]:
             return key, "str", value
     except ValueError:
         pass
-    raise SimpoQError(f"--override-kv {spec!r}: expected KEY=int:N, KEY=float:X, KEY=bool:true|false or "
-                      f"KEY=str:TEXT (at most 127 characters)")
+    raise SimpoQError(
+        f"--override-kv {spec!r}: expected KEY=int:N, KEY=float:X, KEY=bool:true|false or "
+        f"KEY=str:TEXT (at most 127 characters)"
+    )
 
 
 def _filtered(imat, include: tuple[str, ...], exclude: tuple[str, ...]):
@@ -400,8 +510,11 @@ def _filtered(imat, include: tuple[str, ...], exclude: tuple[str, ...]):
     and records none)."""
     from simpo_q._native import Imatrix
 
-    keep = [n for n in imat.names() if (not exclude or not any(s in n for s in exclude))
-            and (not include or any(s in n for s in include))]
+    keep = [
+        n
+        for n in imat.names()
+        if (not exclude or not any(s in n for s in exclude)) and (not include or any(s in n for s in include))
+    ]
     if not keep:
         return None
     out = Imatrix(imat.chunk_size)
@@ -422,8 +535,9 @@ def _vector(imat, imat_file, name: str, shape: tuple[int, ...], qtype: str, quie
             print(f"no imatrix entry for {name}: quantized without one", file=sys.stderr)
         return None
     if len(v) != shape[-1]:
-        raise SimpoQError(f"{imat_file}: entry {name} has {len(v)} columns, the tensor has {shape[-1]} "
-                          f"(an imatrix of another model?)")
+        raise SimpoQError(
+            f"{imat_file}: entry {name} has {len(v)} columns, the tensor has {shape[-1]} (an imatrix of another model?)"
+        )
     return v
 
 

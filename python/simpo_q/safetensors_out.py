@@ -45,7 +45,7 @@ class SafetensorsStreamWriter:
         if name != self.order[self.next]:
             raise ValueError(f"{self.path}: tensor {name} out of order")
         n = 0
-        for piece in ([data] if isinstance(data, (bytes, bytearray, memoryview)) else data):
+        for piece in [data] if isinstance(data, (bytes, bytearray, memoryview)) else data:
             n += len(piece)
             if n > self.sizes[name]:
                 break
@@ -76,8 +76,9 @@ def shard_plan(specs: list[tuple[str, tuple[int, ...], str]], shards: int) -> li
     return groups
 
 
-def write_weights(out: Path, specs, tensors: Iterator[tuple[str, bytes | Iterable[bytes]]], shards: int,
-                  dtype: str = "BF16") -> None:
+def write_weights(
+    out: Path, specs, tensors: Iterator[tuple[str, bytes | Iterable[bytes]]], shards: int, dtype: str = "BF16"
+) -> None:
     """Writes `tensors` (HF name, bytes of `dtype` or an iterable of pieces of them, in
     `specs` order) as one file or `shards` files with Hugging Face's index."""
     if shards == 1:

@@ -50,14 +50,15 @@ class HFDirectory:
         if index.is_file():
             wm = _read_json(index, "safetensors index", MAX_JSON_BYTES)
             if not isinstance(wm, dict) or not isinstance(wm.get("weight_map"), dict):
-                raise SimpoQError(f"{index}: not a valid safetensors index (no \"weight_map\" object)")
+                raise SimpoQError(f'{index}: not a valid safetensors index (no "weight_map" object)')
             names = set()
             for tensor, f in wm["weight_map"].items():
                 # only files of this directory: a name with a path in it could reach any file
-                if not isinstance(f, str) or not f or f in (".", "..") or "/" in f or "\\" in f \
-                        or Path(f).name != f:
-                    raise SimpoQError(f"{index}: tensor {tensor!r}: shard {f!r} is not a file name in "
-                                      f"{self.path} (shards must lie in the model directory)")
+                if not isinstance(f, str) or not f or f in (".", "..") or "/" in f or "\\" in f or Path(f).name != f:
+                    raise SimpoQError(
+                        f"{index}: tensor {tensor!r}: shard {f!r} is not a file name in "
+                        f"{self.path} (shards must lie in the model directory)"
+                    )
                 names.add(f)
             files = sorted(self.path / f for f in names)
             for f in files:
@@ -185,8 +186,13 @@ def _header(path: Path) -> dict[str, tuple[str, tuple[int, ...], int]]:
             continue
         try:
             dtype, shape, (a, b) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
-            ok = isinstance(dtype, str) and all(type(d) is int and d >= 0 for d in shape) \
-                and type(a) is int and type(b) is int and 0 <= a <= b
+            ok = (
+                isinstance(dtype, str)
+                and all(type(d) is int and d >= 0 for d in shape)
+                and type(a) is int
+                and type(b) is int
+                and 0 <= a <= b
+            )
         except (KeyError, TypeError, ValueError):
             ok = False
         if not ok:
@@ -194,8 +200,10 @@ def _header(path: Path) -> dict[str, tuple[str, tuple[int, ...], int]]:
         if b > data_len:
             raise SimpoQError(f"{path}: truncated: tensor {name!r} ends at byte {b} of a {data_len}-byte data section")
         if dtype not in _DTYPE_SIZES:
-            raise SimpoQError(f"{path}: tensor {name!r} has dtype {dtype}, which simpo-q cannot read "
-                              f"(supported: {', '.join(_DTYPE_SIZES)})")
+            raise SimpoQError(
+                f"{path}: tensor {name!r} has dtype {dtype}, which simpo-q cannot read "
+                f"(supported: {', '.join(_DTYPE_SIZES)})"
+            )
         count = math.prod(shape)
         if (b - a) != count * _DTYPE_SIZES[dtype]:
             raise SimpoQError(f"{path}: corrupt entry for {name!r}: {b - a} bytes for {dtype} {list(shape)}")

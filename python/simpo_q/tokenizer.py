@@ -12,14 +12,24 @@ from simpo_q._native import SimpoQError
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 SPECIAL_TYPES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
 # gguf-py writes ids for these types only (cls has no writer); sep keeps its historic spelling
-ID_KEYS = {"bos": "bos_token_id", "eos": "eos_token_id", "unk": "unknown_token_id",
-           "sep": "seperator_token_id", "pad": "padding_token_id", "mask": "mask_token_id"}
+ID_KEYS = {
+    "bos": "bos_token_id",
+    "eos": "eos_token_id",
+    "unk": "unknown_token_id",
+    "sep": "seperator_token_id",
+    "pad": "padding_token_id",
+    "mask": "mask_token_id",
+}
 ADD_KEYS = {"bos", "eos", "sep"}
 
 
 def _looks_special(tok: str) -> bool:
-    return (tok in ("<pad>", "<mask>", "<2mass>", "[@BOS@]") or (tok.startswith("<|") and tok.endswith("|>"))
-            or (tok.startswith("<｜") and tok.endswith("｜>")) or tok.startswith("<unused"))
+    return (
+        tok in ("<pad>", "<mask>", "<2mass>", "[@BOS@]")
+        or (tok.startswith("<|") and tok.endswith("|>"))
+        or (tok.startswith("<｜") and tok.endswith("｜>"))
+        or tok.startswith("<unused")
+    )
 
 
 def read_json(path: Path) -> dict | None:
@@ -100,8 +110,12 @@ def special_vocab(model_dir: Path, config: dict, n_vocab: int) -> list[tuple[str
             start = 1 if first and pair[0].get("SpecialToken", {}).get("id") == first else 0
             stop = -1 if last and pair[-1].get("SpecialToken", {}).get("id") == last else None
             mid = pair[start:stop]
-            if (mid and mid[0].get("Sequence", {}).get("id") == "A"
-                    and mid[-1].get("Sequence", {}).get("id") == "B" and mid[1:-1]):
+            if (
+                mid
+                and mid[0].get("Sequence", {}).get("id") == "A"
+                and mid[-1].get("Sequence", {}).get("id") == "B"
+                and mid[1:-1]
+            ):
                 mid = mid[1:-1]
                 entry = mid[0].get("SpecialToken", {}).get("id")
                 add_sep = bool(entry in (sep, eos) and not last)

@@ -30,8 +30,9 @@ def adapter_by_arch(arch: str, where: str) -> Adapter:
     for a in FAMILIES:
         if a.ARCH == arch:
             return a
-    raise SimpoQError(f"{where}: unsupported architecture {arch!r}; supported: "
-                      f"{', '.join(sorted(a.ARCH for a in FAMILIES))}")
+    raise SimpoQError(
+        f"{where}: unsupported architecture {arch!r}; supported: {', '.join(sorted(a.ARCH for a in FAMILIES))}"
+    )
 
 
 __all__ = ["ADAPTERS", "FAMILIES", "Adapter", "adapter_by_arch", "adapter_for", "check_tensors"]

@@ -30,6 +30,7 @@ class TinyTokenizer:
     """The special-token layout of a family's tiny SentencePiece tokenizer: pieces at fixed
     ids (the trainer's pad/eos/bos/unk; None: that id is not reserved), then user symbols in
     order from the next id, the chat template and the Hugging Face tokenizer class."""
+
     pad: str | None
     eos: str
     bos: str
@@ -92,17 +93,20 @@ def check_tensors(adapter: Adapter, cfg: dict, stored: dict[str, tuple[int, ...]
     want = adapter.expected_shapes(cfg, f"{where}/config.json")
     for name, shape in want.items():
         if name not in stored:
-            raise SimpoQError(f"{where}: tensor {name!r} is missing (config.json has "
-                              f"{cfg['num_hidden_layers']} layers)")
+            raise SimpoQError(
+                f"{where}: tensor {name!r} is missing (config.json has {cfg['num_hidden_layers']} layers)"
+            )
         if tuple(stored[name]) != shape:
-            raise SimpoQError(f"{where}: tensor {name!r} has shape {list(stored[name])}, config.json implies "
-                              f"{list(shape)}")
+            raise SimpoQError(
+                f"{where}: tensor {name!r} has shape {list(stored[name])}, config.json implies {list(shape)}"
+            )
     for name, shape in stored.items():
         if name == LM_HEAD and adapter.tied(cfg) and tuple(shape) == want[EMBED]:
             continue
         if name not in want:
-            raise SimpoQError(f"{where}: unexpected tensor {name!r} {list(shape)} for a {adapter.ARCH} model of "
-                              f"this config")
+            raise SimpoQError(
+                f"{where}: unexpected tensor {name!r} {list(shape)} for a {adapter.ARCH} model of this config"
+            )
 
 
 def positive_ints(cfg: dict, keys: tuple[str, ...], where: str, defaults: dict | None = None) -> dict[str, int]:

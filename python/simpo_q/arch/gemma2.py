@@ -50,25 +50,40 @@ def gguf_name(hf: str) -> str | None:
 # them fails before any work
 _METADATA_INTS = ("max_position_embeddings", "sliding_window")
 _METADATA_FLOATS = ("rms_norm_eps", "attn_logit_softcapping", "final_logit_softcapping")
-_SIZES = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "head_dim",
-          "vocab_size")
+_SIZES = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "head_dim", "vocab_size")
 
 
 def expected_shapes(cfg: dict, where: str) -> dict[str, tuple[int, ...]]:
     """Every tensor a Gemma-2 checkpoint must hold, with the shape its config implies."""
-    vals = positive_ints(cfg, (*_SIZES, "num_key_value_heads", *_METADATA_INTS), where,
-                         {"num_key_value_heads": cfg.get("num_attention_heads")})
+    vals = positive_ints(
+        cfg,
+        (*_SIZES, "num_key_value_heads", *_METADATA_INTS),
+        where,
+        {"num_key_value_heads": cfg.get("num_attention_heads")},
+    )
     positive_floats(cfg, _METADATA_FLOATS, where)
-    h, inter, heads, kv, hd = (vals["hidden_size"], vals["intermediate_size"], vals["num_attention_heads"],
-                               vals["num_key_value_heads"], vals["head_dim"])
+    h, inter, heads, kv, hd = (
+        vals["hidden_size"],
+        vals["intermediate_size"],
+        vals["num_attention_heads"],
+        vals["num_key_value_heads"],
+        vals["head_dim"],
+    )
     if heads % kv:
         raise SimpoQError(f"{where}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}")
     shapes = {EMBED: (vals["vocab_size"], h), "model.norm.weight": (h,)}
     per_layer = {
-        "input_layernorm": (h,), "self_attn.q_proj": (heads * hd, h), "self_attn.k_proj": (kv * hd, h),
-        "self_attn.v_proj": (kv * hd, h), "self_attn.o_proj": (h, heads * hd), "post_attention_layernorm": (h,),
-        "pre_feedforward_layernorm": (h,), "mlp.gate_proj": (inter, h), "mlp.up_proj": (inter, h),
-        "mlp.down_proj": (h, inter), "post_feedforward_layernorm": (h,),
+        "input_layernorm": (h,),
+        "self_attn.q_proj": (heads * hd, h),
+        "self_attn.k_proj": (kv * hd, h),
+        "self_attn.v_proj": (kv * hd, h),
+        "self_attn.o_proj": (h, heads * hd),
+        "post_attention_layernorm": (h,),
+        "pre_feedforward_layernorm": (h,),
+        "mlp.gate_proj": (inter, h),
+        "mlp.up_proj": (inter, h),
+        "mlp.down_proj": (h, inter),
+        "post_feedforward_layernorm": (h,),
     }
     for i in range(vals["num_hidden_layers"]):
         for k, sh in per_layer.items():
@@ -119,12 +134,12 @@ def hparams_metadata(cfg: dict, file_type: int) -> list[tuple[str, str, object]]
     ]
 
 
-
 def vocab_metadata(model_dir: Path, cfg: dict) -> list[tuple[str, str, object]]:
     """The converter's Gemma-2 vocabulary: SentencePiece, then no space prefix."""
     from simpo_q.tokenizer import tokenizer_metadata
 
     return [*tokenizer_metadata(model_dir, cfg), ("tokenizer.ggml.add_space_prefix", "bool", False)]
+
 
 # ---- what a published Gemma-2 file carries (the Ollama page and the model card) ----
 
@@ -148,8 +163,12 @@ OLLAMA_TEMPLATE = """{{- $system := "" }}
 {{- end }}"""
 
 # the parameters of Ollama's page for gemma-2-9b-it-SimPO; both turn markers stop generation
-OLLAMA_PARAMETERS = {"num_ctx": 4096, "num_predict": 4096, "repeat_penalty": 1,
-                     "stop": ["<start_of_turn>", "<end_of_turn>"]}
+OLLAMA_PARAMETERS = {
+    "num_ctx": 4096,
+    "num_predict": 4096,
+    "repeat_penalty": 1,
+    "stop": ["<start_of_turn>", "<end_of_turn>"],
+}
 
 LICENSE = "gemma"  # the Gemma Terms of Use (simpo_q.publish.LICENSES)
 
@@ -180,15 +199,36 @@ _USER_SYMBOLS = (
     + ("<start_of_turn>", "<end_of_turn>", "\n", "\n\n", "\n\n\n", "\t", "\t\t", "\t\t\t")
 )
 TINY_TOKENIZER = TinyTokenizer(
-    pad="<pad>", eos="<eos>", bos="<bos>", unk="<unk>", ids={"pad": 0, "eos": 1, "bos": 2, "unk": 3},
+    pad="<pad>",
+    eos="<eos>",
+    bos="<bos>",
+    unk="<unk>",
+    ids={"pad": 0, "eos": 1, "bos": 2, "unk": 3},
     user_symbols=_USER_SYMBOLS,
-    special=frozenset({"<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>",
-                       "[multimodal]", *(f"<unused{i}>" for i in range(100))}),
-    chat_template=CHAT_TEMPLATE, tokenizer_class="GemmaTokenizer", eos_token="<eos>",
+    special=frozenset(
+        {
+            "<pad>",
+            "<eos>",
+            "<bos>",
+            "<unk>",
+            "<mask>",
+            "<start_of_turn>",
+            "<end_of_turn>",
+            "[multimodal]",
+            *(f"<unused{i}>" for i in range(100)),
+        }
+    ),
+    chat_template=CHAT_TEMPLATE,
+    tokenizer_class="GemmaTokenizer",
+    eos_token="<eos>",
     extra_config={"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]},
     # <end_of_turn> is id 107 in this layout, as in Gemma's own vocabulary
-    generation_config={"bos_token_id": 2, "eos_token_id": [1, 107], "pad_token_id": 0,
-                       "cache_implementation": "hybrid"},
+    generation_config={
+        "bos_token_id": 2,
+        "eos_token_id": [1, 107],
+        "pad_token_id": 0,
+        "cache_implementation": "hybrid",
+    },
 )
 
 

@@ -93,9 +93,15 @@ def expected_shapes(cfg: dict, where: str) -> dict[str, tuple[int, ...]]:
     if not tied(cfg):
         shapes[LM_HEAD] = (vals["vocab_size"], h)
     per_layer = {
-        "input_layernorm": (h,), "self_attn.q_proj": (heads * hd, h), "self_attn.k_proj": (kv * hd, h),
-        "self_attn.v_proj": (kv * hd, h), "self_attn.o_proj": (h, heads * hd), "post_attention_layernorm": (h,),
-        "mlp.gate_proj": (inter, h), "mlp.up_proj": (inter, h), "mlp.down_proj": (h, inter),
+        "input_layernorm": (h,),
+        "self_attn.q_proj": (heads * hd, h),
+        "self_attn.k_proj": (kv * hd, h),
+        "self_attn.v_proj": (kv * hd, h),
+        "self_attn.o_proj": (h, heads * hd),
+        "post_attention_layernorm": (h,),
+        "mlp.gate_proj": (inter, h),
+        "mlp.up_proj": (inter, h),
+        "mlp.down_proj": (h, inter),
     }
     for i in range(vals["num_hidden_layers"]):
         for k, sh in per_layer.items():
@@ -115,14 +121,16 @@ def _heads_of(cfg: dict, hf: str) -> int | None:
 def permute(x: np.ndarray, n_head: int) -> np.ndarray:
     """The converter's LlamaModel.permute: HF stores each head's rotary pairs as two halves
     (rotate_half); llama.cpp rotates interleaved pairs, so each head's rows are interleaved."""
-    return np.ascontiguousarray(x.reshape(n_head, 2, x.shape[0] // n_head // 2, *x.shape[1:])
-                                .swapaxes(1, 2).reshape(x.shape))
+    return np.ascontiguousarray(
+        x.reshape(n_head, 2, x.shape[0] // n_head // 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)
+    )
 
 
 def unpermute(x: np.ndarray, n_head: int) -> np.ndarray:
     """`permute` undone."""
-    return np.ascontiguousarray(x.reshape(n_head, x.shape[0] // n_head // 2, 2, *x.shape[1:])
-                                .swapaxes(1, 2).reshape(x.shape))
+    return np.ascontiguousarray(
+        x.reshape(n_head, x.shape[0] // n_head // 2, 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)
+    )
 
 
 def transform(cfg: dict, hf: str, x: np.ndarray) -> np.ndarray:
@@ -174,8 +182,10 @@ def vocab_metadata(model_dir: Path, cfg: dict) -> list[tuple[str, str, object]]:
     if (space := tc.get("add_prefix_space")) is not None:
         md.append(("tokenizer.ggml.add_space_prefix", "bool", bool(space)))
     if not (model_dir / "tokenizer.model").is_file():
-        raise SimpoQError(f"{model_dir / 'tokenizer.model'}: missing; simpo-q converts SentencePiece Llama "
-                          f"vocabularies (Llama-2, Mistral); a BPE-only tokenizer.json (Llama-3) is not supported yet")
+        raise SimpoQError(
+            f"{model_dir / 'tokenizer.model'}: missing; simpo-q converts SentencePiece Llama "
+            f"vocabularies (Llama-2, Mistral); a BPE-only tokenizer.json (Llama-3) is not supported yet"
+        )
     return md + tokenizer_metadata(model_dir, cfg)
 
 
@@ -222,16 +232,36 @@ CHAT_TEMPLATE = (
 
 # Llama's SentencePiece layout (<unk> 0, bos 1, eos 2, no pad) with Llama-3's turn markers
 _MARKERS = ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
-_USER_SYMBOLS = (*_MARKERS, *(f"<|reserved_special_token_{i}|>" for i in range(8)),
-                 "\n", "\n\n", "\n\n\n", "\t", "\t\t", "\t\t\t")
+_USER_SYMBOLS = (
+    *_MARKERS,
+    *(f"<|reserved_special_token_{i}|>" for i in range(8)),
+    "\n",
+    "\n\n",
+    "\n\n\n",
+    "\t",
+    "\t\t",
+    "\t\t\t",
+)
 _EOT = 3 + _USER_SYMBOLS.index("<|eot_id|>")
 TINY_TOKENIZER = TinyTokenizer(
-    pad=None, eos="<|end_of_text|>", bos="<|begin_of_text|>", unk="<unk>",
+    pad=None,
+    eos="<|end_of_text|>",
+    bos="<|begin_of_text|>",
+    unk="<unk>",
     ids={"unk": 0, "bos": 1, "eos": 2, "pad": -1},
     user_symbols=_USER_SYMBOLS,
-    special=frozenset({"<unk>", "<|begin_of_text|>", "<|end_of_text|>", *_MARKERS,
-                       *(f"<|reserved_special_token_{i}|>" for i in range(8))}),
-    chat_template=CHAT_TEMPLATE, tokenizer_class="LlamaTokenizer", eos_token="<|eot_id|>",
+    special=frozenset(
+        {
+            "<unk>",
+            "<|begin_of_text|>",
+            "<|end_of_text|>",
+            *_MARKERS,
+            *(f"<|reserved_special_token_{i}|>" for i in range(8)),
+        }
+    ),
+    chat_template=CHAT_TEMPLATE,
+    tokenizer_class="LlamaTokenizer",
+    eos_token="<|eot_id|>",
     extra_config={"add_prefix_space": False, "legacy": False},
     generation_config={"bos_token_id": 1, "eos_token_id": [2, _EOT]},
 )

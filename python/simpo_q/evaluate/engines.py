@@ -38,8 +38,9 @@ class TorchModel:
         src = HFDirectory(path)  # config and every tensor checked before transformers loads it
         arch = adapter_for(src.config, str(src.path / "config.json")).ARCH
         tok = AutoTokenizer.from_pretrained(str(src.path))
-        model = AutoModelForCausalLM.from_pretrained(str(src.path), dtype=_torch_dtype(dtype),
-                                                     attn_implementation="eager")
+        model = AutoModelForCausalLM.from_pretrained(
+            str(src.path), dtype=_torch_dtype(dtype), attn_implementation="eager"
+        )
         model.to(device).eval()
         model.requires_grad_(False)  # only this model: evaluation never needs its gradients
         return cls(model, tok, str(path), _hf_vocabulary(tok, src.config["vocab_size"]), arch)
@@ -79,8 +80,13 @@ class TorchModel:
         model.to(like.device, dtype=_torch_dtype(dtype)).eval()
         md = {k: v for k, _, v in r.metadata}
         # the file's own tokenizer and architecture, so that a GGUF of another model is refused
-        return cls(model, like.tokenizer, str(gguf), list(md.get("tokenizer.ggml.tokens") or []),
-                   str(md.get("general.architecture", "")))
+        return cls(
+            model,
+            like.tokenizer,
+            str(gguf),
+            list(md.get("tokenizer.ggml.tokens") or []),
+            str(md.get("general.architecture", "")),
+        )
 
     def tokenize(self, text: str) -> list[int]:
         return list(self.tokenizer(text).input_ids)
@@ -119,9 +125,15 @@ class LlamaCppModel:
             # llama.cpp prints notes from C while it builds the context; the errors reach us
             # as the exception below
             with suppress_stdout_stderr(disable=False):
-                self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=ctx, n_batch=ctx, n_ubatch=min(ctx, 512),
-                                           verbose=False, n_threads=threads or os.cpu_count(),
-                                           flash_attn=flash_attn)
+                self.llm = llama_cpp.Llama(
+                    model_path=str(path),
+                    n_ctx=ctx,
+                    n_batch=ctx,
+                    n_ubatch=min(ctx, 512),
+                    verbose=False,
+                    n_threads=threads or os.cpu_count(),
+                    flash_attn=flash_attn,
+                )
         except (ValueError, RuntimeError) as e:
             raise SimpoQError(f"{path}: llama.cpp cannot load it ({e})") from e
         self.n_vocab = self.llm.n_vocab()
@@ -183,8 +195,9 @@ def is_gguf(path: str | os.PathLike) -> bool:
         return f.read(4) == b"GGUF"
 
 
-def load_reference(path: str | os.PathLike, *, ctx: int, device: str, dtype: str, threads: int | None,
-                   flash_attn: bool = True):
+def load_reference(
+    path: str | os.PathLike, *, ctx: int, device: str, dtype: str, threads: int | None, flash_attn: bool = True
+):
     """The full-precision model: a Hugging Face directory (torch) or an F32/F16/BF16/Q8_0
     GGUF (llama.cpp)."""
     from simpo_q.hub import local
@@ -206,9 +219,12 @@ def check_same_model(ref, other) -> None:
     if ref.arch != other.arch:
         raise SimpoQError(f"{other.name}: architecture {other.arch!r}, the reference {ref.name} is {ref.arch!r}")
     if ref.n_vocab != other.n_vocab:
-        raise SimpoQError(f"{other.name}: vocabulary of {other.n_vocab} tokens, the reference {ref.name} has "
-                          f"{ref.n_vocab}")
+        raise SimpoQError(
+            f"{other.name}: vocabulary of {other.n_vocab} tokens, the reference {ref.name} has {ref.n_vocab}"
+        )
     if ref.vocabulary and other.vocabulary and ref.vocabulary != other.vocabulary:
         i = next(i for i, (a, b) in enumerate(zip(ref.vocabulary, other.vocabulary, strict=False)) if a != b)
-        raise SimpoQError(f"{other.name}: another tokenizer than the reference {ref.name} (token {i} is "
-                          f"{other.vocabulary[i]!r} there, {ref.vocabulary[i]!r} in the reference)")
+        raise SimpoQError(
+            f"{other.name}: another tokenizer than the reference {ref.name} (token {i} is "
+            f"{other.vocabulary[i]!r} there, {ref.vocabulary[i]!r} in the reference)"
+        )

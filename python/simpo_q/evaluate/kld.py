@@ -24,12 +24,34 @@ from pathlib import Path
 import numpy as np
 from simpo_q._native import SimpoQError
 
-KLD_PERCENTILES = [("Maximum", 1.0), ("99.9%", 0.999), ("99.0%", 0.99), ("95.0%", 0.95), ("90.0%", 0.90),
-                   ("Median", 0.5), ("10.0%", 0.10), ("5.0%", 0.05), ("1.0%", 0.01), ("0.1%", 0.001),
-                   ("Minimum", 0.0)]
-DP_PERCENTILES = [("Maximum", 1.0), ("99.9%", 0.999), ("99.0%", 0.99), ("95.0%", 0.95), ("90.0%", 0.90),
-                  ("75.0%", 0.75), ("Median", 0.5), ("25.0%", 0.25), ("10.0%", 0.10), ("5.0%", 0.05),
-                  ("1.0%", 0.01), ("0.1%", 0.001), ("Minimum", 0.0)]
+KLD_PERCENTILES = [
+    ("Maximum", 1.0),
+    ("99.9%", 0.999),
+    ("99.0%", 0.99),
+    ("95.0%", 0.95),
+    ("90.0%", 0.90),
+    ("Median", 0.5),
+    ("10.0%", 0.10),
+    ("5.0%", 0.05),
+    ("1.0%", 0.01),
+    ("0.1%", 0.001),
+    ("Minimum", 0.0),
+]
+DP_PERCENTILES = [
+    ("Maximum", 1.0),
+    ("99.9%", 0.999),
+    ("99.0%", 0.99),
+    ("95.0%", 0.95),
+    ("90.0%", 0.90),
+    ("75.0%", 0.75),
+    ("Median", 0.5),
+    ("25.0%", 0.25),
+    ("10.0%", 0.10),
+    ("5.0%", 0.05),
+    ("1.0%", 0.01),
+    ("0.1%", 0.001),
+    ("Minimum", 0.0),
+]
 ROWS_PER_SLICE = 16  # log-softmax in float64 over [16, vocab] at a time: 33 MB at 256000 tokens
 
 
@@ -38,14 +60,16 @@ def chunk_tokens(tokens: list[int], ctx: int, chunks: int | None, bos: int | Non
     if ctx < 4:
         raise SimpoQError(f"--ctx {ctx}: must be at least 4 (half of each chunk is scored)")
     if len(tokens) < 2 * ctx:
-        raise SimpoQError(f"{where}: {len(tokens)} tokens; --ctx {ctx} needs at least {2 * ctx} (two chunks, as "
-                          f"llama-perplexity requires)")
+        raise SimpoQError(
+            f"{where}: {len(tokens)} tokens; --ctx {ctx} needs at least {2 * ctx} (two chunks, as "
+            f"llama-perplexity requires)"
+        )
     n = len(tokens) // ctx
     if chunks is not None:
         n = min(n, chunks)
     out = []
     for i in range(n):
-        c = list(tokens[i * ctx:(i + 1) * ctx])
+        c = list(tokens[i * ctx : (i + 1) * ctx])
         if bos is not None:
             c[0] = bos
         out.append(c)
@@ -62,6 +86,7 @@ def log_softmax64(logits: np.ndarray) -> np.ndarray:
 class KldStats:
     """llama-perplexity's running sums (kl_divergence_result), in float64, and every token's
     KLD and Δp for the percentiles."""
+
     sum_nll: float = 0.0
     sum_nll2: float = 0.0
     sum_nll_base: float = 0.0
@@ -94,8 +119,8 @@ class KldStats:
             self.sum_kld += kld.sum()
             self.sum_kld2 += (kld * kld).sum()
             self.sum_p_diff += p_diff.sum()
-            self.sum_p_diff2 += (p_diff ** 2).sum()
-            self.sum_p_diff4 += (p_diff ** 4).sum()
+            self.sum_p_diff2 += (p_diff**2).sum()
+            self.sum_p_diff4 += (p_diff**4).sum()
             self.n_same_top += int((logits[sl].argmax(axis=1) == base_logits[sl].argmax(axis=1)).sum())
             self.count += len(t)
             self.kld_values.append(kld)
@@ -120,7 +145,7 @@ class KldStats:
         log_base, log_base_unc = mean_unc(self.sum_nll_base, self.sum_nll_base2)
         cov = (self.sum_nll_nll_base / n - (self.sum_nll / n) * (self.sum_nll_base / n)) / (n - 1) if n >= 10 else 0.0
         ratio = log_ppl - log_base
-        ratio_unc = math.sqrt(max(0.0, log_ppl_unc ** 2 + log_base_unc ** 2 - 2 * cov))
+        ratio_unc = math.sqrt(max(0.0, log_ppl_unc**2 + log_base_unc**2 - 2 * cov))
         kld, kld_unc = mean_unc(self.sum_kld, self.sum_kld2)
         dp, dp_unc = mean_unc(self.sum_p_diff, self.sum_p_diff2)
         mse, mse_unc = mean_unc(self.sum_p_diff2, self.sum_p_diff4)
@@ -131,23 +156,39 @@ class KldStats:
         ppl, ppl_base = math.exp(log_ppl), math.exp(log_base)
         return {
             "tokens": n,
-            "ppl": ppl, "ppl_unc": ppl * log_ppl_unc,
-            "ppl_base": ppl_base, "ppl_base_unc": ppl_base * log_base_unc,
+            "ppl": ppl,
+            "ppl_unc": ppl * log_ppl_unc,
+            "ppl_base": ppl_base,
+            "ppl_base_unc": ppl_base * log_base_unc,
             "cor_ln_ppl": cov / (log_ppl_unc * log_base_unc) if log_ppl_unc * log_base_unc > 0 else float("nan"),
-            "ln_ppl_ratio": ratio, "ln_ppl_ratio_unc": ratio_unc,
-            "ppl_ratio": math.exp(ratio), "ppl_ratio_unc": math.exp(ratio) * ratio_unc,
+            "ln_ppl_ratio": ratio,
+            "ln_ppl_ratio_unc": ratio_unc,
+            "ppl_ratio": math.exp(ratio),
+            "ppl_ratio_unc": math.exp(ratio) * ratio_unc,
             "ppl_diff": ppl - ppl_base,
-            "kld": kld, "kld_unc": kld_unc,
+            "kld": kld,
+            "kld_unc": kld_unc,
             "kld_percentiles": {k: float(np.quantile(kv, q)) for k, q in KLD_PERCENTILES},
-            "dp": dp, "dp_unc": dp_unc,
+            "dp": dp,
+            "dp_unc": dp_unc,
             "dp_percentiles": {k: float(np.quantile(pv, q)) for k, q in DP_PERCENTILES},
-            "dp_rms": rms, "dp_rms_unc": 0.5 / rms * mse_unc if rms > 0 else 0.0,
-            "same_top_p": same, "same_top_p_unc": math.sqrt(same * (1 - same) / (n - 1)),
+            "dp_rms": rms,
+            "dp_rms_unc": 0.5 / rms * mse_unc if rms > 0 else 0.0,
+            "same_top_p": same,
+            "same_top_p_unc": math.sqrt(same * (1 - same) / (n - 1)),
         }
 
 
-def run_kld(reference, models: list, text: str, *, ctx: int = 512, chunks: int | None = None,
-            where: str = "text", quiet: bool = False) -> tuple[list[dict], list[np.ndarray]]:
+def run_kld(
+    reference,
+    models: list,
+    text: str,
+    *,
+    ctx: int = 512,
+    chunks: int | None = None,
+    where: str = "text",
+    quiet: bool = False,
+) -> tuple[list[dict], list[np.ndarray]]:
     """(one report per model, each model's sorted per-token KLDs) over `text`."""
     from simpo_q.evaluate.engines import check_same_model
     from tqdm.auto import tqdm
@@ -162,7 +203,7 @@ def run_kld(reference, models: list, text: str, *, ctx: int = 512, chunks: int |
     t0 = time.perf_counter()
     bar = tqdm(batches, desc="kld", unit="chunk", disable=True if quiet else None, file=sys.stderr)
     for i, chunk in enumerate(bar, 1):
-        targets = np.asarray(chunk[first + 1:], dtype=np.int64)
+        targets = np.asarray(chunk[first + 1 :], dtype=np.int64)
         base = reference.logits(chunk, first)
         for m, st in zip(models, stats, strict=True):
             st.add(base, m.logits(chunk, first), targets)
@@ -171,8 +212,14 @@ def run_kld(reference, models: list, text: str, *, ctx: int = 512, chunks: int |
     reports = []
     for m, st in zip(models, stats, strict=True):
         r = st.report()
-        r.update(model=m.name, engine=m.engine, reference=reference.name, reference_engine=reference.engine,
-                 ctx=ctx, chunks=len(batches))
+        r.update(
+            model=m.name,
+            engine=m.engine,
+            reference=reference.name,
+            reference_engine=reference.engine,
+            ctx=ctx,
+            chunks=len(batches),
+        )
         reports.append(r)
     return reports, [np.sort(np.concatenate(st.kld_values)) for st in stats]
 
@@ -197,8 +244,11 @@ def render(reports: list[dict]) -> str:
     w = max(w, *(len(c) + 2 for _, cs in rows for c in cs))
     head = f"{'':22s}" + "".join(f"{n:>{w}s}" for n in names)
     r0 = reports[0]
-    lines = [f"KL divergence from {r0['reference']} ({r0['reference_engine']}), {r0['chunks']} chunks of {r0['ctx']} "
-             f"tokens, {r0['tokens']} scored", head]
+    lines = [
+        f"KL divergence from {r0['reference']} ({r0['reference_engine']}), {r0['chunks']} chunks of {r0['ctx']} "
+        f"tokens, {r0['tokens']} scored",
+        head,
+    ]
     lines += [f"{k:22s}" + "".join(f"{c:>{w}s}" for c in cs) for k, cs in rows]
     return "\n".join(lines)
 
@@ -230,10 +280,22 @@ def plot(kld_values: list[np.ndarray], names: list[str]) -> bytes:
     return buf.getvalue()
 
 
-def kld_files(reference: str, quants: list[str], text_file: str, *, ctx: int = 512, chunks: int | None = None,
-              device: str = "cpu", dtype: str = "float32", engine: str = "llama.cpp", threads: int | None = None,
-              json_out: str | None = None, plot_out: str | None = None, quiet: bool = False,
-              flash_attn: bool = True) -> list[dict]:
+def kld_files(
+    reference: str,
+    quants: list[str],
+    text_file: str,
+    *,
+    ctx: int = 512,
+    chunks: int | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    engine: str = "llama.cpp",
+    threads: int | None = None,
+    json_out: str | None = None,
+    plot_out: str | None = None,
+    quiet: bool = False,
+    flash_attn: bool = True,
+) -> list[dict]:
     """The command: checks everything, loads the models, runs them in lockstep, writes the
     table to stdout and, when asked, the JSON and the plot (nothing half-written)."""
     import json
@@ -262,8 +324,10 @@ def kld_files(reference: str, quants: list[str], text_file: str, *, ctx: int = 5
     ref = load_reference(reference, ctx=ctx, device=device, dtype=dtype, threads=threads, flash_attn=flash_attn)
     if engine == "torch":
         if not isinstance(ref, TorchModel):
-            raise SimpoQError(f"{reference}: --engine torch needs a Hugging Face directory as the reference (its "
-                              f"architecture runs the dequantized weights)")
+            raise SimpoQError(
+                f"{reference}: --engine torch needs a Hugging Face directory as the reference (its "
+                f"architecture runs the dequantized weights)"
+            )
         models = [TorchModel.from_gguf(q, ref, dtype=dtype) for q in quants]
     else:
         models = [LlamaCppModel(q, ctx, threads, flash_attn) for q in quants]

@@ -47,8 +47,7 @@ class TinyConfig:
         fields = asdict(self)
         if fields["arch"] == "gemma2":
             del fields["arch"]  # the key the Gemma-2 caches had before other families came
-        blob = json.dumps({**fields, "pretrain_steps": pretrain_steps, "builder": BUILDER_VERSION},
-                          sort_keys=True)
+        blob = json.dumps({**fields, "pretrain_steps": pretrain_steps, "builder": BUILDER_VERSION}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -90,8 +89,9 @@ def init_tensor(seed: int, name: str, shape: tuple[int, ...], kind: str) -> np.n
     return _centred(rng.standard_normal(shape, dtype=np.float32) * std, centre)
 
 
-def init_tensor_bf16_blocks(seed: int, name: str, shape: tuple[int, ...], kind: str,
-                            block_elems: int = 1 << 24) -> Iterator[bytes]:
+def init_tensor_bf16_blocks(
+    seed: int, name: str, shape: tuple[int, ...], kind: str, block_elems: int = 1 << 24
+) -> Iterator[bytes]:
     """`init_tensor`'s values as bf16 bytes, generated and converted in blocks of rows (the
     generator's stream is the same in pieces): a 256000 × 3584 embedding costs one block."""
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
@@ -140,8 +140,14 @@ def train_tokenizer(out: Path, vocab: int, text: str, tt) -> None:
         normalization_rule_name="identity",
         character_coverage=0.9995,
         max_sentence_length=16384,
-        pad_id=tt.ids["pad"], eos_id=tt.ids["eos"], bos_id=tt.ids["bos"], unk_id=tt.ids["unk"],
-        pad_piece=tt.pad or "<pad>", eos_piece=tt.eos, bos_piece=tt.bos, unk_piece=tt.unk,
+        pad_id=tt.ids["pad"],
+        eos_id=tt.ids["eos"],
+        bos_id=tt.ids["bos"],
+        unk_id=tt.ids["unk"],
+        pad_piece=tt.pad or "<pad>",
+        eos_piece=tt.eos,
+        bos_piece=tt.bos,
+        unk_piece=tt.unk,
         user_defined_symbols=list(tt.user_symbols),
         num_threads=1,
         shuffle_input_sentence=False,
@@ -169,9 +175,14 @@ def write_hf_tokenizer(out: Path, tt) -> None:
     if tt.pad is not None:
         names["pad_token"] = tt.pad
     tok = getattr(transformers, tt.tokenizer_class)(
-        vocab=vocab, merges=generate_merges(vocab), chat_template=tt.chat_template, add_bos_token=True,
-        add_eos_token=False, **names, **({"add_prefix_space": False} if "add_prefix_space" in tt.extra_config
-                                         else {}))
+        vocab=vocab,
+        merges=generate_merges(vocab),
+        chat_template=tt.chat_template,
+        add_bos_token=True,
+        add_eos_token=False,
+        **names,
+        **({"add_prefix_space": False} if "add_prefix_space" in tt.extra_config else {}),
+    )
     added = []
     decoder = {}
     for i in range(_reserved(tt)):
@@ -179,24 +190,30 @@ def write_hf_tokenizer(out: Path, tt) -> None:
         special = piece in tt.special
         added.append(AddedToken(piece, normalized=False, special=special))
         decoder[str(i)] = {
-            "content": piece, "lstrip": False, "normalized": False, "rstrip": False,
-            "single_word": False, "special": special,
+            "content": piece,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": special,
         }
     tok.add_tokens(added)
     tok.save_pretrained(str(out))
     cfg_path = out / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text())
-    cfg.update({
-        "added_tokens_decoder": decoder,
-        "chat_template": tt.chat_template,
-        "add_bos_token": True,
-        "add_eos_token": False,
-        **names,
-        **tt.extra_config,
-        "tokenizer_class": tt.tokenizer_class,
-        "spaces_between_special_tokens": False,
-        "clean_up_tokenization_spaces": False,
-    })
+    cfg.update(
+        {
+            "added_tokens_decoder": decoder,
+            "chat_template": tt.chat_template,
+            "add_bos_token": True,
+            "add_eos_token": False,
+            **names,
+            **tt.extra_config,
+            "tokenizer_class": tt.tokenizer_class,
+            "spaces_between_special_tokens": False,
+            "clean_up_tokenization_spaces": False,
+        }
+    )
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
     (out / "chat_template.jinja").unlink(missing_ok=True)
 
@@ -205,12 +222,19 @@ def write_generation_config(out: Path, tt) -> None:
     (out / "generation_config.json").write_text(json.dumps(tt.generation_config, indent=2) + "\n")
 
 
-def build_tiny_model(out_dir: str | os.PathLike, cfg: TinyConfig = TinyConfig(), pretrain_steps: int = 0,
-                     quiet: bool = False) -> Path:
+def build_tiny_model(
+    out_dir: str | os.PathLike, cfg: TinyConfig = TinyConfig(), pretrain_steps: int = 0, quiet: bool = False
+) -> Path:
     """Writes the checkpoint to `out_dir` (created; replaced files are overwritten)."""
-    for name, v in [("layers", cfg.layers), ("hidden", cfg.hidden), ("intermediate", cfg.intermediate),
-                    ("heads", cfg.heads), ("kv-heads", cfg.kv_heads), ("head-dim", cfg.head_dim),
-                    ("shards", cfg.shards)]:
+    for name, v in [
+        ("layers", cfg.layers),
+        ("hidden", cfg.hidden),
+        ("intermediate", cfg.intermediate),
+        ("heads", cfg.heads),
+        ("kv-heads", cfg.kv_heads),
+        ("head-dim", cfg.head_dim),
+        ("shards", cfg.shards),
+    ]:
         if v < 1:
             raise SimpoQError(f"--{name} must be at least 1, got {v}")
     if cfg.heads % cfg.kv_heads:
@@ -242,8 +266,12 @@ def _preference_text() -> str:
     return "\n".join(m["content"] for r in rows for m in r["chosen"] + r["rejected"][1:])
 
 
-def cached_tiny_model(cache_root: str | os.PathLike = ".cache", cfg: TinyConfig = TinyConfig(),
-                      pretrain_steps: int = 200, quiet: bool = False) -> Path:
+def cached_tiny_model(
+    cache_root: str | os.PathLike = ".cache",
+    cfg: TinyConfig = TinyConfig(),
+    pretrain_steps: int = 200,
+    quiet: bool = False,
+) -> Path:
     """The pretrained tiny model, built once under `cache_root` and reused."""
     out = Path(cache_root) / f"tiny-{cfg.arch}-{cfg.key(pretrain_steps)}"
     if (out / ".complete").exists():

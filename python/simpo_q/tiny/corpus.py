@@ -68,14 +68,34 @@ PROSE_OTHER = [
 TOPICS = ["rivers", "bread", "maps", "trains", "bees", "bridges", "libraries", "music", "snow", "stars"]
 NAMES = ["Ada", "Bruno", "Chloé", "Dmitri", "Elif", "Farah", "Goran", "Hana", "Ines", "Jonas"]
 CAPITALS = [
-    ("France", "Paris"), ("Germany", "Berlin"), ("Spain", "Madrid"), ("Italy", "Rome"),
-    ("Japan", "Tokyo"), ("Canada", "Ottawa"), ("Egypt", "Cairo"), ("Kenya", "Nairobi"),
-    ("Peru", "Lima"), ("Norway", "Oslo"), ("Greece", "Athens"), ("Poland", "Warsaw"),
-    ("Portugal", "Lisbon"), ("Ireland", "Dublin"), ("Chile", "Santiago"), ("Austria", "Vienna"),
+    ("France", "Paris"),
+    ("Germany", "Berlin"),
+    ("Spain", "Madrid"),
+    ("Italy", "Rome"),
+    ("Japan", "Tokyo"),
+    ("Canada", "Ottawa"),
+    ("Egypt", "Cairo"),
+    ("Kenya", "Nairobi"),
+    ("Peru", "Lima"),
+    ("Norway", "Oslo"),
+    ("Greece", "Athens"),
+    ("Poland", "Warsaw"),
+    ("Portugal", "Lisbon"),
+    ("Ireland", "Dublin"),
+    ("Chile", "Santiago"),
+    ("Austria", "Vienna"),
 ]
 COLOURS = {"sky": "blue", "grass": "green", "snow": "white", "coal": "black", "blood": "red"}
-OPPOSITES = [("hot", "cold"), ("up", "down"), ("early", "late"), ("open", "closed"),
-             ("full", "empty"), ("light", "dark"), ("fast", "slow"), ("old", "new")]
+OPPOSITES = [
+    ("hot", "cold"),
+    ("up", "down"),
+    ("early", "late"),
+    ("open", "closed"),
+    ("full", "empty"),
+    ("light", "dark"),
+    ("fast", "slow"),
+    ("old", "new"),
+]
 TOPIC_FACTS = {
     "rivers": "Rivers carry water from high ground to the sea, and most of them end in a delta or an estuary.",
     "bees": "Bees collect nectar from flowers and turn it into honey inside the hive.",
@@ -86,8 +106,16 @@ TOPIC_FACTS = {
     "bread": "Bread rises because yeast produces carbon dioxide that the dough traps as bubbles.",
     "libraries": "Libraries lend books for free and keep them in order with a catalogue.",
 }
-WORDS_FR = [("cat", "chat"), ("dog", "chien"), ("house", "maison"), ("water", "eau"),
-            ("bread", "pain"), ("book", "livre"), ("tree", "arbre"), ("sun", "soleil")]
+WORDS_FR = [
+    ("cat", "chat"),
+    ("dog", "chien"),
+    ("house", "maison"),
+    ("water", "eau"),
+    ("bread", "pain"),
+    ("book", "livre"),
+    ("tree", "arbre"),
+    ("sun", "soleil"),
+]
 
 
 def _code_python(rng: random.Random) -> str:
@@ -97,7 +125,7 @@ def _code_python(rng: random.Random) -> str:
         "total": f"    result = 0\n    for v in {var}:\n        result += v\n    return result\n",
         "average": f"    if not {var}:\n        return 0.0\n    return sum({var}) / len({var})\n",
         "largest": f"    best = {var}[0]\n    for v in {var}[1:]:\n        if v > best:\n"
-                   f"            best = v\n    return best\n",
+        f"            best = v\n    return best\n",
         "count_even": f"    return sum(1 for v in {var} if v % 2 == 0)\n",
         "clamp_all": f"    return [min(hi, max(lo, v)) for v in {var}]\n",
     }[fn]
@@ -111,7 +139,7 @@ def _code_rust(rng: random.Random) -> str:
     return (
         f"fn scale(v: &mut [f32], k: f32) {{\n    for x in v.iter_mut() {{\n        *x *= k;\n    }}\n}}\n\n"
         f"fn main() {{\n    let mut v = vec![{', '.join(f'{rng.uniform(-3, 3):.2f}' for _ in range(n))}];\n"
-        f"    scale(&mut v, {rng.uniform(0.5, 2):.1f});\n    println!(\"{{:?}}\", v);\n}}\n"
+        f'    scale(&mut v, {rng.uniform(0.5, 2):.1f});\n    println!("{{:?}}", v);\n}}\n'
     )
 
 
@@ -131,12 +159,20 @@ def _dialogue(rng: random.Random) -> str:
 def _list(rng: random.Random) -> str:
     kind = rng.choice(["shopping", "steps", "numbers"])
     if kind == "shopping":
-        items = rng.sample(["apples", "flour", "eggs", "milk", "rice", "lentils", "coffee", "soap",
-                            "onions", "honey", "salt", "tea"], 5)
+        items = rng.sample(
+            ["apples", "flour", "eggs", "milk", "rice", "lentils", "coffee", "soap", "onions", "honey", "salt", "tea"],
+            5,
+        )
         return "Shopping list:\n" + "".join(f"- {i} ({rng.randint(1, 6)})\n" for i in items)
     if kind == "steps":
-        steps = ["Read the instructions.", "Gather the tools.", "Measure twice.", "Cut once.",
-                 "Check the result.", "Clean up."]
+        steps = [
+            "Read the instructions.",
+            "Gather the tools.",
+            "Measure twice.",
+            "Cut once.",
+            "Check the result.",
+            "Clean up.",
+        ]
         return "How to do it:\n" + "".join(f"{i + 1}. {s}\n" for i, s in enumerate(steps))
     rows = [(rng.randint(1, 12), rng.randint(1, 12)) for _ in range(5)]
     return "Multiplication table:\n" + "".join(f"{x} x {y} = {x * y}\n" for x, y in rows)
@@ -145,9 +181,11 @@ def _list(rng: random.Random) -> str:
 def _numbers(rng: random.Random) -> str:
     year = rng.randint(1850, 2025)
     temps = ", ".join(f"{rng.uniform(-5, 35):.1f}" for _ in range(7))
-    return (f"In {year} the town counted {rng.randint(800, 90000)} inhabitants. "
-            f"Daily temperatures (°C) that week: {temps}. "
-            f"The total rainfall was {rng.randint(0, 250)} mm over {rng.randint(1, 30)} days.\n")
+    return (
+        f"In {year} the town counted {rng.randint(800, 90000)} inhabitants. "
+        f"Daily temperatures (°C) that week: {temps}. "
+        f"The total rainfall was {rng.randint(0, 250)} mm over {rng.randint(1, 30)} days.\n"
+    )
 
 
 def _prose(rng: random.Random) -> str:
@@ -179,31 +217,45 @@ def _pair(rng: random.Random) -> tuple[str, str, str]:
         return f"What is {a} times {b}?", f"{a} times {b} is {a * b}.", f"{a} times {b} is {wrong}."
     if kind == "capital":
         (country, city), (_, other) = rng.sample(CAPITALS, 2)
-        return (f"What is the capital of {country}?", f"The capital of {country} is {city}.",
-                f"The capital of {country} is {other}.")
+        return (
+            f"What is the capital of {country}?",
+            f"The capital of {country} is {city}.",
+            f"The capital of {country} is {other}.",
+        )
     if kind == "colour":
         thing = rng.choice(sorted(COLOURS))
         wrong = rng.choice([c for c in sorted(set(COLOURS.values())) if c != COLOURS[thing]])
-        return (f"What colour is {thing}, usually?", f"{thing.capitalize()} is usually {COLOURS[thing]}.",
-                f"{thing.capitalize()} is usually {wrong}.")
+        return (
+            f"What colour is {thing}, usually?",
+            f"{thing.capitalize()} is usually {COLOURS[thing]}.",
+            f"{thing.capitalize()} is usually {wrong}.",
+        )
     if kind == "opposite":
         (w, o), (_, other) = rng.sample(OPPOSITES, 2)
-        return f"What is the opposite of '{w}'?", f"The opposite of '{w}' is '{o}'.", \
-            f"The opposite of '{w}' is '{other}'."
+        return (
+            f"What is the opposite of '{w}'?",
+            f"The opposite of '{w}' is '{o}'.",
+            f"The opposite of '{w}' is '{other}'.",
+        )
     if kind == "translate":
         (en, fr), (_, other) = rng.sample(WORDS_FR, 2)
-        return f"Translate '{en}' into French.", f"'{en}' in French is '{fr}'.", \
-            f"'{en}' in French is '{other}'."
+        return f"Translate '{en}' into French.", f"'{en}' in French is '{fr}'.", f"'{en}' in French is '{other}'."
     if kind == "sort":
         xs = rng.sample(range(1, 60), 5)
         shuffled = xs[:]
         while shuffled == sorted(xs):
             rng.shuffle(shuffled)
-        return (f"Sort these numbers from smallest to largest: {', '.join(map(str, xs))}.",
-                f"Sorted: {', '.join(map(str, sorted(xs)))}.", f"Sorted: {', '.join(map(str, shuffled))}.")
+        return (
+            f"Sort these numbers from smallest to largest: {', '.join(map(str, xs))}.",
+            f"Sorted: {', '.join(map(str, sorted(xs)))}.",
+            f"Sorted: {', '.join(map(str, shuffled))}.",
+        )
     topic, other = rng.sample(sorted(TOPIC_FACTS), 2)
-    return (f"Tell me one fact about {topic}.", TOPIC_FACTS[topic],
-            f"I would rather talk about {other}. {other.capitalize()} are interesting.")
+    return (
+        f"Tell me one fact about {topic}.",
+        TOPIC_FACTS[topic],
+        f"I would rather talk about {other}. {other.capitalize()} are interesting.",
+    )
 
 
 def preference_pairs(n: int = 240, seed: int = 4321) -> list[dict]:
@@ -211,13 +263,15 @@ def preference_pairs(n: int = 240, seed: int = 4321) -> list[dict]:
     rows = []
     for _ in range(n):
         prompt, good, bad = _pair(rng)
-        rows.append({
-            "prompt": prompt,
-            "chosen": [{"role": "user", "content": prompt}, {"role": "assistant", "content": good}],
-            "rejected": [{"role": "user", "content": prompt}, {"role": "assistant", "content": bad}],
-            "score_chosen": round(rng.uniform(0.80, 0.98), 4),
-            "score_rejected": round(rng.uniform(0.20, 0.60), 4),
-        })
+        rows.append(
+            {
+                "prompt": prompt,
+                "chosen": [{"role": "user", "content": prompt}, {"role": "assistant", "content": good}],
+                "rejected": [{"role": "user", "content": prompt}, {"role": "assistant", "content": bad}],
+                "score_chosen": round(rng.uniform(0.80, 0.98), 4),
+                "score_rejected": round(rng.uniform(0.20, 0.60), 4),
+            }
+        )
     return rows
 
 
@@ -250,12 +304,16 @@ def gsm8k_sample(n: int = 24, seed: int = 1357) -> str:
     for _ in range(n):
         who, (thing, box) = rng.choice(names), rng.choice(things)
         a, b, c = rng.randint(2, 9), rng.randint(3, 12), rng.randint(1, 20)
-        q = (f"{who} has {a} {box}s with {b} {thing} in each {box}, and gives away {c} {thing}. "
-             f"How many {thing} does {who} have left?")
+        q = (
+            f"{who} has {a} {box}s with {b} {thing} in each {box}, and gives away {c} {thing}. "
+            f"How many {thing} does {who} have left?"
+        )
         total = a * b
-        sol = f"{who} starts with {a} * {b} = <<{a}*{b}={total}>>{total} {thing}.\n" \
-              f"After giving away {c}, {total} - {c} = <<{total}-{c}={total - c}>>{total - c} are left.\n" \
-              f"#### {total - c}"
+        sol = (
+            f"{who} starts with {a} * {b} = <<{a}*{b}={total}>>{total} {thing}.\n"
+            f"After giving away {c}, {total} - {c} = <<{total}-{c}={total - c}>>{total - c} are left.\n"
+            f"#### {total - c}"
+        )
         rows.append({"question": q, "answer": sol})
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
@@ -269,6 +327,12 @@ def mmlu_redux_sample(n: int = 24, seed: int = 9753) -> str:
         (country, city), *others = rng.sample(CAPITALS, 4)
         choices = [city, *(o[1] for o in others)]
         rng.shuffle(choices)
-        rows.append({"question": f"What is the capital of {country}?", "subject": "geography",
-                     "choices": choices, "answer": choices.index(city)})
+        rows.append(
+            {
+                "question": f"What is the capital of {country}?",
+                "subject": "geography",
+                "choices": choices,
+                "answer": choices.index(city),
+            }
+        )
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)

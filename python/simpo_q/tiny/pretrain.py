@@ -11,8 +11,17 @@ import numpy as np
 from simpo_q._native import SimpoQError
 
 
-def pretrain(model_dir: Path, text: str, *, steps: int, seed: int, quiet: bool = False,
-             seq_len: int = 128, batch: int = 16, lr: float = 3e-3) -> dict[str, np.ndarray]:
+def pretrain(
+    model_dir: Path,
+    text: str,
+    *,
+    steps: int,
+    seed: int,
+    quiet: bool = False,
+    seq_len: int = 128,
+    batch: int = 16,
+    lr: float = 3e-3,
+) -> dict[str, np.ndarray]:
     import torch
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -32,8 +41,7 @@ def pretrain(model_dir: Path, text: str, *, steps: int, seed: int, quiet: bool =
     bos = torch.full((n_chunks, 1), tok.bos_token_id, dtype=torch.long)
     data = torch.cat([bos, data], dim=1)
 
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32,
-                                                 attn_implementation="eager")
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation="eager")
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     warmup = max(1, steps // 10)

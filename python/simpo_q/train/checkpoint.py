@@ -67,8 +67,12 @@ def _read_state(path: Path) -> dict | None:
         state = json.loads(f.read_bytes())
     except (OSError, ValueError, RecursionError):
         return None
-    if not isinstance(state, dict) or state.get("format") != FORMAT or not isinstance(state.get("files"), dict) \
-            or type(state.get("step")) is not int:
+    if (
+        not isinstance(state, dict)
+        or state.get("format") != FORMAT
+        or not isinstance(state.get("files"), dict)
+        or type(state.get("step")) is not int
+    ):
         return None
     for name, size in state["files"].items():
         p = path / name
@@ -91,8 +95,10 @@ def settle(path: Path) -> dict | None:
             if p.exists():
                 shutil.rmtree(p)
         if path.is_dir() and _is_old_format(path):
-            raise SimpoQError(f"{path}: a checkpoint in the old torch-pickle format, which simpo-q no longer loads "
-                              f"(unpickling can run code); remove it to start again, or use another output_dir")
+            raise SimpoQError(
+                f"{path}: a checkpoint in the old torch-pickle format, which simpo-q no longer loads "
+                f"(unpickling can run code); remove it to start again, or use another output_dir"
+            )
         if path.exists():
             shutil.rmtree(path)
         return None
@@ -155,8 +161,14 @@ def save_checkpoint(path: Path, model, opt, sched, step: int) -> None:
     _stage("rank files written")
     if rank == 0:
         files = {_rank_file(r): (nxt / _rank_file(r)).stat().st_size for r in range(world)}
-        state = {"format": FORMAT, "step": step, "world_size": world, "files": files,
-                 "scheduler": sched.state_dict(), **rest}
+        state = {
+            "format": FORMAT,
+            "step": step,
+            "world_size": world,
+            "files": files,
+            "scheduler": sched.state_dict(),
+            **rest,
+        }
         write_file(str(nxt / STATE_FILE), json.dumps(state, indent=1).encode())
         _fsync(nxt)
         _stage("state written")
@@ -175,8 +187,10 @@ def save_checkpoint(path: Path, model, opt, sched, step: int) -> None:
 def _fill(dst: torch.Tensor, src: torch.Tensor, key: str, path: Path) -> None:
     loc = _local(dst)
     if tuple(loc.shape) != tuple(src.shape) or loc.dtype != src.dtype:
-        raise SimpoQError(f"{path}: {key} is {src.dtype} {list(src.shape)} in the checkpoint and {loc.dtype} "
-                          f"{list(loc.shape)} in this run: it was written by a run of another model or shape")
+        raise SimpoQError(
+            f"{path}: {key} is {src.dtype} {list(src.shape)} in the checkpoint and {loc.dtype} "
+            f"{list(loc.shape)} in this run: it was written by a run of another model or shape"
+        )
     with torch.no_grad():
         loc.copy_(src)
 
@@ -194,8 +208,10 @@ def load_checkpoint(path: Path, model, opt, sched) -> int:
     if state is None:
         return 0
     if state.get("world_size") != world:
-        raise SimpoQError(f"{path}: written by {state.get('world_size')} processes, resumed with {world}; resume "
-                          f"with the same number (torchrun --nproc_per_node={state.get('world_size')})")
+        raise SimpoQError(
+            f"{path}: written by {state.get('world_size')} processes, resumed with {world}; resume "
+            f"with the same number (torchrun --nproc_per_node={state.get('world_size')})"
+        )
     try:
         stored = load_file(str(path / _rank_file(rank)))
     except (SafetensorError, OSError) as e:
@@ -241,8 +257,15 @@ def iter_full_state_dict(model):
         del whole
 
 
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json", "chat_template.jinja", "generation_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "generation_config.json",
+)
 
 
 SHARD_BYTES = 5_000_000_000  # per safetensors file, as Hugging Face's default shards
@@ -299,8 +322,11 @@ def save_final(model, tok, out: Path, rank: int, dtype: str = "bfloat16", source
     def kept(name: str) -> bool:  # a tied head is the embedding: not stored twice
         return not (tied and name == LM_HEAD)
 
-    specs = [(k.removeprefix("hf."), tuple(v.shape), "") for k, v in model.state_dict().items()
-             if kept(k.removeprefix("hf."))]
+    specs = [
+        (k.removeprefix("hf."), tuple(v.shape), "")
+        for k, v in model.state_dict().items()
+        if kept(k.removeprefix("hf."))
+    ]
     total = sum(int(np.prod(sh)) for _, sh, _ in specs) * td.itemsize
     shards = max(1, -(-total // SHARD_BYTES))
     tmp = out.with_name(out.name + ".partial")

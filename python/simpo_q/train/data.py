@@ -42,8 +42,9 @@ def read_rows(path: str | os.PathLike, split: str = "train") -> list[dict]:
 
             files = split_files(p, split)
             if not files:
-                raise SimpoQError(f"{p}: no preference data here (no Parquet or JSON-lines files, not a datasets "
-                                  f"folder)")
+                raise SimpoQError(
+                    f"{p}: no preference data here (no Parquet or JSON-lines files, not a datasets folder)"
+                )
             return [row for f in files for row in read_rows(f)]
         try:
             import datasets
@@ -52,8 +53,9 @@ def read_rows(path: str | os.PathLike, split: str = "train") -> list[dict]:
         ds = datasets.load_from_disk(str(p))
         if isinstance(ds, datasets.DatasetDict):
             if split not in ds:
-                raise SimpoQError(f"{p}: no split {split!r} (splits: {', '.join(ds)}); choose one with "
-                                  f"--set data_split=...")
+                raise SimpoQError(
+                    f"{p}: no split {split!r} (splits: {', '.join(ds)}); choose one with --set data_split=..."
+                )
             ds = ds[split]
         return [dict(r) for r in ds]
     if p.suffix == ".parquet":
@@ -76,21 +78,27 @@ def render_answer(tok, prompt_msgs: list[dict], prompt_text: str, content: str) 
     the conversation with the answer, less the prompt. None if the template renders the
     prompt differently once an answer follows (nothing to split off)."""
     full = tok.apply_chat_template([*prompt_msgs, {"role": "assistant", "content": content}], tokenize=False)
-    return full[len(prompt_text):] if full.startswith(prompt_text) else None
+    return full[len(prompt_text) :] if full.startswith(prompt_text) else None
 
 
-def tokenize_pairs(rows: list[dict], tok, *, max_length: int, max_prompt_length: int
-                   ) -> tuple[list[Pair], Counter]:
+def tokenize_pairs(rows: list[dict], tok, *, max_length: int, max_prompt_length: int) -> tuple[list[Pair], Counter]:
     pairs: list[Pair] = []
     bad: Counter = Counter()
     for row in rows:
         chosen, rejected = row.get("chosen"), row.get("rejected")
-        if not isinstance(row.get("prompt"), str) or not isinstance(chosen, list) or not isinstance(rejected, list) \
-                or not chosen or not rejected:
+        if (
+            not isinstance(row.get("prompt"), str)
+            or not isinstance(chosen, list)
+            or not isinstance(rejected, list)
+            or not chosen
+            or not rejected
+        ):
             bad["missing or malformed prompt/chosen/rejected"] += 1
             continue
-        if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                   for m in (*chosen, *rejected)):
+        if not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in (*chosen, *rejected)
+        ):
             bad["a message without a string role and content"] += 1
             continue
         a_c, a_r = chosen[-1]["content"], rejected[-1]["content"]
@@ -164,8 +172,8 @@ def epoch_batches(n: int, lengths: list[int], global_batch: int, seed: int, epoc
     window = 50 * global_batch
     batches = []
     for w in range(0, len(order), window):
-        chunk = sorted(order[w:w + window], key=lambda i: lengths[i])
-        batches += [chunk[b:b + global_batch] for b in range(0, len(chunk), global_batch)]
+        chunk = sorted(order[w : w + window], key=lambda i: lengths[i])
+        batches += [chunk[b : b + global_batch] for b in range(0, len(chunk), global_batch)]
     batches = [b for b in batches if len(b) == global_batch]
     rng.shuffle(batches)
     return batches

@@ -114,8 +114,7 @@ def build_model(r: Recipe, device, world: int, fsdp: bool | None = None):
         if missing:
             raise SimpoQError(f"{r.model}: no tensor {missing[0].removeprefix('hf.')!r} in the checkpoint")
     mesh = init_device_mesh(device.type, (world,))
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if r.bf16 else torch.float32,
-                              reduce_dtype=torch.float32)
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if r.bf16 else torch.float32, reduce_dtype=torch.float32)
     for layer in model.hf.model.layers:
         fully_shard(layer, mesh=mesh, mp_policy=mp)
     fully_shard(model, mesh=mesh, mp_policy=mp)  # root: embedding = head, final norm
@@ -207,15 +206,20 @@ def resolve_hub_ids(r: Recipe) -> Recipe:
 
     from simpo_q import hub
 
-    return dataclasses.replace(r, model=str(hub.local(r.model, "model")), data=str(hub.local(r.data, "dataset")),
-                               eval_data=None if r.eval_data is None else str(hub.local(r.eval_data, "dataset")))
+    return dataclasses.replace(
+        r,
+        model=str(hub.local(r.model, "model")),
+        data=str(hub.local(r.data, "dataset")),
+        eval_data=None if r.eval_data is None else str(hub.local(r.eval_data, "dataset")),
+    )
 
 
 def _training_pairs(r: Recipe, tok, rank: int, quiet: bool) -> tuple[list, list]:
     """(training pairs, held-out pairs): the data tokenized, unusable rows counted and named,
     the held-out pairs from eval_data or the first eval_fraction of the data."""
-    pairs, bad = tokenize_pairs(read_rows(r.data, r.data_split), tok, max_length=r.max_length,
-                                max_prompt_length=r.max_prompt_length)
+    pairs, bad = tokenize_pairs(
+        read_rows(r.data, r.data_split), tok, max_length=r.max_length, max_prompt_length=r.max_prompt_length
+    )
     skipped = ", ".join(f"{n} {why}" for why, n in bad.items()) or "none"
     if not pairs:
         raise SimpoQError(f"{r.data}: no usable preference pairs (skipped: {skipped})")
@@ -223,8 +227,12 @@ def _training_pairs(r: Recipe, tok, rank: int, quiet: bool) -> tuple[list, list]
         print(f"{r.data}: {len(pairs)} usable pairs; skipped: {skipped}", file=sys.stderr)
     eval_pairs = []
     if r.eval_data:
-        eval_pairs, _ = tokenize_pairs(read_rows(r.eval_data, r.eval_data_split), tok, max_length=r.max_length,
-                                       max_prompt_length=r.max_prompt_length)
+        eval_pairs, _ = tokenize_pairs(
+            read_rows(r.eval_data, r.eval_data_split),
+            tok,
+            max_length=r.max_length,
+            max_prompt_length=r.max_prompt_length,
+        )
     elif r.eval_fraction > 0:
         n_eval = max(1, int(len(pairs) * r.eval_fraction))
         pairs, eval_pairs = pairs[n_eval:], pairs[:n_eval]
@@ -247,7 +255,7 @@ def _backward(model, r: Recipe, mine: list, pad: int, device, fsdp: bool) -> tup
     step_tokens = 0
     size = r.per_device_train_batch_size
     for micro in range(r.gradient_accumulation_steps):
-        part = mine[micro * size:(micro + 1) * size]
+        part = mine[micro * size : (micro + 1) * size]
         b = {k: v.to(device) for k, v in collate(part, pad).items()}
         if fsdp:
             model.set_requires_gradient_sync(micro == r.gradient_accumulation_steps - 1)
@@ -255,16 +263,28 @@ def _backward(model, r: Recipe, mine: list, pad: int, device, fsdp: bool) -> tup
             logps = model(b["input_ids"], b["attention_mask"], b["labels"], r.chunk_tokens)
         n = len(part)
         c, rj = logps[:n], logps[n:]
-        losses, rc, rr = simpo_loss(c, rj, beta=r.beta, gamma_beta_ratio=r.gamma_beta_ratio,
-                                    label_smoothing=r.label_smoothing, loss_type=r.loss_type)
+        losses, rc, rr = simpo_loss(
+            c,
+            rj,
+            beta=r.beta,
+            gamma_beta_ratio=r.gamma_beta_ratio,
+            label_smoothing=r.label_smoothing,
+            loss_type=r.loss_type,
+        )
         loss = losses.sum() / per_rank
         if r.sft_weight:
             loss = loss + r.sft_weight * (-c.mean()) * n / per_rank
         loss.backward()
         step_tokens += int(b["attention_mask"].sum())
-        for key, v in (("loss", losses.sum()), ("rewards/chosen", rc.sum()), ("rewards/rejected", rr.sum()),
-                       ("rewards/margins", (rc - rr).sum()), ("rewards/accuracies", (rc > rr).float().sum()),
-                       ("logps/chosen", c.detach().sum()), ("logps/rejected", rj.detach().sum())):
+        for key, v in (
+            ("loss", losses.sum()),
+            ("rewards/chosen", rc.sum()),
+            ("rewards/rejected", rr.sum()),
+            ("rewards/margins", (rc - rr).sum()),
+            ("rewards/accuracies", (rc > rr).float().sum()),
+            ("logps/chosen", c.detach().sum()),
+            ("logps/rejected", rj.detach().sum()),
+        ):
             sums[key] = sums.get(key, 0.0) + float(v.detach()) / per_rank
     return sums, step_tokens
 
@@ -311,8 +331,9 @@ def train_model(r: Recipe, *, quiet: bool = False) -> tuple[Path, torch.nn.Modul
     warmup = math.ceil(total * r.warmup_ratio)
 
     model = build_model(r, device, world, fsdp)
-    opt = torch.optim.AdamW(model.parameters(), lr=r.learning_rate, betas=(0.9, 0.999), eps=1e-8,
-                            weight_decay=r.weight_decay)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=r.learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=r.weight_decay
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, warmup))
     step = load_checkpoint(out / "checkpoint", model, opt, sched)
     if step and rank == 0 and not quiet:
@@ -326,35 +347,44 @@ def train_model(r: Recipe, *, quiet: bool = False) -> tuple[Path, torch.nn.Modul
             _append_metrics(metrics_path, {"step": 0, **{f"eval_{k}": v for k, v in ev.items()}})
     reset_peak_memory(device)
     # disable=None: no bar in a pipe or a log file (plain lines instead, below)
-    bar = tqdm(total=total, initial=step, desc="simpo", disable=True if quiet or rank != 0 else None,
-               file=sys.stderr)
+    bar = tqdm(total=total, initial=step, desc="simpo", disable=True if quiet or rank != 0 else None, file=sys.stderr)
     t0, tokens = time.perf_counter(), 0
     pending: list[dict] = []  # the steps since metrics were last written (every logging_steps)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     while step < total:
         epoch, k = divmod(step, steps_per_epoch)
         batch = epoch_batches(len(pairs), lengths, global_batch, r.seed, epoch)[k]
-        mine = batch[rank * per_rank:(rank + 1) * per_rank]
+        mine = batch[rank * per_rank : (rank + 1) * per_rank]
         t_step = time.perf_counter()
         sums, step_tokens = _backward(model, r, [pairs[i] for i in mine], pad, device, fsdp)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), r.max_grad_norm)
         gn = float(full(grad_norm))
         if not math.isfinite(gn) or not math.isfinite(sums["loss"]):
             # the gradient norm is global: every rank stops here, before the update
-            last = f"the last good checkpoint is {out / 'checkpoint'}" if (out / "checkpoint").exists() \
+            last = (
+                f"the last good checkpoint is {out / 'checkpoint'}"
+                if (out / "checkpoint").exists()
                 else "no checkpoint was saved (set save_steps to keep one)"
-            raise SimpoQError(f"step {step + 1}: the loss ({sums['loss']:.4g}) or its gradient norm ({gn:.4g}) is not "
-                              f"finite; training stopped before the update, {last}. Lower learning_rate or check "
-                              f"the data")
+            )
+            raise SimpoQError(
+                f"step {step + 1}: the loss ({sums['loss']:.4g}) or its gradient norm ({gn:.4g}) is not "
+                f"finite; training stopped before the update, {last}. Lower learning_rate or check "
+                f"the data"
+            )
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
         step += 1
         tokens += step_tokens
         m = _reduce({**sums, "tokens": float(step_tokens)}, world)
-        m.update(step=step, lr=sched.get_last_lr()[0], grad_norm=gn,
-                 tokens=round(m["tokens"] * world), step_seconds=time.perf_counter() - t_step,
-                 peak_memory_gib=peak_memory(device) / 2**30)
+        m.update(
+            step=step,
+            lr=sched.get_last_lr()[0],
+            grad_norm=gn,
+            tokens=round(m["tokens"] * world),
+            step_seconds=time.perf_counter() - t_step,
+            peak_memory_gib=peak_memory(device) / 2**30,
+        )
         if rank == 0:
             pending.append(m)
             rate = tokens * world / (time.perf_counter() - t0)
@@ -363,10 +393,17 @@ def train_model(r: Recipe, *, quiet: bool = False) -> tuple[Path, torch.nn.Modul
                 _append_metrics(metrics_path, line)
                 pending.clear()
                 if bar.disable and not quiet:  # a log file or a pipe: a plain line, no bar redraws
-                    print(f"step {step}/{total} loss {line['loss']:.4f} margin {line['rewards/margins']:.4f} "
-                          f"acc {line['rewards/accuracies']:.3f} tokens/s {rate:.0f}", file=sys.stderr)
-            bar.set_postfix(loss=f"{m['loss']:.3f}", margin=f"{m['rewards/margins']:.3f}",
-                            acc=f"{m['rewards/accuracies']:.2f}", tok_s=f"{rate:.0f}")
+                    print(
+                        f"step {step}/{total} loss {line['loss']:.4f} margin {line['rewards/margins']:.4f} "
+                        f"acc {line['rewards/accuracies']:.3f} tokens/s {rate:.0f}",
+                        file=sys.stderr,
+                    )
+            bar.set_postfix(
+                loss=f"{m['loss']:.3f}",
+                margin=f"{m['rewards/margins']:.3f}",
+                acc=f"{m['rewards/accuracies']:.2f}",
+                tok_s=f"{rate:.0f}",
+            )
             bar.update(1)
         if r.eval_steps and eval_pairs and step % r.eval_steps == 0:
             ev = evaluate(model, eval_pairs, r, device, pad, world)
@@ -388,10 +425,16 @@ def interval_metrics(steps: list[dict]) -> dict:
     means of the per-step values; the last step and learning rate; the tokens summed; the
     peak memory's maximum."""
     last = steps[-1]
-    out = {k: sum(s[k] for s in steps) / len(steps) for k in last if k not in ("step", "lr", "tokens",
-                                                                                "peak_memory_gib")}
-    out.update(step=last["step"], lr=last["lr"], tokens=sum(s["tokens"] for s in steps),
-               peak_memory_gib=max(s["peak_memory_gib"] for s in steps), steps=len(steps))
+    out = {
+        k: sum(s[k] for s in steps) / len(steps) for k in last if k not in ("step", "lr", "tokens", "peak_memory_gib")
+    }
+    out.update(
+        step=last["step"],
+        lr=last["lr"],
+        tokens=sum(s["tokens"] for s in steps),
+        peak_memory_gib=max(s["peak_memory_gib"] for s in steps),
+        steps=len(steps),
+    )
     return out
 
 
@@ -409,12 +452,18 @@ def evaluate(model, pairs, r: Recipe, device, pad: int, world: int = 1) -> dict[
 def _evaluate(model, mine, r: Recipe, device, pad: int, world: int) -> dict[str, float]:
     sums = {"rewards/accuracies": 0.0, "rewards/margins": 0.0, "loss": 0.0}
     for s in range(0, len(mine), r.per_device_train_batch_size):
-        chunk = mine[s:s + r.per_device_train_batch_size]
+        chunk = mine[s : s + r.per_device_train_batch_size]
         b = {k: v.to(device) for k, v in collate(chunk, pad).items()}
         logps = model(b["input_ids"], b["attention_mask"], b["labels"], r.chunk_tokens)
         n = len(chunk)
-        losses, rc, rr = simpo_loss(logps[:n], logps[n:], beta=r.beta, gamma_beta_ratio=r.gamma_beta_ratio,
-                                    label_smoothing=r.label_smoothing, loss_type=r.loss_type)
+        losses, rc, rr = simpo_loss(
+            logps[:n],
+            logps[n:],
+            beta=r.beta,
+            gamma_beta_ratio=r.gamma_beta_ratio,
+            label_smoothing=r.label_smoothing,
+            loss_type=r.loss_type,
+        )
         sums["rewards/accuracies"] += float((rc > rr).float().sum())
         sums["rewards/margins"] += float((rc - rr).sum())
         sums["loss"] += float(losses.sum())

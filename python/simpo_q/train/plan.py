@@ -42,24 +42,50 @@ def model_shape(model: str) -> dict:
     if p.is_file():
         return json.loads(p.read_text())
     if "gemma-2-9b" in model:
-        return {"hidden_size": 3584, "intermediate_size": 14336, "num_hidden_layers": 42,
-                "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 256, "vocab_size": 256000,
-                "query_pre_attn_scalar": 256}
+        return {
+            "hidden_size": 3584,
+            "intermediate_size": 14336,
+            "num_hidden_layers": 42,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 8,
+            "head_dim": 256,
+            "vocab_size": 256000,
+            "query_pre_attn_scalar": 256,
+        }
     raise SimpoQError(f"{model}: no config.json to plan from")
 
 
 @lru_cache(maxsize=32)
-def saved_bytes(hidden: int, intermediate: int, heads: int, kv_heads: int, head_dim: int, seqs: int, t: int,
-                bf16: bool, checkpointing: bool, layers: int) -> int:
+def saved_bytes(
+    hidden: int,
+    intermediate: int,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    seqs: int,
+    t: int,
+    bf16: bool,
+    checkpointing: bool,
+    layers: int,
+) -> int:
     """Bytes autograd keeps for backward in a `layers`-deep Gemma-2 over [seqs, t] tokens
     (parameters excluded), counted on the meta device."""
     import torch
     from transformers import Gemma2Config
     from transformers.models.gemma2.modeling_gemma2 import Gemma2ForCausalLM
 
-    cfg = Gemma2Config(hidden_size=hidden, intermediate_size=intermediate, num_attention_heads=heads,
-                       num_key_value_heads=kv_heads, head_dim=head_dim, num_hidden_layers=layers, vocab_size=8,
-                       query_pre_attn_scalar=head_dim, sliding_window=max(t, 1), attn_implementation="eager")
+    cfg = Gemma2Config(
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        num_hidden_layers=layers,
+        vocab_size=8,
+        query_pre_attn_scalar=head_dim,
+        sliding_window=max(t, 1),
+        attn_implementation="eager",
+    )
     with torch.device("meta"):
         m = Gemma2ForCausalLM(cfg).to(torch.bfloat16 if bf16 else torch.float32)
     m.train()
@@ -131,11 +157,19 @@ def plan(r: Recipe, gpus: int, gpu_mem_gb: float, tflops: float = H100_BF16_TFLO
     attn_flops = 12 * n * q * t  # per token: QK^T and PV, forward + backward, eager (no causal skipping)
     per_token = 6 * params + attn_flops
     if r.gradient_checkpointing:
-        per_token += (2 * params + attn_flops / 3)  # the recomputed forward
+        per_token += 2 * params + attn_flops / 3  # the recomputed forward
     step_s = per_token * tokens_step / (gpus * tflops * 1e12 * mfu)
-    return {"params": params, "bytes": out, "total": total, "phase": "head" if head_total >= layer_total else "layer",
-            "fits": total < gpu_mem_gb * 1e9 * 0.9, "tokens_per_step": tokens_step, "step_seconds": step_s,
-            "tflops": tflops, "mfu": mfu}
+    return {
+        "params": params,
+        "bytes": out,
+        "total": total,
+        "phase": "head" if head_total >= layer_total else "layer",
+        "fits": total < gpu_mem_gb * 1e9 * 0.9,
+        "tokens_per_step": tokens_step,
+        "step_seconds": step_s,
+        "tflops": tflops,
+        "mfu": mfu,
+    }
 
 
 def _count(n: int) -> str:
@@ -147,13 +181,19 @@ def _count(n: int) -> str:
 
 
 def render(p: dict, gpus: int, gpu_mem_gb: float) -> str:
-    lines = [f"model: {_count(p['params'])} parameters, {gpus} GPUs of {gpu_mem_gb:g} GB",
-             f"per GPU at the peak (the backward of {'the chunked head' if p['phase'] == 'head' else 'a layer'}):"]
+    lines = [
+        f"model: {_count(p['params'])} parameters, {gpus} GPUs of {gpu_mem_gb:g} GB",
+        f"per GPU at the peak (the backward of {'the chunked head' if p['phase'] == 'head' else 'a layer'}):",
+    ]
     for k, v in p["bytes"].items():
         lines.append(f"  {k:50s} {v / GIB:8.2f} GiB")
-    lines.append(f"  {'total per GPU':50s} {p['total'] / GIB:8.2f} GiB -> "
-                 f"{'fits' if p['fits'] else 'does NOT fit'} (90% of {gpu_mem_gb:g} GB)")
+    lines.append(
+        f"  {'total per GPU':50s} {p['total'] / GIB:8.2f} GiB -> "
+        f"{'fits' if p['fits'] else 'does NOT fit'} (90% of {gpu_mem_gb:g} GB)"
+    )
     lines.append(f"tokens per optimizer step (padded upper bound): {p['tokens_per_step']}")
-    lines.append(f"estimated step time: {p['step_seconds']:.1f} s (FLOPs at {p['mfu']:.0%} of {p['tflops']:g} "
-                 f"TFLOP/s per GPU; an estimate, not a measurement)")
+    lines.append(
+        f"estimated step time: {p['step_seconds']:.1f} s (FLOPs at {p['mfu']:.0%} of {p['tflops']:g} "
+        f"TFLOP/s per GPU; an estimate, not a measurement)"
+    )
     return "\n".join(lines)

@@ -88,16 +88,24 @@ def _coerce(field: dataclasses.Field, raw, where: str):
 # (key, lowest, highest, lowest allowed itself, highest allowed itself): checked at load, so
 # that nonsense fails in a second, not after the model has loaded or hours of training.
 _RANGES = [
-    ("learning_rate", 0.0, math.inf, False, False), ("beta", 0.0, math.inf, False, False),
-    ("gamma_beta_ratio", -math.inf, math.inf, False, False), ("label_smoothing", 0.0, 0.5, True, True),
-    ("sft_weight", 0.0, math.inf, True, False), ("warmup_ratio", 0.0, 1.0, True, True),
-    ("weight_decay", 0.0, math.inf, True, False), ("max_grad_norm", 0.0, math.inf, False, False),
-    ("num_train_epochs", 0.0, math.inf, False, False), ("eval_fraction", 0.0, 1.0, True, False),
-    ("max_length", 2, math.inf, True, False), ("max_prompt_length", 1, math.inf, True, False),
+    ("learning_rate", 0.0, math.inf, False, False),
+    ("beta", 0.0, math.inf, False, False),
+    ("gamma_beta_ratio", -math.inf, math.inf, False, False),
+    ("label_smoothing", 0.0, 0.5, True, True),
+    ("sft_weight", 0.0, math.inf, True, False),
+    ("warmup_ratio", 0.0, 1.0, True, True),
+    ("weight_decay", 0.0, math.inf, True, False),
+    ("max_grad_norm", 0.0, math.inf, False, False),
+    ("num_train_epochs", 0.0, math.inf, False, False),
+    ("eval_fraction", 0.0, 1.0, True, False),
+    ("max_length", 2, math.inf, True, False),
+    ("max_prompt_length", 1, math.inf, True, False),
     ("per_device_train_batch_size", 1, math.inf, True, False),
     ("gradient_accumulation_steps", 1, math.inf, True, False),
-    ("chunk_tokens", 1, math.inf, True, False), ("save_steps", 0, math.inf, True, False),
-    ("eval_steps", 0, math.inf, True, False), ("threads", 0, math.inf, True, False),
+    ("chunk_tokens", 1, math.inf, True, False),
+    ("save_steps", 0, math.inf, True, False),
+    ("eval_steps", 0, math.inf, True, False),
+    ("threads", 0, math.inf, True, False),
     ("logging_steps", 1, math.inf, True, False),
 ]
 
@@ -157,17 +165,21 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> Recipe:
         values[k] = _coerce(fields[k], v, "--set")
     r = Recipe(**values)
     # checked now, not after hours of training
-    for key, allowed in (("loss_type", ("sigmoid", "hinge")), ("save_dtype", ("bfloat16", "float16", "float32")),
-                         ("fsdp", ("auto", "always"))):
+    for key, allowed in (
+        ("loss_type", ("sigmoid", "hinge")),
+        ("save_dtype", ("bfloat16", "float16", "float32")),
+        ("fsdp", ("auto", "always")),
+    ):
         if getattr(r, key) not in allowed:
             raise SimpoQError(f"{p}: {key}: {getattr(r, key)!r} is not one of {', '.join(allowed)}")
     _check_ranges(r, str(p))
     from simpo_q.publish import check_parameter
 
-    r.ollama_parameters = {k: check_parameter(str(k), v, f"{p}: ollama_parameters")
-                           for k, v in r.ollama_parameters.items()}
+    r.ollama_parameters = {
+        k: check_parameter(str(k), v, f"{p}: ollama_parameters") for k, v in r.ollama_parameters.items()
+    }
     if r.ollama_system is not None and '"""' in r.ollama_system:
-        raise SimpoQError(f"{p}: ollama_system must not contain \"\"\" (it ends a Modelfile block)")
+        raise SimpoQError(f'{p}: ollama_system must not contain """ (it ends a Modelfile block)')
     if not r.model:
         raise SimpoQError(f"{p}: the recipe names no model (set model: a Hugging Face model directory)")
     if not r.data:
@@ -180,7 +192,10 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> Recipe:
     # an output_dir written in the recipe is relative to the recipe, like its model and data (so a
     # recipe in a clone writes inside the clone wherever it is run from); one given with --set
     # is relative to the current directory, as any command-line path
-    if "output_dir" in raw and not any(o.startswith("output_dir=") for o in overrides) \
-            and not Path(r.output_dir).is_absolute():
+    if (
+        "output_dir" in raw
+        and not any(o.startswith("output_dir=") for o in overrides)
+        and not Path(r.output_dir).is_absolute()
+    ):
         r.output_dir = os.path.normpath(base / r.output_dir)
     return r
