@@ -320,3 +320,32 @@ def test_eighty_layer_llama_gets_llama_cpps_70b_attn_v(tmp_path: Path) -> None:
     assert types["blk.0.attn_v.weight"] == "Q5_K" and types["blk.0.attn_q.weight"] == "Q3_K"
     for name, *_ in b.tensors:
         assert np.array_equal(a.tensor_bytes(name), b.tensor_bytes(name)), name
+
+
+def test_plan_counts_a_llamas_own_tensors_and_activations(model: Path) -> None:
+    """`plan` sizes a Llama from its own adapter and Hugging Face code: every parameter (the
+    untied head too) and, on the meta device, what its layers keep for backward."""
+    import torch
+    from simpo_q.train.plan import plan, saved_bytes
+    from simpo_q.train.recipe import load_recipe
+    from transformers import AutoModelForCausalLM
+
+    r = load_recipe(REPO / "recipes" / "tiny.yaml", [f"model={model}"])
+    hf = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32, attn_implementation="eager")
+    assert plan(r, 1, 80)["params"] == sum(p.numel() for p in hf.parameters())
+    cfg = json.loads((model / "config.json").read_text())
+    hf.train()
+    seen: dict[int, int] = {}
+    params = {p.untyped_storage()._cdata for p in hf.parameters()}
+
+    def pack(x):
+        if x.untyped_storage()._cdata not in params:
+            seen[x.untyped_storage()._cdata] = x.untyped_storage().nbytes()
+        return x
+
+    ids = torch.ones((2, 64), dtype=torch.long)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        hf.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+    assert saved_bytes(json.dumps(cfg, sort_keys=True), 2, 64, False, False, cfg["num_hidden_layers"]) == sum(
+        seen.values()
+    )

@@ -8,8 +8,8 @@ Memory is the larger of the two phases of a step's backward:
 - one decoder layer: its backward (after recomputing its forward under gradient
   checkpointing) needs all it saved, the attention-score gradients, the unsharded weights of
   it and of the prefetched next layer, and its unsharded gradient.
-What the layers save for backward is not estimated by hand: the real Hugging Face Gemma-2
-code runs on the meta device (shapes only, no memory, milliseconds even at 9B) with a
+What the layers save for backward is not estimated by hand: the model family's real Hugging
+Face code (Gemma-2, Llama) runs on the meta device (shapes only, no memory, milliseconds even at 9B) with a
 saved-tensors hook counting the distinct storages autograd keeps, at one and at two layers.
 
 The step time is 6·N FLOPs per token plus eager attention's, with one more forward under
@@ -43,6 +43,13 @@ def model_shape(model: str) -> dict:
         return json.loads(p.read_text())
     if "gemma-2-9b" in model:
         return {
+            "architectures": ["Gemma2ForCausalLM"],
+            "model_type": "gemma2",
+            "max_position_embeddings": 8192,
+            "sliding_window": 4096,
+            "rms_norm_eps": 1e-06,
+            "attn_logit_softcapping": 50.0,
+            "final_logit_softcapping": 30.0,
             "hidden_size": 3584,
             "intermediate_size": 14336,
             "num_hidden_layers": 42,
@@ -56,38 +63,23 @@ def model_shape(model: str) -> dict:
 
 
 @lru_cache(maxsize=32)
-def saved_bytes(
-    hidden: int,
-    intermediate: int,
-    heads: int,
-    kv_heads: int,
-    head_dim: int,
-    seqs: int,
-    t: int,
-    bf16: bool,
-    checkpointing: bool,
-    layers: int,
-) -> int:
-    """Bytes autograd keeps for backward in a `layers`-deep Gemma-2 over [seqs, t] tokens
-    (parameters excluded), counted on the meta device."""
+def saved_bytes(config_json: str, seqs: int, t: int, bf16: bool, checkpointing: bool, layers: int) -> int:
+    """Bytes autograd keeps for backward in a `layers`-deep model of this config (its family's
+    Hugging Face code, a vocabulary of 8) over [seqs, t] tokens (parameters excluded), counted
+    on the meta device."""
     import torch
-    from transformers import Gemma2Config
-    from transformers.models.gemma2.modeling_gemma2 import Gemma2ForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    cfg = Gemma2Config(
-        hidden_size=hidden,
-        intermediate_size=intermediate,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        head_dim=head_dim,
-        num_hidden_layers=layers,
-        vocab_size=8,
-        query_pre_attn_scalar=head_dim,
-        sliding_window=max(t, 1),
-        attn_implementation="eager",
-    )
+    c = json.loads(config_json)
+    c.update(num_hidden_layers=layers, vocab_size=8)
+    if c.get("sliding_window"):
+        c["sliding_window"] = max(t, 1)  # a window that covers the sequence: every layer attends to all of it
+    c.pop("architectures", None)
+    cfg = AutoConfig.for_model(c.pop("model_type"), **c)
+    cfg._attn_implementation = "eager"
     with torch.device("meta"):
-        m = Gemma2ForCausalLM(cfg).to(torch.bfloat16 if bf16 else torch.float32)
+        m = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+        m = m.to(torch.bfloat16 if bf16 else torch.float32)
     m.train()
     if checkpointing:
         import warnings
@@ -112,16 +104,24 @@ def saved_bytes(
 
 def plan(r: Recipe, gpus: int, gpu_mem_gb: float, tflops: float = H100_BF16_TFLOPS, mfu: float = 0.35) -> dict:
     c = model_shape(r.model)
-    h, i, n, v = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
-    heads, kvh = c["num_attention_heads"], c["num_key_value_heads"]
-    d = c.get("head_dim", h // heads)
-    q, kv = heads * d, kvh * d
-    per_layer = h * q + 2 * h * kv + q * h + 3 * h * i + 4 * h
-    root = v * h + h
-    params = n * per_layer + root
+    h, n = c["hidden_size"], c["num_hidden_layers"]
+    heads = c["num_attention_heads"]
+    q = heads * c.get("head_dim", h // heads)
+    # every tensor the family's adapter expects: one layer's, and the rest (embedding, final
+    # norm, an untied head), which FSDP2 keeps in the root
+    from math import prod
+
+    from simpo_q.arch import adapter_for
+    from simpo_q.arch.base import LAYER_PREFIX
+
+    shapes = adapter_for(c, f"{r.model}/config.json").expected_shapes(c, f"{r.model}/config.json")
+    per_layer = sum(prod(sh) for name, sh in shapes.items() if name.startswith(f"{LAYER_PREFIX}0."))
+    params = sum(prod(sh) for sh in shapes.values())
+    root = params - n * per_layer
+    v = c["vocab_size"]
     b = 2 if r.bf16 else 4  # compute dtype: FSDP2's bf16 parameters (autocast in one process)
     seqs, t = 2 * r.per_device_train_batch_size, r.max_length
-    shape = (h, i, heads, kvh, d, seqs, t, r.bf16)
+    shape = (json.dumps(c, sort_keys=True), seqs, t, r.bf16)
     full1, full2 = saved_bytes(*shape, False, 1), saved_bytes(*shape, False, 2)
     layer_saved, outside = full2 - full1, 2 * full1 - full2
     if r.gradient_checkpointing:
@@ -139,7 +139,7 @@ def plan(r: Recipe, gpus: int, gpu_mem_gb: float, tflops: float = H100_BF16_TFLO
         "parameters (fp32 shard)": 4 * params / gpus,
         "gradients (fp32 shard)": 4 * params / gpus,
         "optimizer AdamW m, v (fp32 shard)": 8 * params / gpus,
-        "root weights, unsharded (embedding = head)": b * root if sharded else (b * params if r.bf16 else 0),
+        "root weights, unsharded (embedding, head)": b * root if sharded else (b * params if r.bf16 else 0),
         "root gradient, unsharded": b * root if sharded else 0,
         "activations kept for backward": kept,
     }
