@@ -3,9 +3,11 @@
 Rows are in the princeton-nlp/gemma2-ultrafeedback-armorm format: `prompt` (str), `chosen`
 and `rejected` (message lists ending with the assistant turn). The prompt is the chat
 template of `chosen[:-1]` without a generation prompt (so it starts with the template's one
-`<bos>`); each answer is the assistant turn rendered alone, `<start_of_turn>model\\n{text}
-<end_of_turn>\\n`, plus `<eos>`. Every answer token is scored — the role header and the
-closing `<end_of_turn>\\n<eos>` included — and no prompt token is. Truncation is the official
+`<bos>`); each answer is the assistant turn as the same template renders it after the
+prompt (Gemma: `<start_of_turn>model\\n{text}<end_of_turn>\\n`; Llama-3: its assistant
+header, the text and `<|eot_id|>`), plus the tokenizer's end of sequence when the turn does
+not end with it. Every answer token is scored — the role header and the closing markers
+included — and no prompt token is. Truncation is the official
 keep_end rule. Bad rows are counted by reason and reported, never silently dropped.
 """
 
