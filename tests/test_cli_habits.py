@@ -195,3 +195,83 @@ def test_train_ends_with_the_model_and_its_last_evaluation(tmp_path: Path, capsy
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(f"train: 2 steps; the model: {tmp_path / 'run' / 'final'}; held-out reward accuracy ")
     assert "margin " in last and last.endswith("at step 2")
+
+
+@pytest.mark.parametrize(
+    ("arch", "flags", "ftype", "with_imatrix"),
+    [
+        ("gemma2", ["--prune-layers", "0"], "Q4_K_M", True),
+        ("llama", ["--prune-layers", "1,1"], "Q3_K_S", True),
+        ("llama", ["--leave-output-tensor"], "Q3_K_S", False),
+        ("gemma2", ["--leave-output-tensor"], "Q4_K_M", False),
+    ],
+)
+def test_prune_layers_and_leave_output_tensor_give_llama_quantizes_file(
+    tmp_path: Path, arch: str, flags: list[str], ftype: str, with_imatrix: bool
+) -> None:
+    """--prune-layers (layers dropped, the rest renumbered, the block count set after the
+    importance matrix's keys, its entries found under their old names) and
+    --leave-output-tensor (the untied head stays in its input type; a tied model has none):
+    the whole file byte for byte as llama-quantize writes it."""
+    import subprocess
+
+    from simpo_q import imatrix as im
+    from simpo_q.convert import convert
+    from simpo_q.tiny import TinyConfig
+
+    tools = _llama_tools()
+    model = cached_tiny_model(REPO / ".cache", TinyConfig(arch=arch), pretrain_steps=200, quiet=True)
+    bf16 = convert(model, tmp_path / "bf16.gguf", "bf16", quiet=True)
+    extra = []
+    if with_imatrix:
+        calib = REPO / "python" / "simpo_q" / "data" / "calibration.txt"
+        im.collect(model, calib, ctx=128, chunks=2, quiet=True).save(str(tmp_path / "im.gguf"), "gguf")
+        extra = ["--imatrix", str(tmp_path / "im.gguf")]
+    subprocess.run(
+        [str(tools / "llama-quantize"), *extra, *flags, str(bf16), str(tmp_path / "ref.gguf"), ftype, "2"],
+        capture_output=True,
+        check=True,
+    )
+    assert cli(["--quiet", "quantize", *extra, *flags, str(bf16), str(tmp_path / "ours.gguf"), ftype]) == 0
+    assert (tmp_path / "ours.gguf").read_bytes() == (tmp_path / "ref.gguf").read_bytes()
+    from simpo_q.gguf import metadata_dict, open_gguf
+
+    r = open_gguf(tmp_path / "ours.gguf")
+    if "--prune-layers" in flags:
+        assert metadata_dict(r)[f"{arch}.block_count"] == 1
+        assert not any(n.startswith("blk.1.") for n, *_ in r.tensors)
+    if "--leave-output-tensor" in flags and arch == "llama":
+        assert {n: t for n, _, t, *_ in r.tensors}["output.weight"] == "BF16"
+
+
+def test_copy_keeps_every_tensor_and_the_file_type(tmp_path: Path, capsys) -> None:
+    """llama-quantize's COPY: a GGUF's tensors as they are, its file type kept (the only
+    changes are llama-quantize's own keys); refused for a Hugging Face directory."""
+    import subprocess
+
+    from simpo_q.quantize_model import quantize_model
+
+    tools = _llama_tools()
+    model = cached_tiny_model(REPO / ".cache", pretrain_steps=200, quiet=True)
+    q4 = quantize_model(model, tmp_path / "q4.gguf", "Q4_K_M", quiet=True)
+    subprocess.run(
+        [str(tools / "llama-quantize"), str(q4), str(tmp_path / "ref.gguf"), "COPY"], capture_output=True, check=True
+    )
+    assert cli(["--quiet", "quantize", str(q4), str(tmp_path / "ours.gguf"), "COPY"]) == 0
+    assert (tmp_path / "ours.gguf").read_bytes() == (tmp_path / "ref.gguf").read_bytes()
+    assert cli(["quantize", str(model), str(tmp_path / "hf.gguf"), "COPY"]) == 2
+    assert "COPY copies the tensors of a GGUF" in capsys.readouterr().err
+    assert cli(["quantize", str(q4), str(tmp_path / "bad.gguf"), "Q4_K_M", "--prune-layers", "0,7"]) == 2
+    assert "--prune-layers: " in capsys.readouterr().err and not (tmp_path / "bad.gguf").exists()
+
+
+def _llama_tools() -> Path:
+    from ggml_ref import require
+
+    try:
+        from llama_cpp_tree import llama_cpp_tools
+
+        return llama_cpp_tools()
+    except Exception as e:
+        require("llama-quantize built from the llama-cpp-python 0.3.36 tree", e)
+        raise

@@ -96,6 +96,7 @@ def _quantize(args: argparse.Namespace) -> int:
         token_embedding_type=args.token_embedding_type,
         tensor_types=tt,
         pure=args.pure,
+        leave_output=args.leave_output_tensor,
     )
     quantize_model(
         args.input,
@@ -120,8 +121,26 @@ def _quantize(args: argparse.Namespace) -> int:
         allow_requantize=args.allow_requantize,
         include_weights=tuple(args.include_weights),
         exclude_weights=tuple(args.exclude_weights),
+        prune_layers=_layer_list(args.prune_layers),
     )
     return 0
+
+
+def _layer_list(spec: str | None) -> tuple[int, ...]:
+    """--prune-layers L0,L1,...: non-negative layer numbers, sorted, without repeats (as
+    llama-quantize's parse_layer_prune)."""
+    if spec is None:
+        return ()
+    out = set()
+    for part in spec.split(","):
+        try:
+            n = int(part)
+        except ValueError:
+            n = -1
+        if n < 0:
+            raise SimpoQError(f"--prune-layers: invalid layer id {part!r}")
+        out.add(n)
+    return tuple(sorted(out))
 
 
 def _one_of(what: str, flag, positional, default):
@@ -514,6 +533,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME",
         help="do not use the importance matrix for tensors whose names contain NAME (repeatable)",
+    )
+    q.add_argument(
+        "--leave-output-tensor",
+        action="store_true",
+        help="leave output.weight in its input type (not quantized; larger, sometimes better)",
+    )
+    q.add_argument(
+        "--prune-layers",
+        metavar="L0,L1,...",
+        help="drop these decoder layers and renumber the rest (llama-quantize's --prune-layers)",
     )
     q.add_argument(
         "--allow-requantize",

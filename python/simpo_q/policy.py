@@ -25,14 +25,16 @@ FILE_TYPES = {
     "Q5_K_M": (17, "Q5_K"),
     "Q6_K": (18, "Q6_K"),
 }
+# llama-quantize's COPY: every tensor as it is in the input GGUF, the input's file type kept
+COPY = "COPY"
 FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
-_BLK = re.compile(r"^blk\.(\d+)\.")
+BLOCK_NAME = re.compile(r"^blk\.(\d+)\.")
 
 
 def weights_map_key(name: str) -> tuple[int, str]:
     """llama.cpp's tensor order: the block number first (non-block tensors count as −1),
     then plain string order."""
-    m = _BLK.match(name)
+    m = BLOCK_NAME.match(name)
     return (int(m.group(1)) if m else -1, name)
 
 
@@ -50,6 +52,7 @@ class Overrides:
     token_embedding_type: str | None = None
     tensor_types: list[tuple[str, str]] = field(default_factory=list)  # (regex, type), first match wins
     pure: bool = False
+    leave_output: bool = False  # --leave-output-tensor: output.weight keeps its input type
 
 
 def ggml_type_name(t: str) -> str:
@@ -76,10 +79,12 @@ def check_file_type(ftype: str) -> str:
     by_id = {str(i): name for name, (i, _) in FILE_TYPES.items()}
     if ftype.strip() in by_id:
         return by_id[ftype.strip()]
+    if ftype.strip().upper() == COPY:
+        return COPY
     if ftype.upper() not in FILE_TYPES:
         raise SimpoQError(
             f"--type: unknown file type {ftype!r}; supported: "
-            f"{', '.join(f'{n} ({i})' for n, (i, _) in FILE_TYPES.items())}"
+            f"{', '.join(f'{n} ({i})' for n, (i, _) in FILE_TYPES.items())}, {COPY}"
         )
     return ftype.upper()
 
@@ -113,6 +118,7 @@ def plan_types(
     input_types: dict[str, str] | None = None,
     fallbacks: list[str] | None = None,
     arch: str = "",
+    n_layer: int | None = None,
 ) -> dict[str, str]:
     """The output type of every tensor (GGUF names, numpy shapes), in llama.cpp's order.
     `fallbacks` collects llama-quantize's warning line for each tensor whose row length
@@ -122,7 +128,10 @@ def plan_types(
     default = FILE_TYPES[ftype][1]
     names = sorted((n for n, _ in tensors), key=weights_map_key)
     shapes = dict(tensors)
-    n_layer = sum(1 for n in names if n.endswith("ffn_down.weight"))
+    # llama.cpp's ffn_down rules count in the model's layers (its block count), which a pruned
+    # model no longer has all of; attn_v's count the tensors
+    if n_layer is None:
+        n_layer = sum(1 for n in names if n.endswith("ffn_down.weight"))
     qs = _State(
         ftype,
         default,
@@ -140,7 +149,7 @@ def plan_types(
             raise SimpoQError(f"--tensor-type {p}={t}: {p!r} is not a valid regular expression ({e})") from e
     for name in names:
         shape = shapes[name]
-        if not should_quantize(name, len(shape)):
+        if not should_quantize(name, len(shape)) or (ov.leave_output and name == "output.weight"):
             out[name] = (input_types or {}).get(name, "F32")
             continue
         ne0 = shape[-1]

@@ -4,6 +4,7 @@ streams to the output (no intermediate F32/F16 file)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from simpo_q.gguf_out import ALIGNMENT, Planned, shape_bytes, size_summary, tens
 from simpo_q.model_card import Card, Made, card_beside
 from simpo_q.ollama import ollama_files, write_ollama_files
 from simpo_q.outputs import check_output, check_space, imatrix_beside, write_text
-from simpo_q.policy import FILE_TYPES, Overrides, check_file_type, plan_types, weights_map_key
+from simpo_q.policy import BLOCK_NAME, COPY, FILE_TYPES, Overrides, check_file_type, plan_types, weights_map_key
 from simpo_q.publish import Page
 from simpo_q.sources import HFDirectory, StateDictSource
 
@@ -154,6 +155,59 @@ def _open_source(inp):
     raise SimpoQError(f"{inp}: no such file or directory")
 
 
+def _file_type_id(ftype: str, metadata: list, reader, inp: Path, choosing: bool) -> int:
+    """general.file_type of the output: the file type's number; for COPY the input GGUF's own."""
+    if ftype != COPY:
+        return FILE_TYPES[ftype][0]
+    if reader is None:
+        raise SimpoQError(f"{inp}: COPY copies the tensors of a GGUF; convert a Hugging Face directory with `convert`")
+    if choosing:
+        raise SimpoQError("COPY keeps every tensor as it is: --refine, --target-bpw and --target-size do not apply")
+    ft = next((v for k, _, v in metadata if k == "general.file_type"), None)
+    if not isinstance(ft, int):
+        raise SimpoQError(f"{inp}: no general.file_type to keep (COPY keeps the input's file type)")
+    return ft
+
+
+def prune(
+    source: list[Planned], layers: tuple[int, ...], inp: Path
+) -> tuple[list[Planned], dict[str, str], int | None]:
+    """llama-quantize's --prune-layers (its remap_layer): in llama.cpp's tensor order, the
+    layers before the first pruned one keep their numbers, the pruned ones are dropped and
+    the rest are renumbered in turn. Returns (tensors, new name -> input name, block count;
+    None when nothing is pruned)."""
+    if not layers:
+        return source, {}, None
+    n_layer = len({m.group(1) for p in source if (m := BLOCK_NAME.match(p.name))})
+    bad = [i for i in layers if i >= n_layer]
+    if bad:
+        raise SimpoQError(f"--prune-layers: {inp} has {n_layer} layers (0..{n_layer - 1}); no layer {bad[0]}")
+    if len(layers) >= n_layer:
+        raise SimpoQError(f"--prune-layers: that prunes every layer of {inp}")
+    mapped: dict[int, int | None] = {}
+    next_id = 0
+    out, original = [], {}
+    for p in sorted(source, key=lambda p: weights_map_key(p.name)):
+        m = BLOCK_NAME.match(p.name)
+        if m is None:
+            out.append(p)
+            continue
+        blk = int(m.group(1))
+        if blk not in mapped:
+            if blk in layers:
+                mapped[blk] = None
+            elif blk < layers[0]:
+                mapped[blk], next_id = blk, blk + 1
+            else:
+                mapped[blk], next_id = next_id, next_id + 1
+        if mapped[blk] is None:
+            continue
+        name = f"blk.{mapped[blk]}.{p.name[m.end() :]}"
+        original[name] = p.name
+        out.append(dataclasses.replace(p, name=name))
+    return out, original, next_id
+
+
 def _check_outputs(out, ins: list, need: int, what: str, sides: list[Path], force: bool) -> None:
     """The GGUF and every file beside it may be written (none is an input; side files exist
     only with --force), and the disk has room: all before the long work."""
@@ -165,7 +219,7 @@ def _check_outputs(out, ins: list, need: int, what: str, sides: list[Path], forc
 
 def _file_metadata(
     metadata: list,
-    ftype: str,
+    file_type: int,
     general_name: str | None,
     resolved,
     plan: list[Planned],
@@ -173,19 +227,21 @@ def _file_metadata(
     kv_overrides,
     imat,
     imat_file,
-    by_name: dict,
+    weights: set[str],
     inp: Path,
+    last: list = (),
 ) -> list:
     """The output's keys: the source's, the file type, the name and page (general.*), the
-    refinement note, then the user's overrides and the importance matrix's keys, in
-    llama-quantize's order."""
+    refinement note, then the user's overrides, the importance matrix's keys and `last` (a
+    pruned model's block count), in llama-quantize's order. `weights`: the input's tensor
+    names, which the importance matrix must know."""
     md = [
         (k, t, v)
         for k, t, v in metadata
         if k
         not in ("general.quantization_version", "general.file_type", "split.no", "split.count", "split.tensors.count")
     ]
-    md += [("general.quantization_version", "u32", 2), ("general.file_type", "u32", FILE_TYPES[ftype][0])]
+    md += [("general.quantization_version", "u32", 2), ("general.file_type", "u32", file_type)]
     if general_name:
         md = [(k, t, general_name if k == "general.name" else v) for k, t, v in md]
     if resolved is not None:
@@ -202,7 +258,7 @@ def _file_metadata(
         )
     sets = list(kv_overrides)  # llama-quantize applies the user's overrides, then its imatrix keys
     if imat is not None:
-        used = [n for n in imat.names() if n in by_name]
+        used = [n for n in imat.names() if n in weights]
         if not used:
             raise SimpoQError(f"{imat_file}: no entry matches a weight of {inp} (an imatrix of another model?)")
         sets.append(("quantize.imatrix.file", "str", imat_file[:127]))
@@ -211,6 +267,7 @@ def _file_metadata(
         sets.append(("quantize.imatrix.entries_count", "u32", len(imat)))
         if imat.chunk_count > 0:
             sets.append(("quantize.imatrix.chunks_count", "u32", imat.chunk_count))
+    sets += list(last)
     for key, t, v in sets:  # ggml's gguf_set_val: the key (new, or moved from its place) goes last
         md = [e for e in md if e[0] != key] + [(key, t, v)]
     return md
@@ -266,6 +323,7 @@ def _tensor_types(
     ftype: str,
     overrides,
     arch: str,
+    n_layer: int | None,
     allow_requantize: bool,
     fallbacks: list[str],
     inp: Path,
@@ -275,8 +333,16 @@ def _tensor_types(
     tensor is converted only with --allow-requantize (llama-quantize's rule: errors add up;
     one that keeps its type is copied). Prints the fallback warnings."""
     input_types = {p.name: p.qtype for p in source}
+    if ftype == COPY:
+        return input_types
     types = plan_types(
-        ftype, [(p.name, p.shape) for p in source], overrides, input_types, fallbacks=fallbacks, arch=arch
+        ftype,
+        [(p.name, p.shape) for p in source],
+        overrides,
+        input_types,
+        fallbacks=fallbacks,
+        arch=arch,
+        n_layer=n_layer,
     )
     for name, t in types.items():
         if input_types[name] not in FLOAT_INPUTS and t != input_types[name] and not allow_requantize:
@@ -290,12 +356,18 @@ def _tensor_types(
     return types
 
 
-def _planned(p: Planned, t: str, reader, imat, imat_file, refine: bool, quiet: bool, filtered: bool) -> Planned:
+def _planned(
+    p: Planned, source_name: str, t: str, reader, imat, imat_file, refine: bool, quiet: bool, filtered: bool
+) -> Planned:
     """The output tensor: an unchanged type of a GGUF input copied byte for byte (as
-    llama-quantize does), anything else quantized from the input with its importance vector."""
+    llama-quantize does), anything else quantized from the input with its importance vector.
+    `source_name`: the tensor's name in the input and the importance matrix (a pruned model
+    renumbers its layers)."""
     if t == p.qtype and reader is not None:
-        return Planned(p.name, p.shape, t, lambda n=p.name, r=reader: r.tensor_bytes(n), raw=True, src_type=p.src_type)
-    vec = _vector(imat, imat_file, p.name, p.shape, t, quiet, filtered)
+        return Planned(
+            p.name, p.shape, t, lambda n=source_name, r=reader: r.tensor_bytes(n), raw=True, src_type=p.src_type
+        )
+    vec = _vector(imat, imat_file, source_name, p.shape, t, quiet, filtered)
     return Planned(p.name, p.shape, t, p.load, imatrix=vec, refine=refine, rows=p.rows, src_type=p.src_type)
 
 
@@ -324,6 +396,7 @@ def quantize_model(
     allow_requantize: bool = False,
     include_weights: tuple[str, ...] = (),
     exclude_weights: tuple[str, ...] = (),
+    prune_layers: tuple[int, ...] = (),
 ) -> Path | None:
     """`name`, when given, replaces general.name (otherwise the source directory's name).
     Files written beside OUT (OUT.imatrix.gguf, Modelfile, NOTICE, README.md) are refused
@@ -332,18 +405,22 @@ def quantize_model(
     the GGUF's general.* keys, the Modelfile (`ollama`) and the model card (`model_card`);
     the quantizer sets `page.card`, which the pipeline rewrites with its evaluation.
     `kv_overrides`: (key, type, value) metadata set as llama-quantize's --override-kv does
-    (`parse_kv_override`)."""
+    (`parse_kv_override`). `prune_layers`: decoder layers dropped, the rest renumbered
+    (llama-quantize's --prune-layers). `ftype` "COPY": a GGUF's tensors as they are."""
     general_name = name
     ftype = check_file_type(ftype)
     _check_arguments(imatrix, imatrix_ctx, imatrix_chunks, target_bpw, target_size, include_weights, exclude_weights)
     budgeted = target_bpw is not None or target_size is not None
     inp, metadata, source, origin, reader = _open_source(inp)
+    file_type = _file_type_id(ftype, metadata, reader, inp, budgeted or refine)
+    source, original, block_count = prune(source, prune_layers, inp)
+    arch = str(next((v for k, _, v in metadata if k == "general.architecture"), ""))
     # everything that can be checked is checked before the long work (the importance matrix)
     kind = _imatrix_kind(imatrix, inp)
     by_name = {p.name: p for p in source}
-    arch = str(next((v for k, _, v in metadata if k == "general.architecture"), ""))
     fallbacks: list[str] = []  # llama-quantize's warning lines, one per tensor whose type was replaced
-    types = _tensor_types(source, ftype, overrides, arch, allow_requantize, fallbacks, inp, quiet)
+    n_layer = next((v for k, _, v in metadata if k == f"{arch}.block_count"), None)
+    types = _tensor_types(source, ftype, overrides, arch, n_layer, allow_requantize, fallbacks, inp, quiet)
     adapter = adapter_by_arch(arch, str(inp))
     publishing = page is not None or ollama or model_card
     if publishing and page is None:
@@ -392,7 +469,7 @@ def quantize_model(
         types, table = plan_budget(
             planned,
             types,
-            lambda n: _vector(imat, imat_file, n, by_name[n].shape, types[n], True),
+            lambda n: _vector(imat, imat_file, original.get(n, n), by_name[n].shape, types[n], True),
             target_bpw=target_bpw,
             target_size=target_size,
             refine=refine,
@@ -401,12 +478,32 @@ def quantize_model(
         )
     plan = [
         _planned(
-            by_name[name], types[name], reader, imat, imat_file, refine, quiet, bool(include_weights or exclude_weights)
+            by_name[name],
+            original.get(name, name),
+            types[name],
+            reader,
+            imat,
+            imat_file,
+            refine,
+            quiet,
+            bool(include_weights or exclude_weights),
         )
         for name in sorted(by_name, key=weights_map_key)
     ]
     md = _file_metadata(
-        metadata, ftype, general_name, resolved, plan, refine, kv_overrides, imat, imat_file, by_name, inp
+        metadata,
+        file_type,
+        general_name,
+        resolved,
+        plan,
+        refine,
+        kv_overrides,
+        imat,
+        imat_file,
+        {original.get(n, n) for n in by_name},
+        inp,
+        # llama-quantize sets a pruned model's block count after every override
+        last=[] if block_count is None else [(f"{arch}.block_count", "u32", block_count)],
     )
     if budgeted and (not quiet or dry_run):
         _print_budget_table(plan, table)
