@@ -585,3 +585,35 @@ def test_show_statistics_prints_llama_imatrixs_table(model, collected, tmp_path,
     got = [x for x in capsys.readouterr().out.splitlines() if "\t" in x]
     assert len(want) == 1 + 14 + 1 + 2, (r.stdout + r.stderr)[-1500:]
     assert got == want
+
+
+def test_periodic_saves_and_resume_give_one_runs_statistics(model, tmp_path, capsys) -> None:
+    """-ofreq N writes the statistics so far every N chunks and --save-frequency keeps copies
+    (OUT.at_N), each a whole file of that many chunks; --resume continues from what a run
+    left (its chunks skipped, its sums kept) and ends where one uninterrupted run ends."""
+    base = ["imatrix", str(model), "-f", str(CALIB), "--ctx", str(CTX), "--no-ppl", "--quiet"]
+    assert cli([*base, "-o", str(tmp_path / "one.gguf"), "--chunks", "6"]) == 0
+    out = tmp_path / "run.gguf"
+    assert cli([*base, "-o", str(out), "--chunks", "4", "-ofreq", "2", "--save-frequency", "2"]) == 0
+    part = im.load(tmp_path / "run.gguf.at_2")
+    assert part.chunk_count == 2 and im.load(out).chunk_count == 4
+    assert cli([*base, "-o", str(tmp_path / "two.gguf"), "--chunks", "2"]) == 0
+    _assert_same_statistics_of(part, im.load(tmp_path / "two.gguf"))
+    # the run that stopped after 4 chunks, continued to 6
+    assert cli([*base, "-o", str(out), "--chunks", "6", "--resume"]) == 0
+    resumed, one = im.load(out), im.load(tmp_path / "one.gguf")
+    assert resumed.chunk_count == 6 and resumed.datasets == one.datasets
+    _assert_same_statistics_of(resumed, one, rtol=1e-6)
+    # nothing left to do, another text, another chunk size: refused
+    assert cli([*base, "-o", str(out), "--chunks", "6", "--resume"]) == 2
+    assert "already holds 6 chunks" in capsys.readouterr().err
+    assert cli([*base[:4], "--ctx", "64", "--quiet", "-o", str(out), "--resume"]) == 2
+    assert "chunks of 128 tokens; this run has --ctx 64" in capsys.readouterr().err
+
+
+def _assert_same_statistics_of(a: Imatrix, b: Imatrix, rtol: float = 0.0) -> None:
+    assert a.names() == b.names() and a.chunk_count == b.chunk_count
+    for n in a.names():
+        (x, cx), (y, cy) = a.entry(n), b.entry(n)
+        assert cx == cy, n
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=0, err_msg=n)

@@ -349,3 +349,36 @@ def test_plan_counts_a_llamas_own_tensors_and_activations(model: Path) -> None:
     assert saved_bytes(json.dumps(cfg, sort_keys=True), 2, 64, False, False, cfg["num_hidden_layers"]) == sum(
         seen.values()
     )
+
+
+def test_process_output_collects_the_untied_head_as_llama_imatrix(model: Path, files, tmp_path: Path) -> None:
+    """--process-output: the untied head's input (output.weight) too, equal to
+    llama-imatrix --process-output's, in memory and one layer at a time."""
+    from simpo_q.imatrix_offload import collect_offloaded
+
+    bins = tools()
+    ref = tmp_path / "ref.gguf"
+    subprocess.run(
+        [str(bins / "llama-imatrix"), "-m", str(files["f32"]), "-f", str(CALIB), "-o", str(ref), "-c", str(CTX),
+         "--chunks", str(CHUNKS), "-t", "2", "--process-output"],
+        check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    r = im.load(ref)
+    assert "output.weight" in r.names()
+    for ours in (
+        im.collect(model, CALIB, ctx=CTX, chunks=CHUNKS, quiet=True, process_output=True),
+        collect_offloaded(model, CALIB, ctx=CTX, chunks=CHUNKS, quiet=True, process_output=True),
+    ):
+        assert ours.names() == r.names()
+        (sa, ca), (sb, cb) = ours.entry("output.weight"), r.entry("output.weight")
+        assert ca == cb and np.max(np.abs(sa - sb) / np.abs(sb)) < 1e-3
+    # and llama-quantize uses that entry for the head as simpo-q does
+    subprocess.run(
+        [str(bins / "llama-quantize"), "--imatrix", str(ref), str(files["f32"]), str(tmp_path / "q.gguf"), "Q3_K_S",
+         "2"],
+        check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    mine = quantize_model(model, tmp_path / "mine.gguf", "Q3_K_S", imatrix=ref, quiet=True)
+    assert np.array_equal(
+        open_gguf(mine).tensor_bytes("output.weight"), open_gguf(tmp_path / "q.gguf").tensor_bytes("output.weight")
+    )

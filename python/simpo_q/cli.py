@@ -197,6 +197,31 @@ def _page_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--system", metavar="TEXT", help="the Modelfile's SYSTEM prompt")
 
 
+def _resume_from(args: argparse.Namespace):
+    """The statistics a killed run left in the output (--resume), checked against this run's
+    arguments; None when there is nothing to resume from."""
+    from simpo_q import imatrix as im
+
+    out = Path(args.output)
+    if not args.file or not args.model:
+        raise SimpoQError("--resume continues a collection: give MODEL and -f TEXT")
+    if not out.exists():
+        if not args.quiet:
+            print(f"imatrix: {out} does not exist; starting from the first chunk", file=sys.stderr)
+        return None
+    m = im.load(out)
+    if m.chunk_size != args.ctx:
+        raise SimpoQError(f"{out}: collected with chunks of {m.chunk_size} tokens; this run has --ctx {args.ctx}")
+    if str(args.file) not in m.datasets:
+        raise SimpoQError(f"{out}: collected over {m.datasets}, not {args.file}; nothing to resume")
+    if args.chunks is not None and m.chunk_count >= args.chunks:
+        raise SimpoQError(f"{out}: already holds {m.chunk_count} chunks (--chunks {args.chunks}); nothing to do")
+    if not args.quiet:
+        print(f"imatrix: resuming {out} after {m.chunk_count} chunks", file=sys.stderr)
+    m.datasets = [d for d in m.datasets if d != str(args.file)]  # this run adds it back
+    return m
+
+
 def _imatrix(args: argparse.Namespace) -> int:
     from simpo_q import imatrix as im
 
@@ -222,6 +247,9 @@ def _imatrix(args: argparse.Namespace) -> int:
     args.model = _one_of("model", args.model_opt, args.model, None)
     if args.chunk < 0:
         raise SimpoQError(f"--chunk {args.chunk}: must be at least 0")
+    for flag, v in (("--output-frequency", args.output_frequency), ("--save-frequency", args.save_frequency)):
+        if v < 0:
+            raise SimpoQError(f"{flag} {v}: must be at least 0 (0: never)")
     if not args.output:
         if not args.file:
             raise SimpoQError("imatrix: -o/--output is required when merging")
@@ -237,6 +265,9 @@ def _imatrix(args: argparse.Namespace) -> int:
         from simpo_q.hub import local
 
         args.model = str(local(args.model))  # a hub id is read from its cached snapshot
+    resumed = None
+    if args.resume:
+        resumed = _resume_from(args)
     check_output(args.output, [args.model, args.file, *args.in_file])
     if args.file:
         if args.model:
@@ -245,6 +276,8 @@ def _imatrix(args: argparse.Namespace) -> int:
             HFDirectory(args.model)  # a bad model fails before anything is loaded
         im.read_text(args.file)
     m = Imatrix(args.ctx)
+    if resumed is not None:
+        m = resumed
     for f in args.in_file:
         try:
             m.merge(im.load(f))
@@ -262,8 +295,12 @@ def _imatrix(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             quiet=args.quiet,
             into=m,
-            skip=args.chunk,
+            skip=args.chunk + (resumed.chunk_count if resumed is not None else 0),
+            process_output=args.process_output,
+            checkpoint=im.Checkpoint(args.output, args.output_frequency, args.save_frequency),
         )
+        if resumed is not None and args.chunks is not None:
+            kw["chunks"] = args.chunks - resumed.chunk_count
         why = "--offload" if args.offload else needs_offload(args.model, args.device, args.dtype)
         if why:
             if not args.quiet:
@@ -618,6 +655,32 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the model one decoder layer at a time, loading each from the files (about one layer "
         "of memory; chosen by itself when the model does not fit the device)",
+    )
+    m.add_argument(
+        "--process-output",
+        action="store_true",
+        help="collect the untied head's input too (output.weight; a tied head is the embedding, never collected)",
+    )
+    m.add_argument(
+        "-ofreq",
+        "--output-frequency",
+        type=int,
+        default=0,
+        metavar="N",
+        help="write the statistics so far to the output every N chunks, so that a killed run can be "
+        "continued with --resume (default 0: the output appears once, complete; llama-imatrix saves every 10)",
+    )
+    m.add_argument(
+        "--save-frequency",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also keep a copy every N chunks, named OUTPUT.at_CHUNKS (0: none)",
+    )
+    m.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the output a killed run left: its chunks are skipped, its sums kept",
     )
     m.add_argument("--show", metavar="FILE", help="print per-tensor statistics of an imatrix file")
     m.add_argument(

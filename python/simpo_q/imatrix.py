@@ -60,6 +60,8 @@ def collect(
     batch: int = 1,
     skip: int = 0,
     ppl: bool = True,
+    process_output: bool = False,
+    checkpoint=None,
 ) -> Imatrix:
     """Loads a Hugging Face directory and collects its importance matrix over `text_file`,
     `batch` chunks per forward."""
@@ -98,7 +100,25 @@ def collect(
         batch=batch,
         skip=skip,
         ppl=ppl,
+        process_output=process_output,
+        checkpoint=checkpoint,
     )
+
+
+class Checkpoint:
+    """llama-imatrix's periodic saves: the statistics so far written to `path` every `every`
+    chunks (a killed run resumes from it, `imatrix --resume`), and, every `copy_every` chunks
+    (0: never), a copy named PATH.at_N. Each write is whole or absent (temporary name, then
+    rename)."""
+
+    def __init__(self, path: str | os.PathLike, every: int, copy_every: int = 0, quiet: bool = False):
+        self.path, self.every, self.copy_every, self.quiet = str(path), every, copy_every, quiet
+
+    def __call__(self, m: Imatrix, before: int, after: int) -> None:
+        """Called when the chunks done went from `before` to `after` (m holds `after`)."""
+        for n, path in ((self.every, self.path), (self.copy_every, None)):
+            if n > 0 and after // n > before // n:
+                save(m, path or f"{self.path}.at_{m.chunk_count}")
 
 
 def collect_from_model(
@@ -114,6 +134,8 @@ def collect_from_model(
     batch: int = 1,
     skip: int = 0,
     ppl: bool = True,
+    process_output: bool = False,
+    checkpoint=None,
 ) -> Imatrix | None:
     """The importance matrix of a model already in memory: a Hugging Face causal LM, or the
     trainer's SimPOModel, sharded by FSDP2 or not. Under torch.distributed every rank must
@@ -124,7 +146,10 @@ def collect_from_model(
     larger matrix products and hook calls; the rows reach the accumulator in the same order,
     the products may round differently in the last bit). `skip`: llama-imatrix's --chunk;
     `ppl` False: no output head (its --no-ppl). With the perplexity, ends with llama-imatrix's
-    "Final estimate: PPL = x +/- y" line unless quiet."""
+    "Final estimate: PPL = x +/- y" line unless quiet. `process_output`: an untied head's
+    input too (output.weight, its --process-output). `checkpoint(m, before, after)` is called
+    after each forward in one process, with `m` holding the chunks done so far
+    (`Checkpoint`: llama-imatrix's periodic saves)."""
     import torch
     import torch.distributed as dist
     from tqdm.auto import tqdm
@@ -160,6 +185,19 @@ def collect_from_model(
                     local.add(name, x.numpy())  # a view of x: no copy; Rust reads it with the GIL released
 
             hooks.append(mod.register_forward_pre_hook(hook))
+    adapter = adapter_for(hf.config.to_dict(), "the model's config")
+    if process_output and not adapter.tied(hf.config.to_dict()):
+        # the head's input is the final norm's output (the trainer's chunked head never calls
+        # lm_head as a module, so the norm is hooked)
+        widths["output.weight"] = hf.config.hidden_size
+
+        def head_input(_m, _args, out):
+            if active[0]:
+                x = out.detach()[: active[0]].reshape(-1, out.shape[-1])
+                local.add("output.weight", x.to(device="cpu", dtype=torch.float32).contiguous().numpy())
+
+        hooks.append(hf.model.norm.register_forward_hook(head_input))
+    base_chunks, base_datasets = local.chunk_count, list(local.datasets)
     first = ctx // 2
     labels = torch.full((1, ctx), -100, dtype=torch.long)
     was_training = run.training
@@ -182,6 +220,10 @@ def collect_from_model(
                 lp = lp.detach().double().cpu()[mine]
                 nll += torch.stack([-lp.sum(), (lp * lp).sum(), torch.tensor(float(lp.numel()), dtype=torch.float64)])
                 done = min(len(batches), (s + 1) * world * batch)
+                if checkpoint is not None and world == 1:
+                    local.chunk_count = base_chunks + done
+                    local.datasets = [*base_datasets, str(text_file)]
+                    checkpoint(local, base_chunks + done - active[0], base_chunks + done)
                 bar.set_postfix(
                     ppl=f"{math.exp(nll[0] / nll[2]):.3f}" if nll[2] else "-",
                     tok_s=f"{done * ctx / (time.perf_counter() - t0):.0f}",
@@ -200,8 +242,8 @@ def collect_from_model(
         err = math.sqrt(var / (n - 1)) if var > 0 else 0.0
         print(f"Final estimate: PPL = {math.exp(mean):.4f} +/- {err * math.exp(mean):.5f}", file=sys.stderr)
     if world == 1:
-        local.chunk_count = local.chunk_count + len(batches)
-        local.datasets = [*local.datasets, str(text_file)]
+        local.chunk_count = base_chunks + len(batches)
+        local.datasets = [*base_datasets, str(text_file)]
         return local
     acc = _reduce_ranks(local, widths, device)
     if acc is None:

@@ -177,8 +177,11 @@ def collect_offloaded(
     into: Imatrix | None = None,
     hidden_budget: int | None = None,
     skip: int = 0,
+    process_output: bool = False,
+    checkpoint=None,
 ) -> Imatrix:
-    """`imatrix.collect`'s result, computed one decoder layer at a time."""
+    """`imatrix.collect`'s result, computed one decoder layer at a time (`process_output` and
+    `checkpoint` as there; saves fall after each group of chunks has passed every layer)."""
     import torch
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer
@@ -191,7 +194,9 @@ def collect_offloaded(
     tok = AutoTokenizer.from_pretrained(str(src.path))
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     batches = chunk_tokens(tok, text, ctx, chunks, str(text_file), skip)
-    linears = adapter_for(src.config, str(src.path / "config.json")).LINEARS
+    adapter = adapter_for(src.config, str(src.path / "config.json"))
+    linears = adapter.LINEARS
+    head = process_output and not adapter.tied(src.config)
     model = _skeleton(src, torch_dtype)
     body = model.model
     layers = list(body.layers)
@@ -200,6 +205,7 @@ def collect_offloaded(
     per_chunk = ctx * hidden * torch.tensor([], dtype=torch_dtype).element_size()
     group = max(1, (hidden_budget or HIDDEN_BUDGET) // per_chunk)
     out = into if into is not None else Imatrix(ctx)
+    base_chunks, base_datasets = out.chunk_count, list(out.datasets)
     passes = -(-len(batches) // group)
     bar = tqdm(
         total=len(layers) * passes,
@@ -250,8 +256,19 @@ def collect_offloaded(
                 bar.update(1)
                 done = g0 + len(chunk_ids) * (i + 1) / len(layers)
                 bar.set_postfix(tok_s=f"{done * ctx / (time.perf_counter() - t0):.0f}")
+            if head:  # the untied head's input: the final norm of the last layer's output
+                _load_layer(body.norm, src, "model.norm.", device, {})
+                for st in states:
+                    x = body.norm(st).reshape(-1, hidden)
+                    out.add("output.weight", x.to(device="cpu", dtype=torch.float32).contiguous().numpy())
+                body.norm.to("meta")
             del states, inputs
+            done = g0 + len(chunk_ids)
+            out.chunk_count = base_chunks + done
+            out.datasets = [*base_datasets, str(text_file)]
+            if checkpoint is not None:
+                checkpoint(out, base_chunks + g0, base_chunks + done)
     bar.close()
-    out.chunk_count = out.chunk_count + len(batches)
-    out.datasets = [*out.datasets, str(text_file)]
+    out.chunk_count = base_chunks + len(batches)
+    out.datasets = [*base_datasets, str(text_file)]
     return out
