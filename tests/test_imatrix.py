@@ -448,29 +448,14 @@ def test_imatrix_speaks_llama_imatrix(model, tmp_path, monkeypatch, capsys) -> N
     bins = tools()
     f32 = convert(model, tmp_path / "f32.gguf", "f32", quiet=True)
     ref = tmp_path / "ref.gguf"
-    r = subprocess.run(
-        [
-            str(bins / "llama-imatrix"),
-            "-m",
-            str(f32),
-            "-f",
-            str(CALIB),
-            "-o",
-            str(ref),
-            "-c",
-            str(CTX),
-            "--chunks",
-            "3",
-            "--chunk",
-            "2",
-            "-t",
-            "2",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
+    from llama_cpp_tree import run_logged
+
+    r = run_logged(
+        [str(bins / "llama-imatrix"), "-m", str(f32), "-f", str(CALIB), "-o", str(ref), "-c", str(CTX),
+         "--chunks", "3", "--chunk", "2", "-t", "2"],
+        lambda text: "Final estimate: PPL" in text,
         timeout=600,
-    )
+    )  # fmt: skip
     want = re.search(r"Final estimate: PPL = ([\d.]+) \+/- ([\d.]+)", r.stdout + r.stderr)
     monkeypatch.chdir(tmp_path)
     assert cli(["imatrix", "-m", str(model), "-f", str(CALIB), "--ctx", str(CTX), "--chunks", "3", "--chunk", "2"]) == 0
