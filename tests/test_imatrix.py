@@ -226,6 +226,13 @@ def test_merging_halves_equals_one_run(model, tmp_path) -> None:
         (s1, c1), (s2, c2) = m.entry(name), whole.entry(name)
         assert c1 == c2
         assert np.allclose(s1, s2, rtol=1e-5), name
+    # without --ctx the merge keeps the inputs' chunk size (the GGUF records it; the .dat
+    # does not, and is scaled by it), not the default 512
+    args = ["--quiet", "imatrix", "--in-file", str(tmp_path / "a.gguf"), "--in-file", str(tmp_path / "b.dat")]
+    assert cli([*args, "-o", str(tmp_path / "n.gguf")]) == 0
+    n = im.load(tmp_path / "n.gguf")
+    assert n.chunk_size == CTX and all(n.entry(x)[1] == m.entry(x)[1] for x in m.names())
+    assert im.load(tmp_path / "b.dat").chunk_size == 0
 
 
 def test_importance_lowers_weighted_error(model, collected) -> None:

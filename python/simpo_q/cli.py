@@ -197,6 +197,18 @@ def _page_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--system", metavar="TEXT", help="the Modelfile's SYSTEM prompt")
 
 
+def _merged_chunk_size(files: list[str]) -> int:
+    """The chunk size of a merge without --ctx: the first input's that records one (a legacy
+    .dat file does not), else llama-imatrix's 512."""
+    from simpo_q import imatrix as im
+
+    for f in files:
+        size = im.load(f).chunk_size
+        if size > 0:
+            return size
+    return 512
+
+
 def _resume_from(args: argparse.Namespace):
     """The statistics a killed run left in the output (--resume), checked against this run's
     arguments; None when there is nothing to resume from."""
@@ -234,7 +246,8 @@ def _imatrix(args: argparse.Namespace) -> int:
         return 0
     if args.show:
         m = im.load(args.show)
-        print(f"{args.show}: {len(m)} entries, {m.chunk_count} chunks of {m.chunk_size}, datasets {m.datasets}")
+        size = f"of {m.chunk_size}" if m.chunk_size else "(chunk size not recorded: legacy .dat format)"
+        print(f"{args.show}: {len(m)} entries, {m.chunk_count} chunks {size}, datasets {m.datasets}")
         print(
             f"{'name':36s} {'cols':>6s} {'count':>8s} {'sum':>12s} {'min':>10s} {'max':>10s} {'mean':>10s} {'zero':>6s}"
         )
@@ -265,6 +278,8 @@ def _imatrix(args: argparse.Namespace) -> int:
         from simpo_q.hub import local
 
         args.model = str(local(args.model))  # a hub id is read from its cached snapshot
+    if args.ctx is None:
+        args.ctx = _merged_chunk_size(args.in_file) if not args.file else 512
     resumed = None
     if args.resume:
         resumed = _resume_from(args)
@@ -637,7 +652,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--chunk", type=int, default=0, metavar="N", help="skip the first N chunks of the text")
     m.add_argument("--no-ppl", action="store_true", help="do not compute the perplexity (no output head)")
-    m.add_argument("--ctx", type=_positive, default=512, help="tokens per chunk")
+    m.add_argument(
+        "--ctx",
+        type=_positive,
+        default=None,
+        help="tokens per chunk (default 512; when only merging, the inputs' chunk size)",
+    )
     m.add_argument("--chunks", type=_positive, default=None, help="at most N chunks (default: all)")
     m.add_argument("--device", default="cpu", help="cpu or cuda")
     m.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="torch dtype of the model")
