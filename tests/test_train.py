@@ -265,6 +265,13 @@ def test_plan_prints_memory_and_time(capsys) -> None:
     out = capsys.readouterr().out
     assert "9.24B parameters" in out and "optimizer AdamW" in out and "estimated step time" in out
     assert "fits" in out
+    # without --gpus: the GPUs the recipe is written for (8 for the 9B one, 1 for one that says none)
+    assert cli(["plan", str(REPO / "recipes" / "gemma-2-9b-it-simpo.yaml")]) == 0
+    assert "8 GPUs of 80 GB" in capsys.readouterr().out
+    tiny = cached_tiny_model(REPO / ".cache", pretrain_steps=200, quiet=True)
+    assert cli(["plan", str(REPO / "recipes" / "tiny.yaml"), "--set", f"model={tiny}"]) == 0
+    out = capsys.readouterr().out
+    assert "1 GPU of 80 GB" in out and "1.97M parameters" in out
 
 
 def test_recipe_errors(tmp_path: Path) -> None:

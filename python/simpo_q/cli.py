@@ -386,7 +386,8 @@ def _plan(args: argparse.Namespace) -> int:
     from simpo_q.train.recipe import load_recipe
 
     r = load_recipe(args.recipe, args.set)
-    print(render(plan(r, args.gpus, args.gpu_mem, tflops=args.tflops, mfu=args.mfu), args.gpus, args.gpu_mem))
+    gpus = args.gpus or r.gpus
+    print(render(plan(r, gpus, args.gpu_mem, tflops=args.tflops, mfu=args.mfu), gpus, args.gpu_mem))
     return 0
 
 
@@ -753,7 +754,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = _command(sub, "plan", help="per-GPU memory and step time of a recipe")
     pl.add_argument("recipe", help="YAML recipe (recipes/)")
-    pl.add_argument("--gpus", type=_positive, default=8, help="GPUs (FSDP2 ranks)")
+    pl.add_argument(
+        "--gpus", type=_positive, default=None, help="GPUs (FSDP2 ranks; default: the recipe's gpus, 1 if it says none)"
+    )
     pl.add_argument("--gpu-mem", type=float, default=80.0, help="GB of memory per GPU")
     pl.add_argument("--tflops", type=float, default=989.0, help="peak bf16 TFLOP/s of one GPU (H100 SXM: 989)")
     pl.add_argument("--mfu", type=float, default=0.35, help="assumed fraction of the peak reached")

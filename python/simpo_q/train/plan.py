@@ -182,7 +182,7 @@ def _count(n: int) -> str:
 
 def render(p: dict, gpus: int, gpu_mem_gb: float) -> str:
     lines = [
-        f"model: {_count(p['params'])} parameters, {gpus} GPUs of {gpu_mem_gb:g} GB",
+        f"model: {_count(p['params'])} parameters, {gpus} GPU{'s' if gpus != 1 else ''} of {gpu_mem_gb:g} GB",
         f"per GPU at the peak (the backward of {'the chunked head' if p['phase'] == 'head' else 'a layer'}):",
     ]
     for k, v in p["bytes"].items():

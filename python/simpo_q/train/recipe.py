@@ -37,6 +37,9 @@ class Recipe:
     max_steps: int = -1
     per_device_train_batch_size: int = 2
     gradient_accumulation_steps: int = 1
+    # the GPUs the recipe is written for (its effective batch is per_device × accumulation ×
+    # gpus): `plan`'s default. torchrun's rank count is what training uses.
+    gpus: int = 1
     bf16: bool = False
     gradient_checkpointing: bool = False
     chunk_tokens: int = 1024
@@ -107,6 +110,7 @@ _RANGES = [
     ("eval_steps", 0, math.inf, True, False),
     ("threads", 0, math.inf, True, False),
     ("logging_steps", 1, math.inf, True, False),
+    ("gpus", 1, math.inf, True, False),
 ]
 
 
