@@ -680,3 +680,16 @@ def test_logging_steps_averages_the_interval(model_dir: Path, tmp_path: Path) ->
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in rows] == [2, 4, 5] and [x["steps"] for x in rows] == [2, 2, 1]
     assert all(x["tokens"] > 0 and x["loss"] == x["loss"] for x in rows)
+
+
+def test_resume_says_its_step_and_what_changed(model_dir: Path, tmp_path: Path, capsys) -> None:
+    """A resumed run names the step it continues from and every setting that differs from
+    the checkpoint's (which records them)."""
+    from simpo_q.train.loop import train
+
+    common = [f"model={model_dir}", f"output_dir={tmp_path / 'run'}", "max_steps=4", "save_steps=2", "eval_steps=0"]
+    train(load_recipe(REPO / "recipes" / "tiny.yaml", [*common, "stop_after_steps=2"]), quiet=True)
+    train(load_recipe(REPO / "recipes" / "tiny.yaml", [*common, "learning_rate=1e-4"]))
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'run' / 'checkpoint'}: resuming from step 2" in err
+    assert "settings changed since it was saved: learning_rate 0.0003 -> 0.0001; stop_after_steps 2 -> -1" in err

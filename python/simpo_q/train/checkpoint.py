@@ -141,9 +141,9 @@ def _flatten(msd: dict, osd: dict) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, {"aliases": aliases, "scalars": scalars, "param_groups": osd["param_groups"]}
 
 
-def save_checkpoint(path: Path, model, opt, sched, step: int) -> None:
+def save_checkpoint(path: Path, model, opt, sched, step: int, recipe: dict | None = None) -> None:
     """Every rank writes its shard into `path.next`; rank 0 then writes the state (the mark
-    of a complete checkpoint) and switches it into place."""
+    of a complete checkpoint, with the recipe's settings) and switches it into place."""
     from safetensors.torch import save_file
 
     rank, world = rank_world()
@@ -167,6 +167,7 @@ def save_checkpoint(path: Path, model, opt, sched, step: int) -> None:
             "world_size": world,
             "files": files,
             "scheduler": sched.state_dict(),
+            **({"recipe": recipe} if recipe is not None else {}),
             **rest,
         }
         write_file(str(nxt / STATE_FILE), json.dumps(state, indent=1).encode())
@@ -193,6 +194,16 @@ def _fill(dst: torch.Tensor, src: torch.Tensor, key: str, path: Path) -> None:
         )
     with torch.no_grad():
         loc.copy_(src)
+
+
+def changed_settings(path: Path, recipe: dict) -> list[str]:
+    """`key old -> new` for each recipe setting that differs from the one the checkpoint at
+    `path` was saved with (nothing when it records none)."""
+    state = _read_state(path)
+    saved = state.get("recipe") if state is not None else None
+    if not isinstance(saved, dict):
+        return []
+    return [f"{k} {saved[k]!r} -> {v!r}" for k, v in recipe.items() if k in saved and saved[k] != v]
 
 
 def load_checkpoint(path: Path, model, opt, sched) -> int:

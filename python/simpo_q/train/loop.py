@@ -6,6 +6,7 @@ all ranks, to a progress bar and a JSON-lines file."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -301,7 +302,7 @@ def train_model(r: Recipe, *, quiet: bool = False) -> tuple[Path, torch.nn.Modul
     from transformers import AutoTokenizer
 
     from simpo_q.sources import HFDirectory
-    from simpo_q.train.checkpoint import load_checkpoint, save_checkpoint, save_final
+    from simpo_q.train.checkpoint import changed_settings, load_checkpoint, save_checkpoint, save_final
 
     # hub ids become folders of the Hugging Face cache; then a missing or inconsistent model
     # fails here, in a second, not inside transformers (which would try the network for a
@@ -335,9 +336,13 @@ def train_model(r: Recipe, *, quiet: bool = False) -> tuple[Path, torch.nn.Modul
         model.parameters(), lr=r.learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=r.weight_decay
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, warmup))
+    settings = dataclasses.asdict(r)
+    changed = changed_settings(out / "checkpoint", settings) if rank == 0 else []
     step = load_checkpoint(out / "checkpoint", model, opt, sched)
     if step and rank == 0 and not quiet:
         print(f"{out / 'checkpoint'}: resuming from step {step}", file=sys.stderr)
+        if changed:
+            print(f"{out / 'checkpoint'}: settings changed since it was saved: {'; '.join(changed)}", file=sys.stderr)
     metrics_path = out / "metrics.jsonl"
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -410,12 +415,12 @@ def train_model(r: Recipe, *, quiet: bool = False) -> tuple[Path, torch.nn.Modul
             if rank == 0:
                 _append_metrics(metrics_path, {"step": step, **{f"eval_{k}": v for k, v in ev.items()}})
         if r.save_steps and step % r.save_steps == 0:
-            save_checkpoint(out / "checkpoint", model, opt, sched, step)
+            save_checkpoint(out / "checkpoint", model, opt, sched, step, settings)
         if 0 < r.stop_after_steps <= step and step < total:
             bar.close()
             return out, model
     bar.close()
-    save_checkpoint(out / "checkpoint", model, opt, sched, step)
+    save_checkpoint(out / "checkpoint", model, opt, sched, step, settings)
     save_final(model, tok, out / "final", rank, r.save_dtype, r.model)
     return out, model
 
