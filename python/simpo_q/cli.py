@@ -48,6 +48,31 @@ def _tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+# the bundled files `simpo-q data` writes out: what the README's examples and a first run need
+BUNDLED = {
+    "calibration.txt": "calibration text for `imatrix` (prose, dialogue, lists, numbers, code)",
+    "evaluation.txt": "held-out text for `eval kld` (not the calibration text)",
+    "preferences.jsonl": "240 preference pairs (prompt, chosen, rejected) for `train`",
+    "tiny-recipe.yaml": "a recipe for the tiny model and preferences.jsonl beside it",
+    "gsm8k-sample.jsonl": "GSM8K questions for `eval tasks --task gsm8k`",
+    "mmlu-redux-sample.jsonl": "MMLU-Redux questions for `eval tasks --task mmlu`",
+}
+
+
+def _data(args: argparse.Namespace) -> int:
+    from importlib import resources
+
+    from simpo_q.outputs import check_output, write_text
+
+    out = Path(args.out or args.name)
+    check_output(out, [], side_file=True, force=args.force)
+    text = resources.files("simpo_q.data").joinpath(args.name).read_text(encoding="utf-8")
+    write_text(out, text)
+    if not args.quiet:
+        print(f"wrote {out} ({BUNDLED[args.name]})", file=sys.stderr)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from simpo_q.demo import run_demo
 
@@ -823,6 +848,12 @@ def build_parser() -> argparse.ArgumentParser:
     ta.add_argument("--threads", type=_positive, default=None, help="llama.cpp threads")
     ta.add_argument("--json", metavar="FILE", help="every verdict and the summary as JSON")
     ta.set_defaults(func=_eval_tasks)
+
+    da = _command(sub, "data", help="write one of the bundled files (calibration text, pairs, a recipe...)")
+    da.add_argument("name", choices=list(BUNDLED), help="; ".join(f"{k}: {v}" for k, v in BUNDLED.items()))
+    da.add_argument("out", nargs="?", help="where to write it (default: its name, in this folder)")
+    da.add_argument("--force", action="store_true", help="replace an existing file")
+    da.set_defaults(func=_data)
 
     d = _command(sub, "demo", help="the main job on the embedded default (tiny pretrained Gemma-2)")
     d.add_argument("--out", default="out/demo", help="where the demo writes (it owns this folder)")
