@@ -275,3 +275,56 @@ def _llama_tools() -> Path:
     except Exception as e:
         require("llama-quantize built from the llama-cpp-python 0.3.36 tree", e)
         raise
+
+
+def test_split_files_as_the_converter_and_llama_quantize_write_them(tmp_path: Path) -> None:
+    """convert --split-max-size writes the converter's split files (every key but the guessed
+    naming ones, every tensor byte); quantize reads a split input whole, and with --keep-split
+    writes llama-quantize's split files byte for byte; quantize --split-max-size splits its
+    own output; llama.cpp loads split files and computes what the single file computes."""
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+    from llama_cpp_tree import llama_cpp_tree
+    from simpo_q.gguf import open_gguf
+
+    tools = _llama_tools()
+    model = cached_tiny_model(REPO / ".cache", pretrain_steps=200, quiet=True)
+    env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}
+    subprocess.run(
+        [sys.executable, str(llama_cpp_tree() / "convert_hf_to_gguf.py"), str(model), "--outtype", "f32",
+         "--outfile", str(tmp_path / "ref.gguf"), "--split-max-size", "2M"],
+        check=True, capture_output=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert cli(["--quiet", "convert", str(model), str(tmp_path / "ours.gguf"), "--outtype", "f32",
+                "--split-max-size", "2M"]) == 0  # fmt: skip
+    names = [f"-0000{i}-of-00004.gguf" for i in range(1, 5)]
+    naming = {"general.name", "general.finetune", "general.basename"}
+    for n in names:
+        a, b = open_gguf(tmp_path / f"ours{n}"), open_gguf(tmp_path / f"ref{n}")
+        assert [x for x in a.metadata if x[0] not in naming] == [x for x in b.metadata if x[0] not in naming]
+        assert [t[:3] for t in a.tensors] == [t[:3] for t in b.tensors]
+        assert all(np.array_equal(a.tensor_bytes(t[0]), b.tensor_bytes(t[0])) for t in b.tensors)
+    first = tmp_path / f"ref{names[0]}"
+    for flags, out in (([], "one.gguf"), (["--keep-split"], "kept.gguf")):
+        subprocess.run([str(tools / "llama-quantize"), *flags, str(first), str(tmp_path / f"ref-{out}"), "Q4_K_M",
+                        "2"], check=True, capture_output=True)  # fmt: skip
+        assert cli(["--quiet", "quantize", *flags, str(first), str(tmp_path / out), "Q4_K_M"]) == 0
+    assert (tmp_path / "one.gguf").read_bytes() == (tmp_path / "ref-one.gguf").read_bytes()
+    for n in names:
+        assert (tmp_path / f"kept{n}").read_bytes() == (tmp_path / f"ref-kept{n}").read_bytes(), n
+    # simpo-q's own split output from the Hugging Face directory, loaded by llama.cpp
+    assert cli(["--quiet", "quantize", str(model), str(tmp_path / "s.gguf"), "Q4_K_M", "--split-max-size", "1M"]) == 0
+    split = sorted(tmp_path.glob("s-*-of-*.gguf"))
+    assert len(split) > 1
+    from test_convert_quantize import load
+
+    ids = [2, 651, 1509, 64, 7]
+    outs = []
+    for f in (tmp_path / "one.gguf", split[0]):
+        llm = load(f)
+        llm.eval(ids)
+        outs.append(np.asarray(llm.scores[len(ids) - 1]))
+    assert np.array_equal(outs[0], outs[1])

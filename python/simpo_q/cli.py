@@ -95,8 +95,20 @@ def _convert(args: argparse.Namespace) -> int:
         threads=args.threads,
         name=args.model_name,
         vocab_only=args.vocab_only,
+        split_max_size=_split_bytes(args.split_max_size),
+        split_max_tensors=args.split_max_tensors,
     )
     return 0
+
+
+def _split_bytes(text: str) -> int:
+    """The converter's split_str_to_n_bytes: a number of bytes, optionally followed by K, M or
+    G (powers of 1000)."""
+    scale = {"K": 1000, "M": 1000**2, "G": 1000**3}.get(text[-1:], 1)
+    digits = text[:-1] if scale > 1 else text
+    if not digits.isdigit():
+        raise SimpoQError(f"--split-max-size {text!r}: expected a number, optionally followed by K, M or G")
+    return int(digits) * scale
 
 
 def _quantize(args: argparse.Namespace) -> int:
@@ -147,6 +159,9 @@ def _quantize(args: argparse.Namespace) -> int:
         include_weights=tuple(args.include_weights),
         exclude_weights=tuple(args.exclude_weights),
         prune_layers=_layer_list(args.prune_layers),
+        keep_split=args.keep_split,
+        split_max_size=_split_bytes(args.split_max_size),
+        split_max_tensors=args.split_max_tensors,
     )
     return 0
 
@@ -557,6 +572,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--model-name", help="general.name of the GGUF (default: the directory's name)")
     c.add_argument("--vocab-only", action="store_true", help="only the metadata and the vocabulary, no tensors")
+    c.add_argument(
+        "--split-max-size",
+        default="0",
+        metavar="N[K|M|G]",
+        help="split the output into files of at most this much tensor data (OUT-00001-of-0000N.gguf; 0: none)",
+    )
+    c.add_argument(
+        "--split-max-tensors", type=int, default=0, metavar="N", help="split after this many tensors per file (0: none)"
+    )
     c.add_argument("--threads", type=_positive, default=None, help="threads (default: all cores)")
     c.set_defaults(func=_convert)
 
@@ -611,6 +635,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME",
         help="do not use the importance matrix for tensors whose names contain NAME (repeatable)",
+    )
+    q.add_argument(
+        "--keep-split",
+        action="store_true",
+        help="a split GGUF input gives as many output files, OUT-00001-of-0000N.gguf (llama-quantize's --keep-split)",
+    )
+    q.add_argument(
+        "--split-max-size",
+        default="0",
+        metavar="N[K|M|G]",
+        help="split the output into files of at most this much tensor data, as convert_hf_to_gguf.py (0: none)",
+    )
+    q.add_argument(
+        "--split-max-tensors", type=int, default=0, metavar="N", help="split after this many tensors per file (0: none)"
     )
     q.add_argument(
         "--leave-output-tensor",

@@ -90,10 +90,14 @@ def convert(
     threads: int | None = None,
     name: str | None = None,
     vocab_only: bool = False,
+    split_max_size: int = 0,
+    split_max_tensors: int = 0,
 ) -> Path:
     """`outtype` "auto" as the converter; `out` may hold `{ftype}` (or `{FTYPE}`), replaced by
     the outtype's name (the converter's templated file name); `name` replaces general.name;
-    `vocab_only` writes the metadata and vocabulary without tensors."""
+    `vocab_only` writes the metadata and vocabulary without tensors. `split_max_size` (bytes of
+    tensor data) and `split_max_tensors` split the output as the converter does
+    (OUT-00001-of-0000N.gguf, llama.cpp's split layout; 0: no limit); returns the first file."""
     if outtype not in (*OUTTYPES, "auto"):
         raise SimpoQError(f"--outtype: {outtype!r} is not one of {', '.join(OUTTYPES)}, auto")
     from simpo_q.hub import local
@@ -129,4 +133,15 @@ def convert(
         plan = []
     check_space(out, sum(tensor_bytes(p) + ALIGNMENT for p in plan) + (8 << 20), f"the {outtype} GGUF")
     n_params = sum(int(np.prod(p.shape)) for p in plan)
-    return write_gguf(out, converted_metadata(src, file_type, n_params, name), plan, quiet=quiet, threads=threads)
+    md = converted_metadata(src, file_type, n_params, name)
+    if not (split_max_size or split_max_tensors) or not plan:
+        return write_gguf(out, md, plan, quiet=quiet, threads=threads)
+    from simpo_q.gguf_out import write_split_gguf
+    from simpo_q.gguf_split import split_by_size, split_name
+
+    where = split_by_size([tensor_bytes(p) for p in plan], split_max_size, split_max_tensors)
+    parts = [[p for p, i in zip(plan, where, strict=True) if i == k] for k in range(where[-1] + 1)]
+    prefix = str(out.with_name(out.stem))  # the converter's shard names hang off the stem
+    for i in range(len(parts)) if len(parts) > 1 else ():
+        check_output(split_name(prefix, i, len(parts)), [model_dir])
+    return write_split_gguf(out, prefix, md, parts, quiet=quiet, threads=threads)[0]

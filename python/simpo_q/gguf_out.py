@@ -189,6 +189,37 @@ def write_gguf(
     return out
 
 
+def write_split_gguf(
+    out: Path,
+    prefix: str,
+    metadata: list[tuple[str, str, object]],
+    parts: list[list[Planned]],
+    *,
+    quiet: bool = False,
+    threads: int | None = None,
+    always_split_names: bool = False,
+) -> list[Path]:
+    """Writes `parts` as the files of a split GGUF (gguf_split's layout), PREFIX-0000i-of-0000N.gguf.
+    One part is the plain file `out`, unless `always_split_names` (llama-quantize --keep-split
+    names even a single file PREFIX-00001-of-00001.gguf, without split keys). If any file
+    fails, the ones already written are removed: the output is all the files or none."""
+    from simpo_q.gguf_split import split_keys, split_name
+
+    n, total = len(parts), sum(len(p) for p in parts)
+    if n == 1 and not always_split_names:
+        return [write_gguf(out, metadata, parts[0], quiet=quiet, threads=threads)]
+    done: list[Path] = []
+    try:
+        for i, part in enumerate(parts):
+            md = [*(metadata if i == 0 else []), *(split_keys(i, n, total) if n > 1 else [])]
+            done.append(write_gguf(split_name(prefix, i, n), md, part, quiet=quiet, threads=threads))
+    except BaseException:
+        for f in done:
+            f.unlink(missing_ok=True)
+        raise
+    return done
+
+
 def size_label(n_params: int) -> str:
     """gguf-py's rounded parameter-count label (e.g. 2.0M, 9.2B)."""
     scale, suffix = next(

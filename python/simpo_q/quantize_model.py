@@ -15,7 +15,6 @@ import simpo_q
 from simpo_q._native import SimpoQError
 from simpo_q.arch import adapter_by_arch
 from simpo_q.convert import converted_metadata, hf_plan
-from simpo_q.gguf import open_gguf
 from simpo_q.gguf_out import ALIGNMENT, Planned, shape_bytes, size_summary, tensor_bytes, write_gguf
 from simpo_q.model_card import Card, Made, card_beside
 from simpo_q.ollama import ollama_files, write_ollama_files
@@ -37,7 +36,9 @@ def _from_hf(path):
 def _from_gguf(path: Path):
     """(metadata, planned float32 loaders, the open reader) of a GGUF. Quantized tensors are
     dequantized as ggml does (requantizing is allowed or refused per tensor, later)."""
-    r = open_gguf(path)
+    from simpo_q.gguf_split import SplitGguf
+
+    r = SplitGguf(path)  # an unsplit file, or the first of a split one (all its files are read)
     plan = []
     for name, dims, qtype, _, _ in r.tensors:
         if qtype not in simpo_q.QUANT_TYPES:
@@ -206,6 +207,42 @@ def prune(
         original[name] = p.name
         out.append(dataclasses.replace(p, name=name))
     return out, original, next_id
+
+
+def _write(
+    out: Path,
+    md: list,
+    plan: list[Planned],
+    reader,
+    original: dict[str, str],
+    keep_split: bool,
+    split_max_size: int,
+    split_max_tensors: int,
+    quiet: bool,
+    threads: int | None,
+    inputs: list,
+) -> Path:
+    """The GGUF: one file, or the files of a split one (the first is returned; each name is
+    checked before the first is written)."""
+    if not (keep_split or split_max_size or split_max_tensors):
+        return write_gguf(out, md, plan, quiet=quiet, threads=threads)
+    from simpo_q.gguf_out import write_split_gguf
+    from simpo_q.gguf_split import split_by_size, split_prefix
+
+    if keep_split:
+        where = [reader.split_of(original.get(p.name, p.name)) for p in plan]
+    else:
+        where = split_by_size([tensor_bytes(p) for p in plan], split_max_size, split_max_tensors)
+    parts = [[p for p, i in zip(plan, where, strict=True) if i == k] for k in range(max(where) + 1)]
+    from simpo_q.gguf_split import split_name
+
+    if len(parts) > 1 or keep_split:
+        for i in range(len(parts)):
+            check_output(split_name(split_prefix(out), i, len(parts)), inputs)
+    files = write_split_gguf(
+        out, split_prefix(out), md, parts, quiet=quiet, threads=threads, always_split_names=keep_split
+    )
+    return files[0]
 
 
 def _check_outputs(out, ins: list, need: int, what: str, sides: list[Path], force: bool) -> None:
@@ -397,6 +434,9 @@ def quantize_model(
     include_weights: tuple[str, ...] = (),
     exclude_weights: tuple[str, ...] = (),
     prune_layers: tuple[int, ...] = (),
+    keep_split: bool = False,
+    split_max_size: int = 0,
+    split_max_tensors: int = 0,
 ) -> Path | None:
     """`name`, when given, replaces general.name (otherwise the source directory's name).
     Files written beside OUT (OUT.imatrix.gguf, Modelfile, NOTICE, README.md) are refused
@@ -406,7 +446,10 @@ def quantize_model(
     the quantizer sets `page.card`, which the pipeline rewrites with its evaluation.
     `kv_overrides`: (key, type, value) metadata set as llama-quantize's --override-kv does
     (`parse_kv_override`). `prune_layers`: decoder layers dropped, the rest renumbered
-    (llama-quantize's --prune-layers). `ftype` "COPY": a GGUF's tensors as they are."""
+    (llama-quantize's --prune-layers). `ftype` "COPY": a GGUF's tensors as they are.
+    `keep_split`: a split GGUF input gives as many output files (llama-quantize's
+    --keep-split); `split_max_size`/`split_max_tensors` split the output as the converter
+    does. A split output's files are OUT-00001-of-0000N.gguf; the first one is returned."""
     general_name = name
     ftype = check_file_type(ftype)
     _check_arguments(imatrix, imatrix_ctx, imatrix_chunks, target_bpw, target_size, include_weights, exclude_weights)
@@ -476,6 +519,13 @@ def quantize_model(
             threads=threads,
             quiet=quiet,
         )
+    order = sorted(by_name, key=weights_map_key)
+    if keep_split:
+        if reader is None:
+            raise SimpoQError(f"{inp}: --keep-split keeps the files of a split GGUF; this input is a directory")
+        # llama-quantize's order with --keep-split: file by file, in each file's order
+        offsets = {t[0]: (reader.split_of(t[0]), t[3]) for t in reader.tensors}
+        order = sorted(by_name, key=lambda n: offsets[original.get(n, n)])
     plan = [
         _planned(
             by_name[name],
@@ -488,7 +538,7 @@ def quantize_model(
             quiet,
             bool(include_weights or exclude_weights),
         )
-        for name in sorted(by_name, key=weights_map_key)
+        for name in order
     ]
     md = _file_metadata(
         metadata,
@@ -511,7 +561,9 @@ def quantize_model(
         _print_dry_run(plan)
         return None
     out = Path(out)
-    path = write_gguf(out, md, plan, quiet=quiet, threads=threads)
+    path = _write(
+        out, md, plan, reader, original, keep_split, split_max_size, split_max_tensors, quiet, threads, [inp, *inputs]
+    )
     if not quiet:
         for line in size_summary(plan):
             print(line, file=sys.stderr)
@@ -529,7 +581,7 @@ def quantize_model(
             print(f"wrote {tt} (the chosen types; llama-quantize --tensor-type-file reads it)", file=sys.stderr)
     if page is not None and resolved is not None:
         made = Made(
-            out.name,
+            path.name,
             ftype,
             [p.qtype for p in plan],
             _describe(inp, origin),
@@ -552,7 +604,7 @@ def quantize_model(
             ),
             size_bytes=path.stat().st_size,
         )
-        _publish(out, md, adapter, page, resolved, made, ollama, model_card, quiet)
+        _publish(path, md, adapter, page, resolved, made, ollama, model_card, quiet)
     return path
 
 
