@@ -382,3 +382,47 @@ def test_process_output_collects_the_untied_head_as_llama_imatrix(model: Path, f
     assert np.array_equal(
         open_gguf(mine).tensor_bytes("output.weight"), open_gguf(tmp_path / "q.gguf").tensor_bytes("output.weight")
     )
+
+
+def test_metadata_file_and_sampling_defaults_as_the_converter(model: Path, tmp_path: Path) -> None:
+    """convert --metadata FILE and a generation_config.json's sampling defaults (Llama-3's
+    temperature, top_p...): the general.* keys convert_hf_to_gguf.py writes, in its order."""
+    import shutil
+
+    from llama_cpp_tree import llama_cpp_tree
+    from simpo_q.cli import main as cli
+
+    d = tmp_path / "m"
+    shutil.copytree(model, d)
+    gen = json.loads((d / "generation_config.json").read_text())
+    gen.update(temperature=0.6, top_p=0.9, top_k=40, repetition_penalty=1.1, do_sample=True)
+    (d / "generation_config.json").write_text(json.dumps(gen))
+    meta = {
+        "general.name": "Tiny Llama", "general.author": "simpo-q", "general.version": "v1",
+        "general.organization": "Simpo", "general.finetune": "SimPO", "general.basename": "tiny-llama",
+        "general.description": "a tiny test model", "general.quantized_by": "me",
+        "general.license.name": "Apache 2.0", "general.license.link": "https://www.apache.org/licenses/LICENSE-2.0",
+        "general.url": "https://example.org/m", "general.repo_url": "https://example.org/m.git",
+        "general.source.url": "https://example.org/src",
+        "general.base_models": [{"name": "Base", "organization": "Meta", "repo_url": "https://huggingface.co/x/y"}],
+        "general.datasets": [{"name": "Pairs", "version": "v2"}, {"name": "More"}],
+        "general.tags": ["simpo", "tiny"], "general.languages": ["en", "fr"],
+        "general.sampling.min_p": 0.05,
+    }  # fmt: skip
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    ref = tmp_path / "ref.gguf"
+    env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}
+    subprocess.run(
+        [sys.executable, str(llama_cpp_tree() / "convert_hf_to_gguf.py"), str(d), "--outtype", "f32",
+         "--outfile", str(ref), "--metadata", str(tmp_path / "meta.json"), "--vocab-only"],
+        check=True, capture_output=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert cli(["--quiet", "convert", str(d), str(tmp_path / "ours.gguf"), "--outtype", "f32", "--vocab-only",
+                "--metadata", str(tmp_path / "meta.json")]) == 0  # fmt: skip
+    a, b = open_gguf(tmp_path / "ours.gguf"), open_gguf(ref)
+    general = [(k, t, v) for k, t, v in b.metadata if k.startswith("general.")]
+    assert [(k, t, v) for k, t, v in a.metadata if k.startswith("general.")] == general
+    assert ("general.sampling.temp", "f32", pytest.approx(0.6)) in [(k, t, v) for k, t, v in general]
+    assert [(k, t) for k, t, _ in a.metadata] == [(k, t) for k, t, _ in b.metadata]
+    (tmp_path / "bad.json").write_text(json.dumps({"general.license": "mit"}))
+    assert cli(["convert", str(d), str(tmp_path / "x.gguf"), "--metadata", str(tmp_path / "bad.json")]) == 2

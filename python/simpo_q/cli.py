@@ -97,6 +97,7 @@ def _convert(args: argparse.Namespace) -> int:
         vocab_only=args.vocab_only,
         split_max_size=_split_bytes(args.split_max_size),
         split_max_tensors=args.split_max_tensors,
+        metadata=args.metadata,
     )
     return 0
 
@@ -577,6 +578,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="0",
         metavar="N[K|M|G]",
         help="split the output into files of at most this much tensor data (OUT-00001-of-0000N.gguf; 0: none)",
+    )
+    c.add_argument(
+        "--metadata",
+        metavar="FILE",
+        help="a JSON file of general.* keys (name, author, version, license.name, base_models, tags...), "
+        "as convert_hf_to_gguf.py's --metadata",
     )
     c.add_argument(
         "--split-max-tensors", type=int, default=0, metavar="N", help="split after this many tensors per file (0: none)"

@@ -48,24 +48,33 @@ def hf_plan(src: HFDirectory, tensor_type) -> list[Planned]:
 
 
 def converted_metadata(
-    src: HFDirectory, file_type: int, n_params: int, name: str | None = None
+    src: HFDirectory, file_type: int, n_params: int, name: str | None = None, override: dict | None = None
 ) -> list[tuple[str, str, object]]:
+    """The converter's keys, in its order; `override`: a --metadata file's keys
+    (general_meta.read_override)."""
     arch = adapter_for(src.config, str(src.path / "config.json"))
     cfg = src.config
     from simpo_q.hub import repo_name
 
     # a hub snapshot's folder is a commit hash: the repository names the model instead
     name = name or Path(cfg.get("_name_or_path") or repo_name(src.path) or src.path.resolve().name).name
+    from simpo_q.general_meta import general_keys, generation_sampling
+
+    lic = cfg.get("license")
+    head, tail = general_keys(
+        name,
+        # no size label without tensors (a vocabulary-only file), as the converter
+        size_label(n_params) if n_params else None,
+        lic if isinstance(lic, str) and lic else None,
+        generation_sampling(src.path),
+        override or {},
+    )
     md: list[tuple[str, str, object]] = [
         ("general.architecture", "str", arch.ARCH),
         ("general.type", "str", "model"),
-        ("general.name", "str", name),
-        # no size label without tensors (a vocabulary-only file), as the converter
-        *([("general.size_label", "str", size_label(n_params))] if n_params else []),
+        *head,
+        *tail,
     ]
-    lic = cfg.get("license")
-    if isinstance(lic, str) and lic:
-        md.append(("general.license", "str", lic))
     md += arch.hparams_metadata(cfg, file_type)
     md.append(("general.quantization_version", "u32", 2))
     md += arch.vocab_metadata(src.path, cfg)
@@ -92,18 +101,23 @@ def convert(
     vocab_only: bool = False,
     split_max_size: int = 0,
     split_max_tensors: int = 0,
+    metadata: str | os.PathLike | None = None,
 ) -> Path:
     """`outtype` "auto" as the converter; `out` may hold `{ftype}` (or `{FTYPE}`), replaced by
     the outtype's name (the converter's templated file name); `name` replaces general.name;
     `vocab_only` writes the metadata and vocabulary without tensors. `split_max_size` (bytes of
     tensor data) and `split_max_tensors` split the output as the converter does
-    (OUT-00001-of-0000N.gguf, llama.cpp's split layout; 0: no limit); returns the first file."""
+    (OUT-00001-of-0000N.gguf, llama.cpp's split layout; 0: no limit); returns the first file.
+    `metadata`: the converter's --metadata override file (general.* keys, JSON)."""
     if outtype not in (*OUTTYPES, "auto"):
         raise SimpoQError(f"--outtype: {outtype!r} is not one of {', '.join(OUTTYPES)}, auto")
     from simpo_q.hub import local
 
     model_dir = local(model_dir)  # a hub id is read from its cached snapshot
     src = HFDirectory(model_dir)
+    from simpo_q.general_meta import read_override
+
+    override = read_override(metadata) if metadata is not None else None
     if outtype == "auto":
         outtype = auto_outtype(src)
     file_type, qtype = FILE_TYPES[outtype.upper()]
@@ -133,7 +147,7 @@ def convert(
         plan = []
     check_space(out, sum(tensor_bytes(p) + ALIGNMENT for p in plan) + (8 << 20), f"the {outtype} GGUF")
     n_params = sum(int(np.prod(p.shape)) for p in plan)
-    md = converted_metadata(src, file_type, n_params, name)
+    md = converted_metadata(src, file_type, n_params, name, override)
     if not (split_max_size or split_max_tensors) or not plan:
         return write_gguf(out, md, plan, quiet=quiet, threads=threads)
     from simpo_q.gguf_out import write_split_gguf
