@@ -221,11 +221,11 @@ def _write(
     quiet: bool,
     threads: int | None,
     inputs: list,
-) -> Path:
-    """The GGUF: one file, or the files of a split one (the first is returned; each name is
-    checked before the first is written)."""
+) -> list[Path]:
+    """The GGUF: one file, or the files of a split one (each name is checked before the first
+    is written)."""
     if not (keep_split or split_max_size or split_max_tensors):
-        return write_gguf(out, md, plan, quiet=quiet, threads=threads)
+        return [write_gguf(out, md, plan, quiet=quiet, threads=threads)]
     from simpo_q.gguf_out import write_split_gguf
     from simpo_q.gguf_split import split_by_size, split_prefix
 
@@ -242,7 +242,7 @@ def _write(
     files = write_split_gguf(
         out, split_prefix(out), md, parts, quiet=quiet, threads=threads, always_split_names=keep_split
     )
-    return files[0]
+    return files
 
 
 def _check_outputs(out, ins: list, need: int, what: str, sides: list[Path], force: bool) -> None:
@@ -561,9 +561,10 @@ def quantize_model(
         _print_dry_run(plan)
         return None
     out = Path(out)
-    path = _write(
+    files = _write(
         out, md, plan, reader, original, keep_split, split_max_size, split_max_tensors, quiet, threads, [inp, *inputs]
     )
+    path = files[0]
     if not quiet:
         for line in size_summary(plan):
             print(line, file=sys.stderr)
@@ -572,7 +573,8 @@ def quantize_model(
                 f"quantize: WARNING: {len(fallbacks)} of {len(plan)} tensor(s) required fallback quantization",
                 file=sys.stderr,
             )
-        print(f"wrote {path} ({path.stat().st_size} bytes)", file=sys.stderr)
+        for f in files:
+            print(f"wrote {f} ({f.stat().st_size} bytes)", file=sys.stderr)
     if budgeted:
         from simpo_q.allocate import tensor_type_file
 
@@ -602,7 +604,7 @@ def quantize_model(
                 if target_size is not None
                 else None
             ),
-            size_bytes=path.stat().st_size,
+            size_bytes=sum(f.stat().st_size for f in files),
         )
         _publish(path, md, adapter, page, resolved, made, ollama, model_card, quiet)
     return path
