@@ -468,3 +468,35 @@ def test_policy_on_gemma2_9b_shapes() -> None:
     # row lengths that are not multiples of 256 fall back as llama.cpp 0.3.36 does
     odd = plan_types("Q3_K_S", [("blk.0.attn_q.weight", (64, 96)), ("blk.0.ffn_up.weight", (64, 100))])
     assert odd == {"blk.0.attn_q.weight": "Q4_0", "blk.0.ffn_up.weight": "F16"}
+
+
+def test_model_card_keys_as_the_converter(model: Path, tmp_path: Path) -> None:
+    """A model card's front matter (gemma-2-9b-it's fields, and the ones llama.cpp's
+    converter also reads: base models by id and URL, datasets, tags with the pipeline tag,
+    languages with Norwegian's "no") gives the general.* keys convert_hf_to_gguf.py writes."""
+    import shutil
+
+    from llama_cpp_tree import llama_cpp_tree
+
+    d = tmp_path / "m"
+    shutil.copytree(model, d)
+    (d / "README.md").write_text(
+        "---\nlicense: gemma\nlibrary_name: transformers\npipeline_tag: text-generation\n"
+        "extra_gated_heading: Access Gemma on Hugging Face\ntags:\n- conversational\n"
+        "base_model: google/gemma-2-9b\ndatasets:\n- princeton-nlp/gemma2-ultrafeedback-armorm\n"
+        "- https://huggingface.co/datasets/x\nlanguage:\n- en\n- no\nmodel_creator: Someone\n"
+        "license_link: https://ai.google.dev/gemma/terms\n---\n\n# A card\n"
+    )
+    ref = tmp_path / "ref.gguf"
+    env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}
+    subprocess.run(
+        [sys.executable, str(llama_cpp_tree() / "convert_hf_to_gguf.py"), str(d), "--outtype", "f32",
+         "--outfile", str(ref), "--vocab-only"],
+        check=True, capture_output=True, env=env, timeout=600,
+    )  # fmt: skip
+    ours = convert(d, tmp_path / "ours.gguf", "f32", quiet=True, vocab_only=True)
+    a, b = open_gguf(ours), open_gguf(ref)
+    want = [x for x in b.metadata if x[0].startswith("general.") and x[0] not in NAMING_KEYS]
+    assert [x for x in a.metadata if x[0].startswith("general.") and x[0] not in NAMING_KEYS] == want
+    assert ("general.license", "str", "gemma") in want and ("general.languages", "array[str]", ["en", "no"]) in want
+    assert [k for k, *_ in a.metadata if k not in NAMING_KEYS] == [k for k, *_ in b.metadata if k not in NAMING_KEYS]

@@ -58,14 +58,13 @@ def converted_metadata(
 
     # a hub snapshot's folder is a commit hash: the repository names the model instead
     name = name or Path(cfg.get("_name_or_path") or repo_name(src.path) or src.path.resolve().name).name
-    from simpo_q.general_meta import general_keys, generation_sampling
+    from simpo_q.general_meta import card_keys, general_keys, generation_sampling, read_card
 
-    lic = cfg.get("license")
     head, tail = general_keys(
         name,
         # no size label without tensors (a vocabulary-only file), as the converter
         size_label(n_params) if n_params else None,
-        lic if isinstance(lic, str) and lic else None,
+        card_keys(read_card(src.path), n_params),
         generation_sampling(src.path),
         override or {},
     )

@@ -96,16 +96,18 @@ def generation_sampling(model_dir: Path) -> dict:
     return out
 
 
-def general_keys(name: str, size_label: str | None, license: str | None, sampling: dict, override: dict):
+def general_keys(name: str, size_label: str | None, card: dict, sampling: dict, override: dict):
     """(sampling keys, keys from general.name on), as set_gguf_meta_model writes them: the
-    sampling keys come before general.name, the rest after it."""
+    sampling keys come before general.name, the rest after it. `card`: card_keys of the model
+    card, under the --metadata `override`; `size_label` counts when neither gives one."""
     types = {k: t for k, _, t in SAMPLING}
     values = {**sampling, **{k: v for k, v in override.items() if k in types}}
     head = [(k, types[k], values[k]) for k, _, _ in SAMPLING if values.get(k) is not None]
-    strings = {"general.size_label": size_label, "general.license": license}
+    override = {**card, **override}
+    strings = {"general.size_label": size_label}
     strings.update({k: v for k, v in override.items() if k in STRINGS})
     tail: list[tuple[str, str, object]] = [("general.name", "str", override.get("general.name", name))]
-    tail += [(k, "str", strings[k]) for k in STRINGS if strings.get(k) is not None]
+    tail += [(k, "str", str(strings[k])) for k in STRINGS if strings.get(k) is not None]
     for key, prefix in (("general.base_models", "general.base_model"), ("general.datasets", "general.dataset")):
         entries = override.get(key)
         if entries is not None:
@@ -114,3 +116,90 @@ def general_keys(name: str, size_label: str | None, license: str | None, samplin
                 tail += [(f"{prefix}.{i}.{f}", "str", e[f]) for f in ENTRY_FIELDS if f in e]
     tail += [(k, "array[str]", list(override[k])) for k in ARRAYS if override.get(k) is not None]
     return head, tail
+
+
+def read_card(model_dir: Path) -> dict:
+    """The YAML front matter of the directory's README.md, read as gguf-py's load_model_card
+    reads it ({} without one)."""
+    import yaml
+
+    p = model_dir / "README.md"
+    if not p.is_file():
+        return {}
+    from simpo_q.textfile import read_text
+
+    lines = read_text(p, "model card").splitlines()
+    if not lines or lines[0] != "---":
+        return {}
+    body = []
+    for line in lines[1:]:
+        if line == "---":
+            break
+        body.append(line)
+    # the converter's fixes: "no" (Norwegian) stays a string, tabs become two spaces
+    text = ("\n".join(body) + "\n").replace("- no\n", '- "no"\n').replace("\t", "  ")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SimpoQError(f"{p}: the model card's front matter is not valid YAML ({e})") from e
+    return data if isinstance(data, dict) else {}
+
+
+# (key, model card keys in the converter's order of preference) of apply_metadata_heuristic's
+# direct conventions; general.name is not read from the card (simpo-q names the model itself)
+_CARD_STRINGS = (
+    ("general.author", ("author", "model_author", "model_creator")),
+    ("general.version", ("version", "model_version")),
+    ("general.organization", ("organization", "model_organization")),
+    ("general.description", ("description", "model_description")),
+    ("general.finetune", ("finetune", "model_finetune")),
+    ("general.basename", ("basename", "model_basename", "model_type")),
+    ("general.size_label", ("size_label", "model_size_label")),
+    ("general.source.url", ("url", "model_url")),
+    ("general.source.doi", ("doi", "model_doi")),
+    ("general.source.uuid", ("uuid", "model_uuid")),
+    ("general.source.repo_url", ("repo_url", "model_repo_url")),
+    ("general.license", ("license",)),
+    ("general.license.name", ("license_name",)),
+    ("general.license.link", ("license_link",)),
+)
+
+
+def card_keys(card: dict, total_params: int) -> dict:
+    """What convert_hf_to_gguf.py takes from a model card (gguf-py's apply_metadata_heuristic),
+    as override-form keys: the llama.cpp conventions, base models and datasets (ids become
+    name/organization/version/repo_url entries), licence, tags with the pipeline tag, languages."""
+    from simpo_q.model_id import id_entry
+
+    out: dict = {}
+    for key, names in _CARD_STRINGS:
+        for n in names:
+            if n in card and card[n] is not None:
+                out[key] = card[n]
+                break
+    for key, names in (
+        ("general.base_models", ("base_model", "base_models", "base_model_sources")),
+        ("general.datasets", ("datasets", "dataset", "dataset_sources")),
+    ):
+        if any(n in card for n in names):
+            value = next((card[n] for n in names if n in card), None)
+            ids = [value] if isinstance(value, str) else list(value) if isinstance(value, list) else []
+            out[key] = [
+                id_entry(i, total_params) if isinstance(i, str) else i for i in ids if isinstance(i, (str, dict))
+            ]
+    for key, names in (("general.tags", ("tags", "pipeline_tag")), ("general.languages", ("languages", "language"))):
+        values: list = []
+        found = False
+        for n in names:
+            v = card.get(n)
+            if isinstance(v, str):
+                values.append(v)
+                found = True
+            elif isinstance(v, list):
+                values.extend(v)
+                found = True
+        if found:
+            out[key] = [str(x) for x in values]
+    if isinstance(out.get("general.license"), list):
+        out["general.license"] = ",".join(str(x) for x in out["general.license"])
+    return out
