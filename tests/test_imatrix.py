@@ -589,6 +589,9 @@ def test_periodic_saves_and_resume_give_one_runs_statistics(model, tmp_path, cap
     assert cli([*base, "-o", str(out), "--chunks", "4", "-ofreq", "2", "--save-frequency", "2"]) == 0
     part = im.load(tmp_path / "run.gguf.at_2")
     assert part.chunk_count == 2 and im.load(out).chunk_count == 4
+    dat = tmp_path / "run.dat"
+    assert cli([*base, "-o", str(dat), "--chunks", "2", "--save-frequency", "2"]) == 0
+    assert im.load(tmp_path / "run.dat.at_2").chunk_size == 0  # the legacy format, as the output
     assert cli([*base, "-o", str(tmp_path / "two.gguf"), "--chunks", "2"]) == 0
     _assert_same_statistics_of(part, im.load(tmp_path / "two.gguf"))
     # the run that stopped after 4 chunks, continued to 6

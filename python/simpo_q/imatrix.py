@@ -118,7 +118,8 @@ class Checkpoint:
         """Called when the chunks done went from `before` to `after` (m holds `after`)."""
         for n, path in ((self.every, self.path), (self.copy_every, None)):
             if n > 0 and after // n > before // n:
-                save(m, path or f"{self.path}.at_{m.chunk_count}")
+                # a copy keeps the output's format (llama-imatrix: x.dat.at_20 is a .dat file too)
+                m.save(path or f"{self.path}.at_{m.chunk_count}", "dat" if self.path.endswith(".dat") else "gguf")
 
 
 def collect_from_model(
