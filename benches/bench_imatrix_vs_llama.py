@@ -4,7 +4,7 @@ excluded on both sides: llama-imatrix's log timestamps from "computing over" to 
 and simpo-q's collection loop timed in-process), for one chunk per forward and for llama-imatrix's -b 2048 batching.
 
     .venv/bin/python benches/bench_imatrix_vs_llama.py [--hidden 1024 --layers 4 --intermediate 4096
-        --heads 8 --kv-heads 4 --head-dim 128] [--ctx 512 --chunks 8] [--threads 2]
+        --heads 8 --kv-heads 4 --head-dim 128] [--ctx 512 --chunks 8] [--threads 2] [--no-onednn]
 
 The defaults are a 66M-parameter Gemma-2 (the model of issue 15's measurement).
 """
@@ -35,6 +35,9 @@ def main() -> None:
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--chunks", type=int, default=8)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument(
+        "--no-onednn", action="store_true", help="also time PyTorch's default float32 product (no oneDNN linears)"
+    )
     a = ap.parse_args()
 
     import torch
@@ -103,15 +106,26 @@ def main() -> None:
 
     tok = AutoTokenizer.from_pretrained(str(model))
     hf = AutoModelForCausalLM.from_pretrained(str(model), dtype=torch.float32, attn_implementation="eager").eval()
+    import contextlib
+
     rows = []
-    for batch in (1, max(1, 2048 // a.ctx)):
-        im.collect_from_model(hf, tok, calib, ctx=a.ctx, chunks=2, quiet=True, batch=batch)  # warm-up
-        best = 0.0
-        for _ in range(3):
-            t0 = time.perf_counter()
-            im.collect_from_model(hf, tok, calib, ctx=a.ctx, chunks=a.chunks, quiet=True, batch=batch)
-            best = max(best, a.chunks * a.ctx / (time.perf_counter() - t0))
-        rows.append((batch, best))
+    variants = [("oneDNN linears", im.onednn_linears)]
+    if a.no_onednn:
+        variants.append(("PyTorch's default product", lambda modules: contextlib.nullcontext(0)))
+    real = im.onednn_linears
+    for label, ctx in variants:
+        im.onednn_linears = ctx  # what collect_from_model calls
+        try:
+            for batch in (1, max(1, 2048 // a.ctx)):
+                im.collect_from_model(hf, tok, calib, ctx=a.ctx, chunks=2, quiet=True, batch=batch)  # warm-up
+                best = 0.0
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    im.collect_from_model(hf, tok, calib, ctx=a.ctx, chunks=a.chunks, quiet=True, batch=batch)
+                    best = max(best, a.chunks * a.ctx / (time.perf_counter() - t0))
+                rows.append((label, batch, best))
+        finally:
+            im.onednn_linears = real
     print(
         f"# Gemma-2 ({n_params / 1e6:.0f}M parameters: {a.layers} layers, hidden {a.hidden}, intermediate "
         f"{a.intermediate}), {a.chunks} chunks x {a.ctx} tokens, float32, {a.threads} threads, "
@@ -124,8 +138,8 @@ def main() -> None:
         f"| llama-imatrix (pinned llama.cpp, -b 2048, from its log's timestamps) | {max(1, 2048 // a.ctx)} | "
         f"{llama_tps:.0f} | 1.00x |"
     )
-    for batch, tps in rows:
-        print(f"| simpo-q imatrix (collection loop) | {batch} | {tps:.0f} | {tps / llama_tps:.2f}x |")
+    for label, batch, tps in rows:
+        print(f"| simpo-q imatrix (collection loop, {label}) | {batch} | {tps:.0f} | {tps / llama_tps:.2f}x |")
 
 
 if __name__ == "__main__":

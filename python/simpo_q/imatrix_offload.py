@@ -23,7 +23,7 @@ from pathlib import Path
 from simpo_q._native import Imatrix, SimpoQError
 from simpo_q.arch import adapter_for
 from simpo_q.arch.base import EMBED, LAYER_PREFIX
-from simpo_q.imatrix import chunk_tokens, read_text
+from simpo_q.imatrix import chunk_tokens, onednn_linears, read_text
 
 HIDDEN_BUDGET = 1 << 30  # bytes of hidden states held at once; more chunks run in several passes
 
@@ -246,9 +246,10 @@ def collect_offloaded(
 
                     hooks.append(layer.get_submodule(hf_name).register_forward_pre_hook(hook))
                 try:
-                    for k, calls in enumerate(inputs):
-                        _, _, args, kwargs = calls[i]
-                        states[k] = layer(states[k], *args, **kwargs)
+                    with onednn_linears([m for m in layer.modules() if isinstance(m, torch.nn.Linear)]):
+                        for k, calls in enumerate(inputs):
+                            _, _, args, kwargs = calls[i]
+                            states[k] = layer(states[k], *args, **kwargs)
                 finally:
                     for h in hooks:
                         h.remove()
