@@ -5,7 +5,8 @@ vocabulary, padded to 256000 by both converters), built in bounded memory and ca
 each step in its own process, with wall time and peak RSS:
 
 - simpo-q quantize --type Q3_K_S, without and with an importance matrix;
-- simpo-q imatrix --offload (2 chunks of 128 tokens), one decoder layer at a time;
+- simpo-q imatrix --offload (2 chunks of 128 tokens), one decoder layer at a time, and
+  llama-imatrix on the same chunks (on its bf16 GGUF; both end to end, loading included);
 - llama.cpp's route on the same files: convert_hf_to_gguf.py --outtype bf16, then
   llama-quantize --imatrix (the same matrix) Q3_K_S with 2 threads;
 
@@ -200,6 +201,29 @@ def main() -> None:
                         "bf16",
                         "--outfile",
                         str(out / "bf16.gguf"),
+                    ]
+                ),
+            )
+        )
+        rows.append(
+            (
+                "llama.cpp",
+                "llama-imatrix -c 128 --chunks 2 (on the bf16 GGUF)",
+                *run(
+                    [
+                        str(tools / "llama-imatrix"),
+                        "-m",
+                        str(out / "bf16.gguf"),
+                        "-f",
+                        str(calib),
+                        "-c",
+                        "128",
+                        "--chunks",
+                        "2",
+                        "-t",
+                        str(os.cpu_count()),
+                        "-o",
+                        str(out / "llama.imatrix.gguf"),
                     ]
                 ),
             )
