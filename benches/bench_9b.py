@@ -13,7 +13,7 @@ each step in its own process, with wall time and peak RSS:
 and asserts that simpo-q's tensors equal llama-quantize's. The disk high-water mark is
 sampled throughout. About 52 GB of free disk at the peak; checked first.
 
-    .venv/bin/python benches/bench_9b.py [--work .cache/bench-9b] [--keep]
+    .venv/bin/python benches/bench_9b.py [--work .cache/bench-9b] [--keep] [--imatrix-chunks 2]
 """
 
 from __future__ import annotations
@@ -94,6 +94,7 @@ def main() -> None:
     ap.add_argument("--work", default=str(REPO / ".cache" / "bench-9b"))
     ap.add_argument("--keep", action="store_true", help="keep the output files")
     ap.add_argument("--skip-llama", action="store_true", help="only simpo-q's steps")
+    ap.add_argument("--imatrix-chunks", type=int, default=2, help="chunks of 128 tokens for both importance matrices")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -146,7 +147,7 @@ def main() -> None:
     rows.append(
         (
             "simpo-q",
-            "imatrix --offload --ctx 128 --chunks 2 (float32)",
+            f"imatrix --offload --ctx 128 --chunks {args.imatrix_chunks} (float32)",
             *run(
                 [
                     *sq,
@@ -157,7 +158,7 @@ def main() -> None:
                     "--ctx",
                     "128",
                     "--chunks",
-                    "2",
+                    str(args.imatrix_chunks),
                     "--offload",
                     "-o",
                     str(out / "9b.imatrix.gguf"),
@@ -208,7 +209,7 @@ def main() -> None:
         rows.append(
             (
                 "llama.cpp",
-                "llama-imatrix -c 128 --chunks 2 (on the bf16 GGUF)",
+                f"llama-imatrix -c 128 --chunks {args.imatrix_chunks} (on the bf16 GGUF)",
                 *run(
                     [
                         str(tools / "llama-imatrix"),
@@ -219,7 +220,7 @@ def main() -> None:
                         "-c",
                         "128",
                         "--chunks",
-                        "2",
+                        str(args.imatrix_chunks),
                         "-t",
                         str(os.cpu_count()),
                         "-o",
