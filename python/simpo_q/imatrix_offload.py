@@ -14,6 +14,7 @@ Not computed here: the running perplexity (it needs the whole output head)."""
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
@@ -165,6 +166,20 @@ def _load_layer(layer, src, prefix: str, device, buffers: dict) -> None:
             p.copy_(x)
 
 
+def _release_memory() -> None:
+    """Frees what one layer left before the next is loaded: buffers in reference cycles, and
+    the heap pages glibc keeps after large frees (its arenas; which threads freed what varies
+    from run to run, and without the trim the 9B checkpoint's peak varied between 2.3 and 4.1
+    GB, measured with /usr/bin/time)."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
 def collect_offloaded(
     model_dir: str | os.PathLike,
     text_file: str | os.PathLike,
@@ -254,6 +269,7 @@ def collect_offloaded(
                     for h in hooks:
                         h.remove()
                     layer.to("meta")  # the weights are freed; the next layer is loaded
+                    _release_memory()
                 bar.update(1)
                 done = g0 + len(chunk_ids) * (i + 1) / len(layers)
                 bar.set_postfix(tok_s=f"{done * ctx / (time.perf_counter() - t0):.0f}")
