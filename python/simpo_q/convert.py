@@ -150,11 +150,9 @@ def convert(
     if not (split_max_size or split_max_tensors) or not plan:
         return write_gguf(out, md, plan, quiet=quiet, threads=threads)
     from simpo_q.gguf_out import write_split_gguf
-    from simpo_q.gguf_split import split_by_size, split_name
+    from simpo_q.gguf_split import split_by_size
 
     where = split_by_size([tensor_bytes(p) for p in plan], split_max_size, split_max_tensors)
     parts = [[p for p, i in zip(plan, where, strict=True) if i == k] for k in range(where[-1] + 1)]
     prefix = str(out.with_name(out.stem))  # the converter's shard names hang off the stem
-    for i in range(len(parts)) if len(parts) > 1 else ():
-        check_output(split_name(prefix, i, len(parts)), [model_dir])
-    return write_split_gguf(out, prefix, md, parts, quiet=quiet, threads=threads)[0]
+    return write_split_gguf(out, prefix, md, parts, quiet=quiet, threads=threads, inputs=[model_dir])[0]

@@ -80,13 +80,9 @@ def read_override(path: str | os.PathLike) -> dict:
 
 def generation_sampling(model_dir: Path) -> dict:
     """The sampling defaults a generation_config.json gives (gguf-py's Metadata.load)."""
-    p = model_dir / "generation_config.json"
-    if not p.is_file():
-        return {}
-    try:
-        gen = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise SimpoQError(f"{p}: cannot read ({e})") from e
+    from simpo_q.tokenizer import read_json
+
+    gen = read_json(model_dir / "generation_config.json")  # None without one
     out = {}
     if isinstance(gen, dict):
         for key, names, _ in SAMPLING:

@@ -198,16 +198,21 @@ def write_split_gguf(
     quiet: bool = False,
     threads: int | None = None,
     always_split_names: bool = False,
+    inputs: list = (),
 ) -> list[Path]:
     """Writes `parts` as the files of a split GGUF (gguf_split's layout), PREFIX-0000i-of-0000N.gguf.
     One part is the plain file `out`, unless `always_split_names` (llama-quantize --keep-split
     names even a single file PREFIX-00001-of-00001.gguf, without split keys). If any file
-    fails, the ones already written are removed: the output is all the files or none."""
+    fails, the ones already written are removed: the output is all the files or none. Every
+    split name is checked against `inputs` (outputs.check_output) before the first is written."""
     from simpo_q.gguf_split import split_keys, split_name
+    from simpo_q.outputs import check_output
 
     n, total = len(parts), sum(len(p) for p in parts)
     if n == 1 and not always_split_names:
         return [write_gguf(out, metadata, parts[0], quiet=quiet, threads=threads)]
+    for i in range(n):
+        check_output(split_name(prefix, i, n), inputs)
     done: list[Path] = []
     try:
         for i, part in enumerate(parts):

@@ -234,13 +234,8 @@ def _write(
     else:
         where = split_by_size([tensor_bytes(p) for p in plan], split_max_size, split_max_tensors)
     parts = [[p for p, i in zip(plan, where, strict=True) if i == k] for k in range(max(where) + 1)]
-    from simpo_q.gguf_split import split_name
-
-    if len(parts) > 1 or keep_split:
-        for i in range(len(parts)):
-            check_output(split_name(split_prefix(out), i, len(parts)), inputs)
     files = write_split_gguf(
-        out, split_prefix(out), md, parts, quiet=quiet, threads=threads, always_split_names=keep_split
+        out, split_prefix(out), md, parts, quiet=quiet, threads=threads, always_split_names=keep_split, inputs=inputs
     )
     return files
 

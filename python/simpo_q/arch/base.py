@@ -5,6 +5,7 @@ satisfy `Adapter`; everything else reaches them through `simpo_q.arch.adapter_fo
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -56,6 +57,7 @@ class Adapter(Protocol):
     LICENSE: str | None  # a key of simpo_q.publish.LICENSES, or None: the user names one
     CITATION: str
     TINY_TOKENIZER: TinyTokenizer
+    TINY_NORM_CENTRE: float  # where the tiny model's random norm weights are centred
 
     def gguf_name(self, hf: str) -> str | None: ...
 
@@ -75,7 +77,21 @@ class Adapter(Protocol):
 
     def tiny_config(self, tc: TinyConfig) -> dict: ...
 
-    def tiny_tensors(self, tc: TinyConfig) -> list[tuple[str, tuple[int, ...], str]]: ...
+
+_LAYER_TENSOR = re.compile(r"^model\.layers\.(\d+)\.(.+)\.weight$")
+
+
+def layout_gguf_name(hf: str, layer: dict[str, str], family: str) -> str:
+    """The GGUF name of a tensor of LlamaForCausalLM's layout (the embedding, the final norm,
+    and `layer`'s HF module -> GGUF name inside each block), as the converter's tensor map."""
+    if hf == EMBED:
+        return "token_embd.weight"
+    if hf == "model.norm.weight":
+        return "output_norm.weight"
+    m = _LAYER_TENSOR.match(hf)
+    if m and m.group(2) in layer:
+        return f"blk.{m.group(1)}.{layer[m.group(2)]}.weight"
+    raise SimpoQError(f"unexpected {family} tensor {hf!r}")
 
 
 def converted_name(adapter: Adapter, cfg: dict, hf: str) -> str | None:

@@ -3,13 +3,20 @@ writes, in its order (docs/conversion.md)."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 
 from simpo_q._native import SimpoQError
-from simpo_q.arch.base import EMBED, LAYER_PREFIX, LM_HEAD, TinyTokenizer, positive_floats, positive_ints
+from simpo_q.arch.base import (
+    EMBED,
+    LAYER_PREFIX,
+    LM_HEAD,
+    TinyTokenizer,
+    layout_gguf_name,
+    positive_floats,
+    positive_ints,
+)
 
 ARCH = "gemma2"
 HF_ARCHS = ("Gemma2ForCausalLM",)
@@ -27,7 +34,6 @@ _LAYER = {
     "mlp.down_proj": "ffn_down",
     "post_feedforward_layernorm": "post_ffw_norm",
 }
-_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)\.weight$")
 LINEARS = {k: v for k, v in _LAYER.items() if k.startswith(("self_attn.", "mlp."))}
 
 
@@ -36,14 +42,7 @@ def gguf_name(hf: str) -> str | None:
     embeddings are tied)."""
     if hf == LM_HEAD:
         return None
-    if hf == EMBED:
-        return "token_embd.weight"
-    if hf == "model.norm.weight":
-        return "output_norm.weight"
-    m = _RE.match(hf)
-    if m and m.group(2) in _LAYER:
-        return f"blk.{m.group(1)}.{_LAYER[m.group(2)]}.weight"
-    raise SimpoQError(f"unexpected Gemma-2 tensor {hf!r}")
+    return layout_gguf_name(hf, _LAYER, "Gemma-2")
 
 
 # what hparams_metadata writes besides the sizes: checked with them, so that a config without
@@ -267,25 +266,6 @@ def tiny_config(tc) -> dict:
     }
 
 
-def tiny_tensors(tc) -> list[tuple[str, tuple[int, ...], str]]:
-    """(HF name, shape, init kind) for every tensor, in a fixed order. Norm weights are
-    randomised around 0 (Gemma multiplies by 1 + w), so the converter's +1 is exercised."""
-    specs: list[tuple[str, tuple[int, ...], str]] = [(EMBED, (tc.vocab, tc.hidden), "embed")]
-    q, kv = tc.heads * tc.head_dim, tc.kv_heads * tc.head_dim
-    for i in range(tc.layers):
-        p = f"{LAYER_PREFIX}{i}."
-        specs += [
-            (p + "input_layernorm.weight", (tc.hidden,), "norm"),
-            (p + "self_attn.q_proj.weight", (q, tc.hidden), "linear"),
-            (p + "self_attn.k_proj.weight", (kv, tc.hidden), "linear"),
-            (p + "self_attn.v_proj.weight", (kv, tc.hidden), "linear"),
-            (p + "self_attn.o_proj.weight", (tc.hidden, q), "linear"),
-            (p + "post_attention_layernorm.weight", (tc.hidden,), "norm"),
-            (p + "pre_feedforward_layernorm.weight", (tc.hidden,), "norm"),
-            (p + "mlp.gate_proj.weight", (tc.intermediate, tc.hidden), "linear"),
-            (p + "mlp.up_proj.weight", (tc.intermediate, tc.hidden), "linear"),
-            (p + "mlp.down_proj.weight", (tc.hidden, tc.intermediate), "linear"),
-            (p + "post_feedforward_layernorm.weight", (tc.hidden,), "norm"),
-        ]
-    specs.append(("model.norm.weight", (tc.hidden,), "norm"))
-    return specs
+# the tiny model's norm weights are random around 0: Gemma multiplies by (1 + w), so the
+# converter's +1 is exercised
+TINY_NORM_CENTRE = 0.0

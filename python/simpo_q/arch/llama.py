@@ -4,13 +4,21 @@ llama.cpp's converter writes, in its order (docs/conversion.md)."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 
 from simpo_q._native import SimpoQError
-from simpo_q.arch.base import EMBED, LAYER_PREFIX, LM_HEAD, TinyTokenizer, kv_heads, positive_floats, positive_ints
+from simpo_q.arch.base import (
+    EMBED,
+    LAYER_PREFIX,
+    LM_HEAD,
+    TinyTokenizer,
+    kv_heads,
+    layout_gguf_name,
+    positive_floats,
+    positive_ints,
+)
 
 ARCH = "llama"
 HF_ARCHS = ("LlamaForCausalLM", "MistralForCausalLM")
@@ -26,7 +34,6 @@ _LAYER = {
     "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down",
 }
-_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)\.weight$")
 LINEARS = {k: v for k, v in _LAYER.items() if k.startswith(("self_attn.", "mlp."))}
 
 
@@ -41,14 +48,7 @@ def gguf_name(hf: str) -> str | None:
     the caller's `tied` check before this is asked)."""
     if hf == LM_HEAD:
         return "output.weight"
-    if hf == EMBED:
-        return "token_embd.weight"
-    if hf == "model.norm.weight":
-        return "output_norm.weight"
-    m = _RE.match(hf)
-    if m and m.group(2) in _LAYER:
-        return f"blk.{m.group(1)}.{_LAYER[m.group(2)]}.weight"
-    raise SimpoQError(f"unexpected Llama tensor {hf!r}")
+    return layout_gguf_name(hf, _LAYER, "Llama")
 
 
 _SIZES = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
@@ -299,22 +299,5 @@ def tiny_config(tc) -> dict:
     return cfg
 
 
-def tiny_tensors(tc) -> list[tuple[str, tuple[int, ...], str]]:
-    """(HF name, shape, init kind) for every tensor, in a fixed order; norms around 1."""
-    specs: list[tuple[str, tuple[int, ...], str]] = [(EMBED, (tc.vocab, tc.hidden), "embed")]
-    q, kv = tc.heads * tc.head_dim, tc.kv_heads * tc.head_dim
-    for i in range(tc.layers):
-        p = f"{LAYER_PREFIX}{i}."
-        specs += [
-            (p + "input_layernorm.weight", (tc.hidden,), "norm1"),
-            (p + "self_attn.q_proj.weight", (q, tc.hidden), "linear"),
-            (p + "self_attn.k_proj.weight", (kv, tc.hidden), "linear"),
-            (p + "self_attn.v_proj.weight", (kv, tc.hidden), "linear"),
-            (p + "self_attn.o_proj.weight", (tc.hidden, q), "linear"),
-            (p + "post_attention_layernorm.weight", (tc.hidden,), "norm1"),
-            (p + "mlp.gate_proj.weight", (tc.intermediate, tc.hidden), "linear"),
-            (p + "mlp.up_proj.weight", (tc.intermediate, tc.hidden), "linear"),
-            (p + "mlp.down_proj.weight", (tc.hidden, tc.intermediate), "linear"),
-        ]
-    specs += [("model.norm.weight", (tc.hidden,), "norm1"), (LM_HEAD, (tc.vocab, tc.hidden), "embed")]
-    return specs
+# the tiny model's norm weights are random around 1, where Llama's trained norms sit
+TINY_NORM_CENTRE = 1.0

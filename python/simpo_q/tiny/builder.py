@@ -67,8 +67,23 @@ def hf_config(cfg: TinyConfig) -> dict:
 
 
 def tensor_specs(cfg: TinyConfig) -> list[tuple[str, tuple[int, ...], str]]:
-    """(HF name, shape, init kind) for every tensor, in a fixed order."""
-    return adapter(cfg).tiny_tensors(cfg)
+    """(HF name, shape, init kind) for every tensor the family's config implies (its
+    adapter's expected_shapes): the embedding, each layer's tensors, then the rest (final
+    norm, an untied head). The order is the file's, so it is fixed."""
+    from simpo_q.arch.base import EMBED, LAYER_PREFIX, LM_HEAD
+
+    a = adapter(cfg)
+    shapes = a.expected_shapes(a.tiny_config(cfg), "the tiny model's config")
+    layers = [n for n in shapes if n.startswith(LAYER_PREFIX)]
+    rest = [n for n in shapes if not n.startswith(LAYER_PREFIX) and n != EMBED]
+    norm = "norm1" if a.TINY_NORM_CENTRE else "norm"
+
+    def kind(name: str) -> str:
+        if name in (EMBED, LM_HEAD):
+            return "embed"
+        return norm if name.endswith("norm.weight") else "linear"
+
+    return [(n, shapes[n], kind(n)) for n in [EMBED, *layers, *rest]]
 
 
 # init kinds: standard deviation and centre ("norm": around 0, as Gemma's (1 + w) norms store
