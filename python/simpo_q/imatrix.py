@@ -111,9 +111,9 @@ def onednn_linears(modules):
     """Runs these nn.Linear modules through oneDNN's float32 matrix product (on the weights as
     they are: no copy) for as long as the context lasts; call it under torch.no_grad(). The
     hooks see the same inputs; only the product's rounding differs (last bits). Why: PyTorch's
-    default float32 product (MKL's sgemm) reaches about 180 GFLOP/s on this project's AMD EPYC
-    VM's two cores, oneDNN's about 450 (benches/bench_imatrix_vs_llama.py measures the
-    collection). Weights on another device, of another dtype or sharded (FSDP2), and a
+    default float32 product (MKL's sgemm) reaches 200 GFLOP/s on this project's AMD EPYC VM's
+    two cores, oneDNN's 448 (benches/bench_gemm.py; benches/bench_imatrix_vs_llama.py measures
+    the collection). Weights on another device, of another dtype or sharded (FSDP2), and a
     PyTorch without the operator, are left as they are."""
     import torch
 

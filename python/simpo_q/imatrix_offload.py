@@ -169,8 +169,8 @@ def _load_layer(layer, src, prefix: str, device, buffers: dict) -> None:
 def _release_memory() -> None:
     """Frees what one layer left before the next is loaded: buffers in reference cycles, and
     the heap pages glibc keeps after large frees (its arenas; which threads freed what varies
-    from run to run, and without the trim the 9B checkpoint's peak varied between 2.3 and 4.1
-    GB, measured with /usr/bin/time)."""
+    from run to run: without the trim the 9B checkpoint's peak varied between 2.1 and 4.2 GB,
+    with it 2.1 GB; BENCHMARKS.md)."""
     gc.collect()
     try:
         import ctypes
