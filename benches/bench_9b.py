@@ -5,8 +5,9 @@ vocabulary, padded to 256000 by both converters), built in bounded memory and ca
 each step in its own process, with wall time and peak RSS:
 
 - simpo-q quantize --type Q3_K_S, without and with an importance matrix;
-- simpo-q imatrix --offload (2 chunks of 128 tokens), one decoder layer at a time, and
-  llama-imatrix on the same chunks (on its bf16 GGUF; both end to end, loading included);
+- simpo-q imatrix --offload (2 chunks of 128 tokens), one decoder layer at a time, in float32
+  and in bfloat16, and llama-imatrix on the same chunks (on its bf16 GGUF; all end to end,
+  loading included), with how far each of ours is from llama-imatrix's;
 - llama.cpp's route on the same files: convert_hf_to_gguf.py --outtype bf16, then
   llama-quantize --imatrix (the same matrix) Q3_K_S with 2 threads;
 
@@ -43,8 +44,10 @@ SHAPE = {
 GIB = 1 << 30
 
 
-def build(out: Path, shards: int = 4) -> None:
-    """The checkpoint, tensor by tensor and block by block (bounded memory), then `.complete`."""
+def build(out: Path, shards: int = 4, shape: dict | None = None, query_pre_attn_scalar: int | None = None) -> None:
+    """The checkpoint (`shape`, by default gemma-2-9b's), tensor by tensor and block by block
+    (bounded memory), then `.complete`. `query_pre_attn_scalar`: gemma-2-9b's is its head_dim
+    (the default), gemma-2-27b's hidden / heads (144, not 128)."""
     from simpo_q.safetensors_out import write_weights
     from simpo_q.tiny import TinyConfig, cached_tiny_model
     from simpo_q.tiny.builder import hf_config, init_tensor_bf16_blocks, tensor_specs
@@ -54,9 +57,10 @@ def build(out: Path, shards: int = 4) -> None:
     for f in tiny.iterdir():
         if f.name.startswith(("tokenizer", "special_tokens", "added_tokens", "chat_template", "generation")):
             shutil.copy2(f, out / f.name)
-    cfg = TinyConfig(**SHAPE, shards=shards)
+    shape = shape or SHAPE
+    cfg = TinyConfig(**shape, shards=shards)
     c = hf_config(cfg)
-    c["query_pre_attn_scalar"] = SHAPE["head_dim"]  # gemma-2-9b's value
+    c["query_pre_attn_scalar"] = query_pre_attn_scalar or shape["head_dim"]
     (out / "config.json").write_text(json.dumps(c, indent=2, sort_keys=True) + "\n")
     specs = tensor_specs(cfg)
     write_weights(out, specs, ((n, init_tensor_bf16_blocks(0, n, s, k)) for n, s, k in specs), shards)
@@ -85,6 +89,24 @@ class DiskWatch:
         self._stop.set()
         self._t.join()
         return max(self.peak, self._used(self.path) - self.start)
+
+
+def imatrix_agreement(ours: Path, ref: Path) -> str:
+    """Median and 99th percentile, over every column of every entry, of the relative
+    difference of the per-token mean squares (sum / count) from llama-imatrix's."""
+    import numpy as np
+    from simpo_q._native import Imatrix
+
+    a, b = Imatrix.load(str(ours)), Imatrix.load(str(ref))
+    rel = []
+    if sorted(a.names()) != sorted(b.names()):
+        return f"different entries ({len(a.names())} against {len(b.names())})"
+    for n in b.names():
+        (x, cx), (y, cy) = a.entry(n), b.entry(n)
+        x, y = x / cx, y / cy
+        rel.append(np.abs(x - y) / np.maximum(np.abs(y), np.finfo(np.float32).tiny))
+    r = np.concatenate(rel)
+    return f"median {np.median(r):.2e}, p99 {np.quantile(r, 0.99):.2e} ({len(b.names())} entries)"
 
 
 def main() -> None:
@@ -162,6 +184,30 @@ def main() -> None:
                     "--offload",
                     "-o",
                     str(out / "9b.imatrix.gguf"),
+                ]
+            ),
+        )
+    )
+    rows.append(
+        (
+            "simpo-q",
+            f"imatrix --offload --ctx 128 --chunks {args.imatrix_chunks} --dtype bfloat16",
+            *run(
+                [
+                    *sq,
+                    "imatrix",
+                    str(model),
+                    "-f",
+                    str(calib),
+                    "--ctx",
+                    "128",
+                    "--chunks",
+                    str(args.imatrix_chunks),
+                    "--offload",
+                    "--dtype",
+                    "bfloat16",
+                    "-o",
+                    str(out / "9b.bf16.imatrix.gguf"),
                 ]
             ),
         )
@@ -255,6 +301,11 @@ def main() -> None:
         )
         n_same = sum(bool((a.tensor_bytes(t[0]) == b.tensor_bytes(t[0])).all()) for t in b.tensors)
         same = f"{n_same}/{len(b.tensors)}" if same else f"NOT identical: {n_same}/{len(b.tensors)}"
+        agreement = [
+            f"{label} {imatrix_agreement(out / f, out / 'llama.imatrix.gguf')}"
+            for label, f in (("float32", "9b.imatrix.gguf"), ("bfloat16", "9b.bf16.imatrix.gguf"))
+        ]
+        print("# importance matrices against llama-imatrix's:", "; ".join(agreement))
     peak_disk = disk.stop()
     size = (out / "ours.gguf").stat().st_size
     print(

@@ -14,7 +14,12 @@ quantizer on a real GPU, in one call, writing JSON and a Markdown table under --
 3. Importance-matrix collection on the trained model (FSDP2, bf16): tokens/s with and
    without the hooks, and the time a 9B collection over 100 chunks of 512 would take.
 4. The trained weights to a Q3_K_S GGUF from GPU memory, as `pipeline` does.
-5. The estimated wall time of the full recipe (gemma-2-9b-it, 42 layers, 59.6k pairs, one
+5. The importance matrix one decoder layer at a time (`imatrix --offload`, bf16) on a
+   generated checkpoint with gemma-2-27b's layer shapes (hidden 4608, intermediate 36864, 32
+   heads, 16 KV heads, head_dim 128; 2 layers, the tiny vocabulary: a layer's memory does not
+   depend on either): the device's peak memory against one layer's weights and a 24 GiB card,
+   and tokens/s.
+6. The estimated wall time of the full recipe (gemma-2-9b-it, 42 layers, 59.6k pairs, one
    epoch at 128 pairs a step, 8 GPUs): `plan`'s FLOPs model with the efficiency (MFU) measured
    in step 1, beside plan's default estimate and the model card's 100 minutes.
 
@@ -62,6 +67,20 @@ SMOKE = {
     "batch": 2,
     "steps": 3,
 }
+# part 5: gemma-2-27b's decoder layer (its 46 layers and 256000-token vocabulary change
+# nothing about one layer's memory); the smoke run's is the tiny model's
+TWENTY_SEVEN_B_LAYERS = {
+    "hidden": 4608,
+    "intermediate": 36864,
+    "heads": 32,
+    "kv_heads": 16,
+    "head_dim": 128,
+    "vocab": 3072,
+    "layers": 2,
+}
+OFFLOAD_27B = {"shape": TWENTY_SEVEN_B_LAYERS, "query_pre_attn_scalar": 144, "ctx": 512, "chunks": 8}
+OFFLOAD_SMOKE = {"shape": {k: SMOKE[k] for k in TWENTY_SEVEN_B_LAYERS}, "ctx": 64, "chunks": 4}
+CARD_GIB = 24  # the card the layer-by-layer collection is meant to fit (a 27B model on one 24 GB GPU)
 RECIPE_PAIRS = 59_600  # princeton-nlp/gemma2-ultrafeedback-armorm, train split
 RECIPE_GLOBAL_BATCH = 128  # 8 GPUs x 2 pairs x 8 accumulation steps
 CARD_MINUTES = 100
@@ -245,7 +264,51 @@ def child_logps(out: Path, s: dict) -> None:
     (out / "logps.json").write_text(json.dumps(res, indent=1) + "\n")
 
 
-# ---------------------------------------------------------------- part 5 and the report
+# ---------------------------------------------------------------- part 5
+
+
+def child_offload(out: Path, o: dict) -> None:
+    import resource
+
+    import torch
+    from bench_9b import build
+    from simpo_q.imatrix_offload import collect_offloaded
+
+    cuda = torch.cuda.is_available()
+    model = out / "work" / "offload-model"
+    build(model, shards=1, shape=o["shape"], query_pre_attn_scalar=o.get("query_pre_attn_scalar"))
+    s = o["shape"]
+    h, hd = s["hidden"], s["head_dim"]
+    layer_params = 2 * h * s["heads"] * hd + 2 * h * s["kv_heads"] * hd + 3 * h * s["intermediate"] + 4 * h
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    calib = REPO / "python" / "simpo_q" / "data" / "calibration.txt"
+    t0 = time.perf_counter()
+    m = collect_offloaded(
+        model,
+        calib,
+        ctx=o["ctx"],
+        chunks=o["chunks"],
+        device="cuda" if cuda else "cpu",
+        dtype="bfloat16",
+        quiet=True,
+        batch=max(1, 2048 // o["ctx"]),
+    )
+    wall = time.perf_counter() - t0
+    res = {
+        "layers": s["layers"],
+        "layer_weights_gib": layer_params * 2 / 2**30,
+        "max_memory_allocated_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+        "host_peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30,
+        "tokens": o["ctx"] * o["chunks"],
+        "wall_s": wall,
+        "tokens_per_s_per_layer": o["ctx"] * o["chunks"] * s["layers"] / wall,
+        "entries": len(m),
+    }
+    (out / "offload.json").write_text(json.dumps(res, indent=1) + "\n")
+
+
+# ---------------------------------------------------------------- part 6 and the report
 
 
 def forward_params(s: dict) -> int:
@@ -313,7 +376,7 @@ def free_port() -> int:
 
 def report(out: Path, s: dict, parts: dict, device: str) -> dict:
     res: dict = {"device": device, "date": time.strftime("%Y-%m-%d"), "shape": s, "parts": parts}
-    for name in ("train", "logps"):
+    for name in ("train", "logps", "offload"):
         f = out / f"{name}.json"
         res[name] = json.loads(f.read_text()) if f.exists() else None
     cuda = device.startswith("cuda")
@@ -371,6 +434,23 @@ def report(out: Path, s: dict, parts: dict, device: str) -> dict:
         )
     else:
         lines.append(f"| chunked log-probs | failed: see {out / 'logps.log'} |")
+    of = res["offload"]
+    if of:
+        mem = (
+            f"device peak {of['max_memory_allocated_gib']:.2f} GiB (a {CARD_GIB} GiB card: "
+            f"{'fits' if of['max_memory_allocated_gib'] < CARD_GIB else 'does NOT fit'}), "
+            if of["max_memory_allocated_gib"] is not None
+            else ""
+        )
+        lines.append(
+            f"| importance matrix layer by layer, bf16, {of['layers']} layers of "
+            f"{'gemma-2-27b' if s is NINE_B else 'the smoke model'}'s shape | {mem}one layer's weights "
+            f"{of['layer_weights_gib']:.2f} GiB, host peak {of['host_peak_rss_gib']:.2f} GiB; "
+            f"{of['tokens_per_s_per_layer']:.0f} token-layers/s (a 46-layer model: "
+            f"~{of['tokens_per_s_per_layer'] / 46:.0f} tokens/s) |"
+        )
+    else:
+        lines.append(f"| importance matrix layer by layer | failed: see {out / 'offload.log'} |")
     lines.append("")
     lines.append(
         "Part times: "
@@ -388,7 +468,7 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="folder for gpu_check.json, gpu_check.md and the logs")
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on CPU (gloo): the same code path")
     ap.add_argument("--budget-s", type=float, default=480, help="the whole check's time limit")
-    ap.add_argument("--child", choices=["train", "logps"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["train", "logps", "offload"], help=argparse.SUPPRESS)
     a = ap.parse_args()
     out = Path(a.out)
     s = SMOKE if a.cpu_smoke else NINE_B
@@ -398,12 +478,15 @@ def main() -> None:
     if a.child == "logps":
         child_logps(out, s)
         return
+    if a.child == "offload":
+        child_offload(out, OFFLOAD_SMOKE if a.cpu_smoke else OFFLOAD_27B)
+        return
     import torch
 
     if not a.cpu_smoke and not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA device here; use --cpu-smoke to run the same code on CPU")
     out.mkdir(parents=True, exist_ok=True)
-    for f in ("train.json", "logps.json"):
+    for f in ("train.json", "logps.json", "offload.json"):
         (out / f).unlink(missing_ok=True)
     device = (
         f"cuda: {torch.cuda.get_device_name()}"
@@ -431,7 +514,9 @@ def main() -> None:
         timeout=a.budget_s * 0.75,
     )
     left = a.budget_s - (time.perf_counter() - t0)
-    parts["logps"] = run_part("logps", [*me, "--child", "logps"], out, timeout=max(30.0, left))
+    parts["logps"] = run_part("logps", [*me, "--child", "logps"], out, timeout=max(30.0, left / 3))
+    left = a.budget_s - (time.perf_counter() - t0)
+    parts["offload"] = run_part("offload", [*me, "--child", "offload"], out, timeout=max(60.0, left))
     report(out, s, parts, device)
 
 

@@ -379,6 +379,19 @@ def test_layer_by_layer_equals_the_whole_model(model, collected, dtype, budget) 
     assert got.datasets == [str(CALIB)]
 
 
+@pytest.mark.parametrize("budget", [None, 2 * CTX * 256 * 4])
+def test_layer_by_layer_batches_chunks_as_the_whole_model_does(model, collected, budget) -> None:
+    """Three chunks through each layer at once (the last batch short; with a budget of two
+    chunks' hidden states, passes of three): the whole model's sums with the same batches bit
+    for bit, and the unbatched ones within float32 rounding."""
+    from simpo_q.imatrix_offload import collect_offloaded
+
+    assert CHUNKS % 3 != 0
+    got = collect_offloaded(model, CALIB, ctx=CTX, chunks=CHUNKS, quiet=True, hidden_budget=budget, batch=3)
+    _assert_same_statistics(im.collect(model, CALIB, ctx=CTX, chunks=CHUNKS, batch=3, quiet=True), got)
+    _assert_same_statistics(collected, got, rtol=1e-5)
+
+
 def test_offload_is_chosen_when_the_model_does_not_fit(model, collected, tmp_path, monkeypatch, capsys) -> None:
     import simpo_q.imatrix_offload as off
 

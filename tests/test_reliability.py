@@ -651,6 +651,16 @@ def test_non_finite_weight_is_blamed_on_the_weight(copy: Path, tmp_path: Path, c
     one_line_error(rc, err, "model.layers.0.mlp.up_proj.weight has non-finite values")
     rc, err = run_cli(capsys, "quantize", str(copy), str(tmp_path / "q.gguf"))
     one_line_error(rc, err, "blk.0.ffn_up.weight")
+    # layer by layer, where the check is a min/max reduction: NaN, and each sign of infinity
+    out = tmp_path / "o.gguf"
+    rc, err = run_cli(capsys, "imatrix", str(copy), "-f", str(CALIB), "-o", str(out), "--ctx", "64", "--offload")
+    one_line_error(rc, err, "model.layers.0.mlp.up_proj.weight has non-finite values")
+    for value in (float("inf"), float("-inf")):
+        _rewrite(copy, lambda t: t["model.layers.0.mlp.up_proj.weight"].view(-1).__setitem__(5, 0.5))
+        _rewrite(copy, lambda t, v=value: t["model.layers.1.self_attn.o_proj.weight"].view(-1).__setitem__(7, v))
+        rc, err = run_cli(capsys, "imatrix", str(copy), "-f", str(CALIB), "-o", str(out), "--ctx", "64", "--offload")
+        one_line_error(rc, err, "model.layers.1.self_attn.o_proj.weight has non-finite values")
+    assert not out.exists()
     assert torch is not None
 
 

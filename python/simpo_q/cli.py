@@ -361,7 +361,10 @@ def _imatrix(args: argparse.Namespace) -> int:
         if why:
             if not args.quiet:
                 print(f"imatrix: one decoder layer at a time ({why}; no perplexity in this mode)", file=sys.stderr)
-            collect_offloaded(args.model, args.file, **kw)
+            # layer by layer, a weight is read once for all the chunks in memory, so batching costs
+            # nothing there; 512 tokens per product beat 128 by 10% on the CPU (the 9B bench)
+            b = args.batch_size or (2048 if args.device.startswith("cuda") else 512)
+            collect_offloaded(args.model, args.file, batch=max(1, b // args.ctx), **kw)
         else:
             # llama-imatrix's rule: a batch of -b tokens holds -b / ctx chunks. Unset: its 2048 on a
             # GPU; one chunk per forward on the CPU, where torch runs batched chunks slower
@@ -739,7 +742,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=None,
         help="tokens per forward, as llama-imatrix: -b / --ctx chunks run together (default: 2048 on "
-        "a GPU, one chunk on the CPU, where torch is faster so)",
+        "a GPU; on the CPU one chunk, where torch is faster so, and 512 tokens with --offload)",
     )
     m.add_argument(
         "--offload",

@@ -18,6 +18,7 @@ import gc
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from simpo_q.arch.base import EMBED, LAYER_PREFIX
 from simpo_q.imatrix import chunk_tokens, onednn_linears, read_text
 
 HIDDEN_BUDGET = 1 << 30  # bytes of hidden states held at once; more chunks run in several passes
+_TORCH_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}  # stored dtypes read raw
 
 
 class _Captured(Exception):
@@ -143,34 +145,74 @@ def _stand_ins(layers, calls: list):
             del layer.forward
 
 
-def _load_layer(layer, src, prefix: str, device, buffers: dict) -> None:
-    """The layer's weights from the files into freshly allocated parameters (its buffers,
-    if it has any, restored from `buffers`)."""
+def _read_layer(src, prefix: str, names: list[str], buffers: dict | None = None) -> dict:
+    """A layer's weights as stored in the files (bf16 stays bf16, half the bytes of float32),
+    not yet in the layer: what the reading thread fetches while the previous layer computes
+    (the file reads release the GIL). Bytes go into `buffers` (by parameter name) when given,
+    so that the same memory serves every layer."""
     import torch
 
-    layer.to_empty(device=device)
+    stored = {}
+    for name in names:
+        hf = f"{prefix}{name}"
+        try:
+            dtype, shape = src.stored_type(hf), src.shape(hf)
+        except KeyError as e:
+            raise SimpoQError(f"{src.path}: no tensor {hf!r}") from e
+        if dtype in _TORCH_DTYPES:
+            raw = src.read_raw(hf, into=None if buffers is None else buffers.get(name))
+            if buffers is not None:
+                buffers[name] = raw
+            stored[name] = torch.frombuffer(raw, dtype=getattr(torch, _TORCH_DTYPES[dtype])).reshape(shape)
+        else:
+            stored[name] = torch.from_numpy(src.load(hf))
+    return stored
+
+
+def _load_layer(layer, stored: dict, src, prefix: str, device, buffers: dict, spare: dict | None = None) -> None:
+    """The layer's weights, read by `_read_layer`, into its parameters: in the storage the
+    previous layer handed back to `spare` (same name, shape and dtype) or in new memory. Its
+    buffers, if it has any, come from `buffers`. The copy widens bf16 and f16 exactly, as the
+    quantizer's reader does. Reusing the storage matters: a fresh float32 layer's page faults
+    cost 0.45 s of every 9B layer's load, and glibc kept some of each freed layer."""
+    import torch
+
+    spare = {} if spare is None else spare
     with torch.no_grad():
-        for name, b in layer.named_buffers():
-            b.copy_(buffers[name])
-        for name, p in layer.named_parameters():
-            hf = f"{prefix}{name}"
-            try:
-                x = torch.from_numpy(src.load(hf))
-            except KeyError as e:
-                raise SimpoQError(f"{src.path}: no tensor {hf!r}") from e
-            if not torch.isfinite(x).all():
-                raise SimpoQError(
-                    f"{src.path}: weight {hf} has non-finite values (NaN or infinity); the model is "
-                    f"broken, not the calibration text"
-                )
-            p.copy_(x)
+        for mod_name, mod in layer.named_modules():
+            for pname, p in list(mod._parameters.items()):
+                if p is None:
+                    continue
+                key = f"{mod_name}.{pname}" if mod_name else pname
+                t = spare.pop(key, None)
+                if t is None or t.shape != p.shape or t.dtype != p.dtype:
+                    t = torch.empty(p.shape, dtype=p.dtype, device=device)
+                t.copy_(stored.pop(key))
+                # a reduction, not an elementwise isfinite: NaN propagates into both, an
+                # infinity shows as one of them (a tenth of the time on a 9B layer)
+                lo, hi = torch.aminmax(t)
+                if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
+                    raise SimpoQError(
+                        f"{src.path}: weight {prefix}{key} has non-finite values (NaN or infinity); the model "
+                        f"is broken, not the calibration text"
+                    )
+                mod._parameters[pname] = torch.nn.Parameter(t, requires_grad=False)
+            for bname, b in list(mod._buffers.items()):
+                if b is not None:
+                    key = f"{mod_name}.{bname}" if mod_name else bname
+                    mod._buffers[bname] = buffers[key].to(device, copy=True)
+
+
+def _unload_layer(layer, spare: dict) -> None:
+    """The layer back on the meta device, its parameters' storage kept in `spare` for the next."""
+    for key, p in layer.named_parameters():
+        spare[key] = p.detach()
+    layer.to("meta")
 
 
 def _release_memory() -> None:
-    """Frees what one layer left before the next is loaded: buffers in reference cycles, and
-    the heap pages glibc keeps after large frees (its arenas; which threads freed what varies
-    from run to run: without the trim the 9B checkpoint's peak varied between 2.1 and 4.2 GB,
-    with it 2.1 GB; BENCHMARKS.md)."""
+    """Frees what a group of chunks left: objects in reference cycles, and the heap pages
+    glibc keeps after large frees (its arenas)."""
     gc.collect()
     try:
         import ctypes
@@ -191,12 +233,14 @@ def collect_offloaded(
     quiet: bool = False,
     into: Imatrix | None = None,
     hidden_budget: int | None = None,
+    batch: int = 1,
     skip: int = 0,
     process_output: bool = False,
     checkpoint=None,
 ) -> Imatrix:
-    """`imatrix.collect`'s result, computed one decoder layer at a time (`process_output` and
-    `checkpoint` as there; saves fall after each group of chunks has passed every layer)."""
+    """`imatrix.collect`'s result, computed one decoder layer at a time (`batch`,
+    `process_output` and `checkpoint` as there: `batch` chunks pass each layer together; saves
+    fall after each group of chunks has passed every layer)."""
     import torch
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer
@@ -218,7 +262,8 @@ def collect_offloaded(
     layer_buffers = [{n: b.clone() for n, b in layer.named_buffers()} for layer in layers]
     hidden = int(model.config.hidden_size)
     per_chunk = ctx * hidden * torch.tensor([], dtype=torch_dtype).element_size()
-    group = max(1, (hidden_budget or HIDDEN_BUDGET) // per_chunk)
+    batch = max(1, batch)
+    group = max(batch, (hidden_budget or HIDDEN_BUDGET) // per_chunk // batch * batch)
     out = into if into is not None else Imatrix(ctx)
     base_chunks, base_datasets = out.chunk_count, list(out.datasets)
     passes = -(-len(batches) // group)
@@ -229,8 +274,14 @@ def collect_offloaded(
         disable=True if quiet else None,
         file=sys.stderr,
     )
+    param_names = [[n for n, _ in layer.named_parameters()] for layer in layers]
     t0 = time.perf_counter()
-    with torch.no_grad():
+    # one thread reads the next layer's bytes from the files while this layer computes (it is
+    # handed the read buffers only once the last layer's bytes are in the parameters)
+    with torch.no_grad(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="simpo-q-read") as reader:
+        spare: dict = {}  # the last layer's parameters' storage, for the next
+        read_buffers: dict = {}  # the bytes read for a layer, reused for the next
+        fetch = reader.submit(_read_layer, src, f"{LAYER_PREFIX}0.", param_names[0], read_buffers)
         for g0 in range(0, len(batches), group):
             chunk_ids = batches[g0 : g0 + group]
             uniq, rows = _embedding_rows(src, [i for c in chunk_ids for i in c], torch_dtype)
@@ -240,8 +291,8 @@ def collect_offloaded(
                     mod.to(device)
             # what each layer receives, for each chunk, from the model's own forward
             inputs = []
-            for c in chunk_ids:
-                ids = torch.searchsorted(torch.from_numpy(uniq), torch.tensor([c]))
+            for b0 in range(0, len(chunk_ids), batch):
+                ids = torch.searchsorted(torch.from_numpy(uniq), torch.tensor(chunk_ids[b0 : b0 + batch]))
                 calls: list = []
                 with _stand_ins(layers, calls):
                     try:
@@ -251,7 +302,12 @@ def collect_offloaded(
                 inputs.append(calls)
             states = [calls[0][1] for calls in inputs]
             for i, layer in enumerate(layers):
-                _load_layer(layer, src, f"{LAYER_PREFIX}{i}.", device, layer_buffers[i])
+                stored = fetch.result()  # this layer's weights, read while the last one ran
+                _load_layer(layer, stored, src, f"{LAYER_PREFIX}{i}.", device, layer_buffers[i], spare)
+                del stored
+                if i + 1 < len(layers) or g0 + group < len(batches):  # read the next one meanwhile
+                    j = (i + 1) % len(layers)
+                    fetch = reader.submit(_read_layer, src, f"{LAYER_PREFIX}{j}.", param_names[j], read_buffers)
                 hooks = []
                 for hf_name, gguf in linears.items():
 
@@ -268,18 +324,18 @@ def collect_offloaded(
                 finally:
                     for h in hooks:
                         h.remove()
-                    layer.to("meta")  # the weights are freed; the next layer is loaded
-                    _release_memory()
+                    _unload_layer(layer, spare)
                 bar.update(1)
                 done = g0 + len(chunk_ids) * (i + 1) / len(layers)
                 bar.set_postfix(tok_s=f"{done * ctx / (time.perf_counter() - t0):.0f}")
             if head:  # the untied head's input: the final norm of the last layer's output
-                _load_layer(body.norm, src, "model.norm.", device, {})
+                _load_layer(body.norm, _read_layer(src, "model.norm.", ["weight"]), src, "model.norm.", device, {})
                 for st in states:
                     x = body.norm(st).reshape(-1, hidden)
                     out.add("output.weight", x.to(device="cpu", dtype=torch.float32).contiguous().numpy())
                 body.norm.to("meta")
             del states, inputs
+            _release_memory()
             done = g0 + len(chunk_ids)
             out.chunk_count = base_chunks + done
             out.datasets = [*base_datasets, str(text_file)]

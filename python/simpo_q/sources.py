@@ -101,10 +101,27 @@ class HFDirectory:
         cols = shape[-1] if shape else 1
         if dtype not in _WIDEN:
             return self._load_safetensors(name).reshape(-1, cols)[start:stop]
+        raw = self.read_raw(name, start, stop)
+        import simpo_q
+
+        return simpo_q.dequantize(np.frombuffer(raw, dtype=np.uint8), dtype, cols).reshape(stop - start, cols)
+
+    def read_raw(self, name: str, start: int = 0, stop: int | None = None, into: bytearray | None = None) -> bytearray:
+        """The stored bytes of rows [start, stop) (all rows by default) of a tensor whose
+        dtype is one of `_WIDEN`, unconverted, in `into` when it has their size (a buffer
+        reused from tensor to tensor) or in a new one; the GIL is released while the file is
+        read."""
+        shape = self._shape[name]
+        dtype = self._dtype[name]
+        if dtype not in _WIDEN:
+            raise SimpoQError(f"{self._where[name]}: tensor {name!r} is stored as {dtype}, not as raw floats")
+        cols = shape[-1] if shape else 1
+        if stop is None:
+            stop = math.prod(shape[:-1]) if len(shape) > 1 else 1
         item = _DTYPE_SIZES[dtype]
         f = self._where[name]
         n = (stop - start) * cols * item
-        raw = bytearray(n)  # read into, not read and copied
+        raw = into if into is not None and len(into) == n else bytearray(n)  # read into, not read and copied
         try:
             with open(f, "rb") as fh:
                 fh.seek(self._offset[name] + start * cols * item)
@@ -113,9 +130,7 @@ class HFDirectory:
             raise SimpoQError(f"{f}: cannot read tensor {name!r}: {e.strerror}") from e
         if got != n:
             raise SimpoQError(f"{f}: truncated while reading tensor {name!r}")
-        import simpo_q
-
-        return simpo_q.dequantize(np.frombuffer(raw, dtype=np.uint8), dtype, cols).reshape(stop - start, cols)
+        return raw
 
     def _load_safetensors(self, name: str) -> np.ndarray:
         from safetensors import SafetensorError, safe_open
