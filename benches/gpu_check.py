@@ -468,7 +468,11 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="folder for gpu_check.json, gpu_check.md and the logs")
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on CPU (gloo): the same code path")
     ap.add_argument("--budget-s", type=float, default=480, help="the whole check's time limit")
-    ap.add_argument("--child", choices=["train", "logps", "offload"], help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--child",
+        choices=["train", "logps", "offload"],
+        help="run one part in this process (offload runs on the CPU too, which then stands for the device)",
+    )
     a = ap.parse_args()
     out = Path(a.out)
     s = SMOKE if a.cpu_smoke else NINE_B

@@ -4,11 +4,13 @@ does not fit in memory, or on a device that cannot hold it.
 The Hugging Face model is built with its weights on the meta device (no memory), so that its
 own code prepares what every layer receives (scaled embeddings, rotary tables, causal and
 sliding-window masks). The embedding rows of the tokens in the calibration text are read from
-the safetensors files; then, layer after layer, the layer's weights are loaded from the files,
-every chunk's hidden states pass through it (the accumulator collecting each linear weight's
-inputs, as in the in-memory path), and the weights are freed. Peak memory is about one layer
-plus the hidden states of the chunks in flight. Each chunk runs alone through each layer, with
-the same operations as the in-memory forward, so the sums and counts are the same.
+the safetensors files; then, layer after layer, the layer's weights are loaded from the files
+(read by a thread while the previous layer computes), every chunk's hidden states pass
+through it (the accumulator collecting each linear weight's inputs, as in the in-memory path),
+and its storage passes to the next layer. Peak memory is about one layer, the next one's
+stored bytes and the hidden states of the chunks in flight. Chunks go through each layer in
+the batches the in-memory forward would use, with the same operations, so the sums and counts
+are the same.
 
 Not computed here: the running perplexity (it needs the whole output head)."""
 
