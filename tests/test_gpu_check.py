@@ -1,6 +1,6 @@
 """benches/gpu_check.py cannot rot while no accelerator is at hand: its --cpu-smoke run takes
 the same code path (torchrun, FSDP2, bf16, checkpointing, imatrix, quantize from memory,
-chunked log-probs, the estimate) at tiny sizes on CPU."""
+chunked log-probs, the estimate, the layer-by-layer importance matrix) at tiny sizes on CPU."""
 
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ def test_cpu_smoke_runs_every_part(tmp_path: Path) -> None:
     assert e["steps"] == 465 and e["card_minutes"] == 100 and e["minutes_at_measured_mfu"] > 0
     lp = res["logps"]
     assert lp["vocab"] == 3072 and lp["chunked"]["seconds"] > 0
+    of = res["offload"]  # the layer-by-layer collection: every linear weight of both layers
+    assert of["entries"] == 7 * 2 and of["tokens"] == 4 * 64 and of["max_memory_allocated_gib"] is None
     md = (out / "gpu_check.md").read_text()
     for row in (
         "| training |",
@@ -41,5 +43,6 @@ def test_cpu_smoke_runs_every_part(tmp_path: Path) -> None:
         "| trained weights → Q3_K_S GGUF",
         "| full recipe",
         "| chunked log-probs",
+        "| importance matrix layer by layer, bf16, 2 layers of the smoke model's shape |",
     ):
         assert row in md
