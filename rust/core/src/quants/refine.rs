@@ -7,10 +7,19 @@
 //! scales the error Σ wᵢ (xᵢ − x̂ᵢ)² separates over elements, so the best quants are the
 //! nearest ones: a quant can only be worth changing together with its scale. The search
 //! therefore walks the representable scales themselves: every sub-block's integer scale
-//! (and min) around ggml's, plus the scale a weighted least-squares fit of the rounded quants
-//! asks for (the "re-round, then recompute the best scale" step of greedy re-rounding), each
-//! with its nearest quants; and, for the types with mins, the neighbouring half floats of the
-//! super-block's `dmin` (those of `d` are supported, but measured not to pay: see `Kind`).
+//! around ggml's, plus (Q3_K, Q6_K) the scale a weighted least-squares fit of the rounded
+//! quants asks for (the "re-round, then recompute the best scale" step of greedy
+//! re-rounding), each with its nearest quants. The neighbouring half floats of `d` are
+//! supported, but measured not to pay (see `Kind`).
+//!
+//! The types with mins (Q4_K, Q5_K) keep ggml's mins and `dmin`. Their quants are unsigned,
+//! so moving a sub-block's min shifts all its 32 values the same way (and a scale change,
+//! with quants ≥ 0, mostly so): an error shared by the whole sub-block, which the per-element
+//! measure below counts like independent errors but which adds up in a product with inputs
+//! whose mean is not zero. Searching the mins and `dmin` too lowered that measure further and
+//! raised the KL divergence on held-out text: Q4_K_M with an importance matrix, on the
+//! 41M-parameter benchmark model, 4.4% above ggml's file with them, 0.3% above without
+//! them; on the 2M tiny model 10.4% and 15.4% below (BENCHMARKS.md).
 //!
 //! A candidate block replaces ggml's only if its error, computed from what the real decoder
 //! returns for the packed bytes, is strictly lower.
@@ -37,18 +46,18 @@ use crate::fp16::ggml_compute_fp16_to_fp32 as fp16_to_fp32;
 /// What the search needs to know about a type. The step counts were chosen by measurement
 /// (benches/bench_refine.py): the sub-block scales' neighbourhood is where the error goes
 /// down (Q3_K with an importance vector: 3.1% lower at ±1, 6.4% at ±6, 7.2% at ±8), while
-/// the neighbouring half floats of `d` changed it by less than 0.1% for twice the time, so
-/// only `dmin` (types with mins) moves by one half-float step.
+/// the neighbouring half floats of `d` changed it by less than 0.1% for twice the time; the
+/// types with mins keep ggml's mins (see the module docs).
 #[derive(Clone, Copy)]
 struct Kind {
     qtype: QuantType,
     sub: usize,     // values per sub-block
     sc: (i32, i32), // sub-block scale range, inclusive
     q: (i32, i32),  // quant range
-    has_min: bool,  // Q4_K, Q5_K: x̂ = d·sc·q − dmin·m, m in 0..=63
+    has_min: bool,  // Q4_K, Q5_K: x̂ = d·sc·q − dmin·m, m in 0..=63, kept as ggml chose it
     d_steps: i32,   // neighbouring half floats of d tried on each side
     sc_steps: i32,  // neighbouring integer sub-block scales tried on each side
-    refit: bool,    // also try the least-squares scale of the rounded quants
+    refit: bool,    // also try the least-squares scale of the rounded quants (no min)
     block_bytes: usize,
 }
 
@@ -84,7 +93,7 @@ fn kind(qtype: QuantType) -> Option<Kind> {
             has_min: true,
             d_steps: 0,
             sc_steps: 6,
-            refit: true,
+            refit: false,
             block_bytes: if qtype == QuantType::Q4_K {
                 q45_k::Q4_K_BLOCK_BYTES
             } else {
@@ -256,79 +265,47 @@ fn sub_quants(x: &[f32], dl: f32, dm: f32, lo: f32, hi: f32, q: &mut [i32]) {
     }
 }
 
-/// The best (error, scale, min) of one sub-block for the given d and dmin, among the
-/// neighbours of the starting scale and min and what a least-squares refit of the rounded
-/// quants asks for.
-#[allow(clippy::too_many_arguments)]
-fn best_sub(
-    k: &Kind,
-    x: &[f32],
-    w: &[f32],
-    d: f32,
-    dmin: f32,
-    sc0: i32,
-    mn0: i32,
-) -> (f32, i32, i32) {
+/// The best (error, scale) of one sub-block for the given `d` and the sub-block's min step
+/// `dm` (= dmin·m, ggml's; 0 without mins), among the neighbours of the starting scale and
+/// (Q3_K, Q6_K) the scale a least-squares refit of the rounded quants asks for.
+fn best_sub(k: &Kind, x: &[f32], w: &[f32], d: f32, dm: f32, sc0: i32) -> (f32, i32) {
     let (lo, hi) = (k.q.0 as f32, k.q.1 as f32);
-    let mut best = (f32::INFINITY, sc0, mn0);
-    let try_one = |sc: i32, mn: i32, best: &mut (f32, i32, i32)| {
-        if sc < k.sc.0 || sc > k.sc.1 || !(0..=63).contains(&mn) {
+    let mut best = (f32::INFINITY, sc0);
+    let try_one = |sc: i32, best: &mut (f32, i32)| {
+        if sc < k.sc.0 || sc > k.sc.1 {
             return;
         }
-        let dl = d * sc as f32;
-        let dm = if k.has_min { dmin * mn as f32 } else { 0.0 };
-        let e = sub_error(x, w, dl, dm, lo, hi);
+        let e = sub_error(x, w, d * sc as f32, dm, lo, hi);
         if e < best.0 {
-            *best = (e, sc, mn);
+            *best = (e, sc);
         }
     };
-    let mn_range = if k.has_min { 1 } else { 0 };
     for ds in -k.sc_steps..=k.sc_steps {
-        for dmn in -mn_range..=mn_range {
-            try_one(sc0 + ds, mn0 + dmn, &mut best);
-        }
+        try_one(sc0 + ds, &mut best);
     }
     if !k.refit {
         return best;
     }
-    // refit: the continuous scale (and min) that best fits the chosen quants, rounded
+    // refit: the continuous scale that best fits the chosen quants (x ≈ s·q), rounded
+    debug_assert!(!k.has_min);
     let n = x.len();
     let mut q = [0i32; 32];
-    let dm = if k.has_min { dmin * best.2 as f32 } else { 0.0 };
-    sub_quants(x, d * best.1 as f32, dm, lo, hi, &mut q[..n]);
-    let (mut swxq, mut swqq, mut sw, mut swq, mut swx) = (0f32, 0f32, 0f32, 0f32, 0f32);
+    sub_quants(x, d * best.1 as f32, 0.0, lo, hi, &mut q[..n]);
+    let (mut swxq, mut swqq) = (0f32, 0f32);
     for i in 0..n {
         let (wi, xi, qi) = (w[i], x[i], q[i] as f32);
         swxq += wi * xi * qi;
         swqq += wi * qi * qi;
-        sw += wi;
-        swq += wi * qi;
-        swx += wi * xi;
     }
-    let (swxq, swqq, sw, swq, swx) = (swxq as f64, swqq as f64, sw as f64, swq as f64, swx as f64);
-    let (s, m) = if k.has_min {
-        // x ≈ s·q − m: least squares in (s, m)
-        let det = sw * swqq - swq * swq;
-        if det > 0.0 {
-            let s = (sw * swxq - swq * swx) / det;
-            (s, (s * swq - swx) / sw)
-        } else {
-            (0.0, 0.0)
-        }
-    } else if swqq > 0.0 {
-        (swxq / swqq, 0.0)
+    let s = if swqq > 0.0 {
+        swxq as f64 / swqq as f64
     } else {
-        (0.0, 0.0)
+        0.0
     };
-    if s.is_finite() && m.is_finite() && s != 0.0 && d != 0.0 {
+    if s.is_finite() && s != 0.0 && d != 0.0 {
         let sc = (s / d as f64).round().clamp(-1000.0, 1000.0) as i32;
-        let mn = if k.has_min && dmin != 0.0 {
-            (m / dmin as f64).round().clamp(-1000.0, 1000.0) as i32
-        } else {
-            best.2
-        };
-        if sc != best.1 || mn != best.2 {
-            try_one(sc, mn, &mut best);
+        if sc != best.1 {
+            try_one(sc, &mut best);
         }
     }
     best
@@ -345,53 +322,40 @@ fn refine_block(k: &Kind, x: &[f32], w: &[f32], b: &mut [u8]) -> bool {
         return false;
     }
     let d0 = fp16_to_fp32(p0.d);
+    let dmin = fp16_to_fp32(p0.dmin);
     let n_sub = QK_K / k.sub;
     let mut best_e = f32::INFINITY;
     let mut best_p = p0;
     let mut q = [0i32; QK_K];
-    let dmin_steps = if k.has_min { 1 } else { 0 };
     for dd in -k.d_steps..=k.d_steps {
-        for dm in -dmin_steps..=dmin_steps {
-            if dd != 0 && dm != 0 {
-                continue; // one of the two moves at a time
-            }
-            let Some(dbits) = step_f16(p0.d, dd) else {
-                continue;
+        let Some(dbits) = step_f16(p0.d, dd) else {
+            continue;
+        };
+        let d = fp16_to_fp32(dbits);
+        if !d.is_finite() || d == 0.0 {
+            continue;
+        }
+        let mut p = Params { d: dbits, ..p0 };
+        let mut e = 0.0f32;
+        for j in 0..n_sub {
+            let r = j * k.sub..(j + 1) * k.sub;
+            // the integer scale that keeps sub-block j's step d0·sc0 at the new d
+            let sc0 = (p0.sc[j] as f32 * d0 / d).round() as i32;
+            let dm = if k.has_min {
+                dmin * p0.mn[j] as f32
+            } else {
+                0.0
             };
-            let Some(dminbits) = step_f16(p0.dmin, dm) else {
-                continue;
-            };
-            let (d, dmin) = (fp16_to_fp32(dbits), fp16_to_fp32(dminbits));
-            if !d.is_finite() || d == 0.0 || !dmin.is_finite() {
-                continue;
-            }
-            let mut p = Params {
-                d: dbits,
-                dmin: dminbits,
-                ..p0
-            };
-            let mut e = 0.0f32;
-            for j in 0..n_sub {
-                let r = j * k.sub..(j + 1) * k.sub;
-                // the integer scale that keeps sub-block j's step d0·sc0 at the new d
-                let sc0 = (p0.sc[j] as f32 * d0 / d).round() as i32;
-                let mn0 = if k.has_min && dmin != 0.0 {
-                    (p0.mn[j] as f32 * fp16_to_fp32(p0.dmin) / dmin).round() as i32
-                } else {
-                    p0.mn[j]
-                };
-                let (ej, sc, mn) = best_sub(k, &x[r.clone()], &w[r], d, dmin, sc0, mn0);
-                p.sc[j] = sc;
-                p.mn[j] = mn;
-                e += ej;
-            }
-            if e < best_e {
-                best_e = e;
-                best_p = p;
-            }
+            let (ej, sc) = best_sub(k, &x[r.clone()], &w[r], d, dm, sc0);
+            p.sc[j] = sc;
+            e += ej;
+        }
+        if e < best_e {
+            best_e = e;
+            best_p = p;
         }
     }
-    let (d, dmin) = (fp16_to_fp32(best_p.d), fp16_to_fp32(best_p.dmin));
+    let d = fp16_to_fp32(best_p.d);
     for j in 0..n_sub {
         let r = j * k.sub..(j + 1) * k.sub;
         let dm = if k.has_min {
