@@ -7,6 +7,7 @@ pub mod common;
 pub mod fast;
 pub mod iq4_nl;
 pub mod legacy;
+pub mod q2_k;
 pub mod q3_k;
 pub mod q45_k;
 pub mod q6_k;
@@ -40,6 +41,7 @@ pub enum QuantType {
     Q5_0 = 6,
     Q5_1 = 7,
     Q8_0 = 8,
+    Q2_K = 10,
     Q3_K = 11,
     Q4_K = 12,
     Q5_K = 13,
@@ -49,7 +51,7 @@ pub enum QuantType {
 }
 
 impl QuantType {
-    pub const ALL: [QuantType; 13] = [
+    pub const ALL: [QuantType; 14] = [
         QuantType::F32,
         QuantType::F16,
         QuantType::BF16,
@@ -58,6 +60,7 @@ impl QuantType {
         QuantType::Q5_0,
         QuantType::Q5_1,
         QuantType::Q8_0,
+        QuantType::Q2_K,
         QuantType::Q3_K,
         QuantType::Q4_K,
         QuantType::Q5_K,
@@ -173,6 +176,8 @@ pub fn quantize_row_reference(qtype: QuantType, x: &[f32], y: &mut [u8], imatrix
         (QuantType::Q5_0, Some(w)) => legacy::quantize_row_q5_0_impl(x, y, n, w),
         (QuantType::Q5_1, None) => legacy::quantize_row_q5_1_ref(x, y, n),
         (QuantType::Q5_1, Some(w)) => legacy::quantize_row_q5_1_impl(x, y, n, w),
+        (QuantType::Q2_K, None) => q2_k::quantize_row_q2_K_ref(x, y, n),
+        (QuantType::Q2_K, Some(w)) => q2_k::quantize_row_q2_K_impl(x, y, n, w),
         (QuantType::Q3_K, None) => q3_k::quantize_row_q3_K_ref(x, y, n),
         (QuantType::Q3_K, Some(w)) => q3_k::quantize_row_q3_K_impl(x, y, n, w),
         (QuantType::Q4_K, None) => q45_k::quantize_row_q4_K_ref(x, y, n),
@@ -208,6 +213,7 @@ pub fn dequantize_row(qtype: QuantType, x: &[u8], y: &mut [f32]) {
         QuantType::Q5_0 => legacy::dequantize_row_q5_0(x, y, k),
         QuantType::Q5_1 => legacy::dequantize_row_q5_1(x, y, k),
         QuantType::Q8_0 => q8_0::dequantize_row_q8_0(x, y, k),
+        QuantType::Q2_K => q2_k::dequantize_row_q2_K(x, y, k),
         QuantType::Q3_K => q3_k::dequantize_row_q3_K(x, y, k),
         QuantType::Q4_K => q45_k::dequantize_row_q4_K(x, y, k),
         QuantType::Q5_K => q45_k::dequantize_row_q5_K(x, y, k),
