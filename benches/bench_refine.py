@@ -8,8 +8,8 @@
 importance-weighted error the refinement removes (the measure it lowers). `kld`: mean KLD
 on the bundled held-out text (never used for calibration) of Q3_K_S and Q4_K_M, exact and
 refined, with and without the importance matrix of the bundled calibration text, and of
-`--target-bpw` at Q3_K_M's own size beside Q3_K_M; against the model's F32 GGUF through
-llama.cpp.
+`--target-bpw` at Q3_K_S's and Q3_K_M's own sizes beside those files; against the model's F32
+GGUF through llama.cpp.
 `budget`: the time `--target-bpw` spends measuring the candidate types on the generated
 ~1B checkpoint of bench_pipeline.py.
 """
@@ -106,22 +106,26 @@ def kld(a) -> None:
                     force=True,
                 )
     params = sum(int(np.prod(t[1])) for t in open_gguf(files["Q3_K_S"]).tensors)
-    for imat in (None, cal):
-        sfx = " +imatrix" if imat else ""
-        base = files[f"Q3_K_M{sfx}"] = quantize_model(
-            model, work / f"Q3_K_M{sfx.replace(' ', '_')}.gguf", "Q3_K_M", imatrix=imat, quiet=True, force=True
-        )
-        bpw = 8 * sum(t[4] for t in open_gguf(base).tensors) / params
-        name = f"target-bpw {bpw:.3f} (Q3_K_M's size){sfx}"
-        files[name] = quantize_model(
-            model,
-            work / f"target{sfx.replace(' ', '_')}.gguf",
-            "Q3_K_S",
-            imatrix=imat,
-            target_bpw=bpw,
-            quiet=True,
-            force=True,
-        )
+    for ftype in ("Q3_K_S", "Q3_K_M"):
+        for imat in (None, cal):
+            sfx = " +imatrix" if imat else ""
+            stem = f"{ftype}{sfx.replace(' ', '_')}"
+            if f"{ftype}{sfx}" not in files:  # Q3_K_S's exact files are written above
+                files[f"{ftype}{sfx}"] = quantize_model(
+                    model, work / f"{stem}.gguf", ftype, imatrix=imat, quiet=True, force=True
+                )
+            base = files[f"{ftype}{sfx}"]
+            bpw = 8 * sum(t[4] for t in open_gguf(base).tensors) / params
+            name = f"target-bpw {bpw:.3f} ({ftype}'s size){sfx}"
+            files[name] = quantize_model(
+                model,
+                work / f"target-{stem}.gguf",
+                "Q3_K_S",
+                imatrix=imat,
+                target_bpw=bpw,
+                quiet=True,
+                force=True,
+            )
     ref = LlamaCppModel(f32, a.ctx)
     names = list(files)
     reports, _ = run_kld(

@@ -328,3 +328,73 @@ def test_split_files_as_the_converter_and_llama_quantize_write_them(tmp_path: Pa
         llm.eval(ids)
         outs.append(np.asarray(llm.scores[len(ids) - 1]))
     assert np.array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize(
+    ("arch", "ftype", "with_imatrix"),
+    [
+        ("gemma2", "Q2_K", False),
+        ("gemma2", "Q2_K_S", True),
+        ("llama", "Q2_K", True),
+        ("llama", "Q2_K_S", True),
+    ],
+)
+def test_q2_k_file_types_give_llama_quantizes_file(tmp_path: Path, arch: str, ftype: str, with_imatrix: bool) -> None:
+    """Q2_K and Q2_K_S: the whole file byte for byte as llama-quantize writes it. The Llama has
+    four query heads per key head, where llama.cpp gives attn_v Q4_K (Gemma-2's two: Q3_K in
+    Q2_K, Q2_K in Q2_K_S); ffn_down and attn_output follow their Q2_K rules."""
+    import subprocess
+
+    from simpo_q import imatrix as im
+    from simpo_q.convert import convert
+    from simpo_q.gguf import open_gguf
+    from simpo_q.tiny import TinyConfig
+
+    tools = _llama_tools()
+    cfg = TinyConfig(arch="llama", heads=8, kv_heads=2, head_dim=32) if arch == "llama" else TinyConfig()
+    model = cached_tiny_model(REPO / ".cache", cfg, pretrain_steps=0, quiet=True)
+    bf16 = convert(model, tmp_path / "bf16.gguf", "bf16", quiet=True)
+    extra = []
+    if with_imatrix:
+        calib = REPO / "python" / "simpo_q" / "data" / "calibration.txt"
+        im.collect(model, calib, ctx=128, chunks=2, quiet=True).save(str(tmp_path / "im.gguf"), "gguf")
+        extra = ["--imatrix", str(tmp_path / "im.gguf")]
+    subprocess.run(
+        [str(tools / "llama-quantize"), *extra, str(bf16), str(tmp_path / "ref.gguf"), ftype, "2"],
+        capture_output=True,
+        check=True,
+    )
+    assert cli(["--quiet", "quantize", *extra, str(bf16), str(tmp_path / "ours.gguf"), ftype]) == 0
+    assert (tmp_path / "ours.gguf").read_bytes() == (tmp_path / "ref.gguf").read_bytes()
+    types = {n: t for n, _, t, *_ in open_gguf(tmp_path / "ours.gguf").tensors}
+    want_v = "Q4_K" if arch == "llama" else ("Q3_K" if ftype == "Q2_K" else "Q2_K")
+    assert types["blk.0.attn_v.weight"] == want_v and types["blk.1.attn_q.weight"] == "Q2_K"
+
+
+def test_q2_k_s_without_an_importance_matrix_is_refused_first(tmp_path: Path, capsys) -> None:
+    """llama-quantize refuses Q2_K_S's Q2_K tensors without an importance matrix; so do we,
+    before anything is read or written, and a matrix missing one of them is named."""
+    from simpo_q import imatrix as im
+
+    model = cached_tiny_model(REPO / ".cache", pretrain_steps=200, quiet=True)
+    out = tmp_path / "q.gguf"
+    assert cli(["quantize", str(model), str(out), "Q2_K_S"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.endswith(
+            "Q2_K_S needs an importance matrix for its Q2_K tensors (blk.0.attn_k.weight and 13 more): "
+            "give one with --imatrix, as llama-quantize requires"
+        )
+        and "\n" not in err
+    )
+    calib = REPO / "python" / "simpo_q" / "data" / "calibration.txt"
+    m = im.collect(model, calib, ctx=128, chunks=2, quiet=True)
+    partial = im.Imatrix(m.chunk_size)
+    for n in m.names():
+        if n != "blk.1.ffn_up.weight":
+            partial.set_entry(n, *m.entry(n))
+    partial.chunk_count = m.chunk_count
+    partial.save(str(tmp_path / "partial.gguf"), "gguf")
+    assert cli(["quantize", "--imatrix", str(tmp_path / "partial.gguf"), str(model), str(out), "Q2_K_S"]) == 2
+    assert "no entry for blk.1.ffn_up.weight, which Q2_K_S quantizes to Q2_K" in capsys.readouterr().err
+    assert not out.exists()

@@ -465,6 +465,19 @@ def test_policy_on_gemma2_9b_shapes() -> None:
     ks = plan_types("Q4_K_S", shapes)
     assert ks["blk.3.attn_v.weight"] == "Q5_K" and ks["blk.4.attn_v.weight"] == "Q4_K"
     assert ks["blk.4.ffn_down.weight"] == "Q5_K" and ks["blk.5.ffn_down.weight"] == "Q4_K"
+    # gemma-2-9b: 2 query heads per key head; Q2_K lifts attn_v, ffn_down and attn_output to
+    # Q3_K, Q2_K_S only the first eighth of ffn_down (to Q4_K)
+    q2 = plan_types("Q2_K", shapes)
+    assert q2["blk.0.attn_v.weight"] == "Q3_K" and q2["blk.41.ffn_down.weight"] == "Q3_K"
+    assert q2["blk.7.attn_output.weight"] == "Q3_K" and q2["blk.7.ffn_up.weight"] == "Q2_K"
+    assert q2["token_embd.weight"] == "Q6_K"
+    q2s = plan_types("Q2_K_S", shapes)
+    assert [q2s[f"blk.{i}.ffn_down.weight"] for i in (4, 5)] == ["Q4_K", "Q2_K"]
+    assert q2s["blk.0.attn_v.weight"] == "Q2_K" and q2s["blk.0.attn_output.weight"] == "Q2_K"
+    # four query heads per key head (attn_q has four times attn_k's rows): attn_v to Q4_K
+    gqa4 = [(n, (8192, 3584) if n.endswith("attn_q.weight") else s) for n, s in shapes]
+    assert plan_types("Q2_K", gqa4)["blk.3.attn_v.weight"] == "Q4_K"
+    assert plan_types("Q2_K_S", gqa4)["blk.3.attn_v.weight"] == "Q4_K"
     # row lengths that are not multiples of 256 fall back as llama.cpp 0.3.36 does
     odd = plan_types("Q3_K_S", [("blk.0.attn_q.weight", (64, 96)), ("blk.0.ffn_up.weight", (64, 100))])
     assert odd == {"blk.0.attn_q.weight": "Q4_0", "blk.0.ffn_up.weight": "F16"}

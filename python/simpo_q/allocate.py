@@ -34,6 +34,9 @@ from simpo_q.gguf_out import shape_bytes
 
 SAMPLE_ROWS = 512
 FIXED = ("token_embd.weight", "output.weight")
+# Q2_K is not a candidate: measured as one (benches/bench_refine.py kld, 2026-11-30), the
+# importance-weighted error sent tensors down to it that the held-out text needed (the tiny
+# model at Q3_K_M's size with the importance matrix: mean KLD 0.0306 against 0.0142 without it)
 K_CANDIDATES = ("Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
 SMALL_CANDIDATES = ("Q4_0", "Q5_0", "Q8_0")  # rows that are not whole 256-value super-blocks
 

@@ -16,6 +16,8 @@ FILE_TYPES = {
     "F16": (1, "F16"),
     "BF16": (32, "BF16"),
     "Q8_0": (7, "Q8_0"),
+    "Q2_K": (10, "Q2_K"),
+    "Q2_K_S": (21, "Q2_K"),
     "Q3_K_S": (11, "Q3_K"),
     "Q3_K_M": (12, "Q3_K"),
     "Q3_K_L": (13, "Q3_K"),
@@ -100,6 +102,7 @@ class _State:
     n_attn_v: int
     n_layer: int
     llama_70b: bool  # llama.cpp's LLM_TYPE_70B: its attn_v gets more bits
+    n_gqa: int  # query heads per key head (n_head / n_head_kv), from the attn_q/attn_k rows
     i_attn_v: int = 0
     i_ffn_down: int = 0
 
@@ -109,6 +112,12 @@ def _is_llama_70b(arch: str, shapes: dict[str, tuple[int, ...]], n_layer: int) -
     its query heads (fewer attn_k rows than attn_q rows)."""
     q, k = shapes.get("blk.0.attn_q.weight"), shapes.get("blk.0.attn_k.weight")
     return arch == "llama" and n_layer == 80 and q is not None and k is not None and q[0] != k[0]
+
+
+def _n_gqa(shapes: dict[str, tuple[int, ...]]) -> int:
+    """n_head / n_head_kv of layer 0: attn_q's rows over attn_k's (both heads × head_dim)."""
+    q, k = shapes.get("blk.0.attn_q.weight"), shapes.get("blk.0.attn_k.weight")
+    return q[0] // k[0] if q is not None and k is not None and k[0] else 1
 
 
 def plan_types(
@@ -139,6 +148,7 @@ def plan_types(
         sum(1 for n in names if n.endswith("attn_v.weight")),
         n_layer,
         _is_llama_70b(arch, shapes, n_layer),
+        _n_gqa(shapes),
     )
     out: dict[str, str] = {}
     patterns = []
@@ -181,6 +191,12 @@ def plan_types(
     return out
 
 
+def requires_imatrix(ftype: str, name: str, t: str) -> bool:
+    """llama.cpp's tensor_requires_imatrix for the types simpo-q writes: the Q2_K tensors of a
+    Q2_K_S file (its head and embedding excepted)."""
+    return ftype == "Q2_K_S" and t == "Q2_K" and name not in ("token_embd.weight", "output.weight")
+
+
 def _get_type(qs: _State, name: str, ne0: int, ov: Overrides) -> str:
     """llama.cpp's llama_tensor_get_type for the file types simpo-q writes."""
     ftype, default = qs.ftype, qs.default
@@ -193,7 +209,11 @@ def _get_type(qs: _State, name: str, ne0: int, ov: Overrides) -> str:
         return "Q6_K" if default != "Q8_0" else "Q8_0"
     if name.endswith("attn_v.weight"):
         i = qs.i_attn_v
-        if ftype == "Q3_K_M":
+        if ftype == "Q2_K":
+            t = "Q4_K" if qs.n_gqa >= 4 else "Q3_K"
+        elif ftype == "Q2_K_S" and qs.n_gqa >= 4:
+            t = "Q4_K"
+        elif ftype == "Q3_K_M":
             t = "Q5_K" if i < 2 else "Q4_K"
         elif ftype == "Q3_K_L":
             t = "Q5_K"
@@ -206,7 +226,12 @@ def _get_type(qs: _State, name: str, ne0: int, ov: Overrides) -> str:
             t = "Q5_K"
     elif name.endswith("ffn_down.weight"):
         i, n_layer = qs.i_ffn_down, qs.n_layer
-        if ftype == "Q3_K_M":
+        if ftype == "Q2_K":
+            t = "Q3_K"
+        elif ftype == "Q2_K_S":
+            if i < n_layer // 8:
+                t = "Q4_K"
+        elif ftype == "Q3_K_M":
             t = "Q5_K" if i < n_layer // 16 else "Q4_K"
         elif ftype == "Q3_K_L":
             t = "Q5_K"
@@ -215,7 +240,9 @@ def _get_type(qs: _State, name: str, ne0: int, ov: Overrides) -> str:
         elif ftype == "Q4_K_S" and i < n_layer // 8:
             t = "Q5_K"
     elif name.endswith("attn_output.weight"):
-        if ftype == "Q3_K_M":
+        if ftype == "Q2_K":
+            t = "Q3_K"
+        elif ftype == "Q3_K_M":
             t = "Q4_K"
         elif ftype == "Q3_K_L":
             t = "Q5_K"

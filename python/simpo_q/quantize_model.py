@@ -19,7 +19,16 @@ from simpo_q.gguf_out import ALIGNMENT, Planned, shape_bytes, size_summary, tens
 from simpo_q.model_card import Card, Made, card_beside
 from simpo_q.ollama import ollama_files, write_ollama_files
 from simpo_q.outputs import check_output, check_space, imatrix_beside, write_text
-from simpo_q.policy import BLOCK_NAME, COPY, FILE_TYPES, Overrides, check_file_type, plan_types, weights_map_key
+from simpo_q.policy import (
+    BLOCK_NAME,
+    COPY,
+    FILE_TYPES,
+    Overrides,
+    check_file_type,
+    plan_types,
+    requires_imatrix,
+    weights_map_key,
+)
 from simpo_q.publish import Page
 from simpo_q.sources import HFDirectory, StateDictSource
 
@@ -459,6 +468,12 @@ def quantize_model(
     fallbacks: list[str] = []  # llama-quantize's warning lines, one per tensor whose type was replaced
     n_layer = next((v for k, _, v in metadata if k == f"{arch}.block_count"), None)
     types = _tensor_types(source, ftype, overrides, arch, n_layer, allow_requantize, fallbacks, inp, quiet)
+    needy = [n for n in sorted(types, key=weights_map_key) if requires_imatrix(ftype, n, types[n])]
+    if needy and imatrix is None:
+        raise SimpoQError(
+            f"{inp}: {ftype} needs an importance matrix for its Q2_K tensors ({needy[0]} and "
+            f"{len(needy) - 1} more): give one with --imatrix, as llama-quantize requires"
+        )
     adapter = adapter_by_arch(arch, str(inp))
     publishing = page is not None or ollama or model_card
     if publishing and page is None:
@@ -535,6 +550,12 @@ def quantize_model(
         )
         for name in order
     ]
+    for p in plan if imat is not None else ():  # a dry run from a text computes no matrix
+        if requires_imatrix(ftype, p.name, p.qtype) and p.imatrix is None and not p.raw:
+            raise SimpoQError(
+                f"{imat_file or imatrix}: no entry for {original.get(p.name, p.name)}, which {ftype} quantizes to "
+                f"Q2_K with an importance matrix only (llama-quantize refuses it too)"
+            )
     md = _file_metadata(
         metadata,
         file_type,
