@@ -54,8 +54,8 @@ def test_bad_imatrix(w, match) -> None:
 
 
 def test_unknown_type_lists_supported() -> None:
-    with pytest.raises(ValueError, match=r"unknown quantization type \"Q2_K\"; supported: F32, F16"):
-        simpo_q.quantize(good(), "Q2_K")
+    with pytest.raises(ValueError, match=r"unknown quantization type \"IQ2_XS\"; supported: F32, F16"):
+        simpo_q.quantize(good(), "IQ2_XS")
 
 
 def test_threads_zero_is_an_error() -> None:

@@ -48,7 +48,13 @@ def test_dequantize_random_bytes_equals_gguf(qtype: str) -> None:
     scales = simpo_q.quantize(make_data("normal", 8, 512, rng), qtype)
     mask = np.zeros(rs, dtype=bool)
     bs = simpo_q.type_info(qtype)[2]
-    offsets = {"Q2_K": [80, 81, 82, 83], "Q3_K": [108, 109], "Q4_K": [0, 1, 2, 3], "Q5_K": [0, 1, 2, 3], "Q6_K": [208, 209]}
+    offsets = {  # the f16 scale fields of each block
+        "Q2_K": [80, 81, 82, 83],
+        "Q3_K": [108, 109],
+        "Q4_K": [0, 1, 2, 3],
+        "Q5_K": [0, 1, 2, 3],
+        "Q6_K": [208, 209],
+    }
     for b in range(rs // bs):
         for o in offsets.get(qtype, [0, 1, 2, 3] if qtype in ("Q4_1", "Q5_1") else [0, 1]):
             mask[b * bs + o] = True
