@@ -35,7 +35,6 @@ fn pack_qs(qs: &mut [u8], L: &[u8; QK_K]) {
 }
 
 pub fn quantize_row_q2_K_ref(x: &[f32], y: &mut [u8], k: usize) {
-    let q4scale = 15.0f32;
     let mut L = [0u8; QK_K];
     let mut Laux = [0u8; 16];
     let mut weights = [0f32; 16];
@@ -45,8 +44,6 @@ pub fn quantize_row_q2_K_ref(x: &[f32], y: &mut [u8], k: usize) {
         .chunks_exact(QK_K)
         .zip(y.chunks_exact_mut(BLOCK_BYTES))
     {
-        let mut max_scale = 0.0f32; // as we are deducting the min, scales are always positive
-        let mut max_min = 0.0f32;
         for j in 0..QK_K / 16 {
             for l in 0..16 {
                 weights[l] = x[16 * j + l].abs();
@@ -64,39 +61,56 @@ pub fn quantize_row_q2_K_ref(x: &[f32], y: &mut [u8], k: usize) {
                 15,
                 true,
             );
-            if scales[j] > max_scale {
-                max_scale = scales[j];
-            }
-            if mins[j] > max_min {
-                max_min = mins[j];
-            }
         }
-        let sc = &mut b[SCALES];
-        let d = if max_scale > 0.0 {
-            let iscale = q4scale / max_scale;
-            for j in 0..QK_K / 16 {
-                sc[j] = nearest_int(iscale * scales[j]) as u8; // int → uint8_t, as ggml stores it
-            }
-            fp32_to_fp16(max_scale / q4scale)
-        } else {
-            sc.fill(0);
-            fp32_to_fp16(0.0)
-        };
-        let dmin = if max_min > 0.0 {
-            let iscale = q4scale / max_min;
-            for j in 0..QK_K / 16 {
-                let l = nearest_int(iscale * mins[j]);
-                sc[j] |= (l << 4) as u8;
-            }
-            fp32_to_fp16(max_min / q4scale)
-        } else {
-            fp32_to_fp16(0.0)
-        };
-        b[D].copy_from_slice(&d.to_le_bytes());
-        b[DMIN].copy_from_slice(&dmin.to_le_bytes());
-        requantize(x, &mut L, &b[SCALES], fp16_to_fp32(d), fp16_to_fp32(dmin));
-        pack_qs(&mut b[QS], &L);
+        finish_ref(x, &scales, &mins, &mut L, b);
     }
+}
+
+/// The rest of quantize_row_q2_K_ref once every sub-block's (scale, min) search has run:
+/// both quantized to 4 bits against their maxima, then the quants against the decoded values.
+pub(crate) fn finish_ref(
+    x: &[f32],
+    scales: &[f32; 16],
+    mins: &[f32; 16],
+    L: &mut [u8; QK_K],
+    b: &mut [u8],
+) {
+    let q4scale = 15.0f32;
+    let mut max_scale = 0.0f32; // as we are deducting the min, scales are always positive
+    let mut max_min = 0.0f32;
+    for j in 0..QK_K / 16 {
+        if scales[j] > max_scale {
+            max_scale = scales[j];
+        }
+        if mins[j] > max_min {
+            max_min = mins[j];
+        }
+    }
+    let sc = &mut b[SCALES];
+    let d = if max_scale > 0.0 {
+        let iscale = q4scale / max_scale;
+        for j in 0..QK_K / 16 {
+            sc[j] = nearest_int(iscale * scales[j]) as u8; // int → uint8_t, as ggml stores it
+        }
+        fp32_to_fp16(max_scale / q4scale)
+    } else {
+        sc.fill(0);
+        fp32_to_fp16(0.0)
+    };
+    let dmin = if max_min > 0.0 {
+        let iscale = q4scale / max_min;
+        for j in 0..QK_K / 16 {
+            let l = nearest_int(iscale * mins[j]);
+            sc[j] |= (l << 4) as u8;
+        }
+        fp32_to_fp16(max_min / q4scale)
+    } else {
+        fp32_to_fp16(0.0)
+    };
+    b[D].copy_from_slice(&d.to_le_bytes());
+    b[DMIN].copy_from_slice(&dmin.to_le_bytes());
+    requantize(x, L, &b[SCALES], fp16_to_fp32(d), fp16_to_fp32(dmin));
+    pack_qs(&mut b[QS], L);
 }
 
 /// Every sub-block's quants against its decoded (scale, min); a sub-block whose decoded
@@ -116,39 +130,50 @@ fn requantize(x: &[f32], L: &mut [u8; QK_K], scales: &[u8], d_all: f32, dmin_all
     }
 }
 
+/// The search weights of quantize_row_q2_K_impl for one super-block: qwᵢ·√(σ² + xᵢ²), σ² the
+/// block's mean square, in ggml's order; `weight(j, l)` receives sub-block j's element l.
+#[inline(always)]
+pub(crate) fn impl_weights(x: &[f32], qw: &[f32], mut weight: impl FnMut(usize, usize, f32)) {
+    let mut sumx2 = 0.0f32;
+    for v in &x[..QK_K] {
+        sumx2 += v * v;
+    }
+    let sigma2 = sumx2 / QK_K as f32;
+    for j in 0..QK_K / 16 {
+        for l in 0..16 {
+            weight(
+                j,
+                l,
+                qw[16 * j + l] * (sigma2 + x[16 * j + l] * x[16 * j + l]).sqrt(),
+            );
+        }
+    }
+}
+
 pub fn quantize_row_q2_K_impl(x: &[f32], y: &mut [u8], k: usize, quant_weights: &[f32]) {
     let mut L = [0u8; QK_K];
     let mut Laux = [0u8; 16];
     let mut mins = [0f32; QK_K / 16];
     let mut scales = [0f32; QK_K / 16];
-    let mut sw = [0f32; QK_K / 16];
-    let mut weight = [0f32; 16];
-    let mut Ls = [0u8; QK_K / 16];
-    let mut Lm = [0u8; QK_K / 16];
+    let mut weights = [[0f32; 16]; QK_K / 16];
     for (i, (x, b)) in x[..k]
         .chunks_exact(QK_K)
         .zip(y.chunks_exact_mut(BLOCK_BYTES))
         .enumerate()
     {
-        sw.fill(0.0);
-        let mut sumx2 = 0.0f32;
-        for v in x {
-            sumx2 += v * v;
-        }
-        let sigma2 = sumx2 / QK_K as f32;
+        impl_weights(x, &quant_weights[QK_K * i..QK_K * (i + 1)], |j, l, w| {
+            weights[j][l] = w
+        });
+        let mut sw = [0f32; QK_K / 16];
         for j in 0..QK_K / 16 {
-            let qw = &quant_weights[QK_K * i + 16 * j..QK_K * i + 16 * j + 16];
-            for l in 0..16 {
-                weight[l] = qw[l] * (sigma2 + x[16 * j + l] * x[16 * j + l]).sqrt();
-            }
             for l in 0..QK_K / 16 {
-                sw[j] += weight[l];
+                sw[j] += weights[j][l];
             }
             scales[j] = make_qkx3_quants(
                 16,
                 3,
                 &x[16 * j..],
-                Some(&weight),
+                Some(&weights[j]),
                 &mut L[16 * j..16 * j + 16],
                 &mut mins[j],
                 &mut Laux,
@@ -158,18 +183,34 @@ pub fn quantize_row_q2_K_impl(x: &[f32], y: &mut [u8], k: usize, quant_weights: 
                 false,
             );
         }
-        let dm = make_qp_quants(QK_K / 16, 15, &scales, &mut Ls, &sw);
-        let mm = make_qp_quants(QK_K / 16, 15, &mins, &mut Lm, &sw);
-        let d = fp32_to_fp16(dm);
-        let dmin = fp32_to_fp16(mm);
-        b[D].copy_from_slice(&d.to_le_bytes());
-        b[DMIN].copy_from_slice(&dmin.to_le_bytes());
-        for j in 0..QK_K / 16 {
-            b[SCALES][j] = Ls[j] | (Lm[j] << 4);
-        }
-        requantize(x, &mut L, &b[SCALES], fp16_to_fp32(d), fp16_to_fp32(dmin));
-        pack_qs(&mut b[QS], &L);
+        finish_impl(x, &scales, &mins, &sw, &mut L, b);
     }
+}
+
+/// The rest of quantize_row_q2_K_impl once every sub-block's (scale, min) search has run:
+/// scales and mins quantized by make_qp_quants (weighted by each sub-block's weight sum),
+/// then the quants against the decoded values.
+pub(crate) fn finish_impl(
+    x: &[f32],
+    scales: &[f32; 16],
+    mins: &[f32; 16],
+    sw: &[f32; 16],
+    L: &mut [u8; QK_K],
+    b: &mut [u8],
+) {
+    let mut Ls = [0u8; QK_K / 16];
+    let mut Lm = [0u8; QK_K / 16];
+    let dm = make_qp_quants(QK_K / 16, 15, scales, &mut Ls, sw);
+    let mm = make_qp_quants(QK_K / 16, 15, mins, &mut Lm, sw);
+    let d = fp32_to_fp16(dm);
+    let dmin = fp32_to_fp16(mm);
+    b[D].copy_from_slice(&d.to_le_bytes());
+    b[DMIN].copy_from_slice(&dmin.to_le_bytes());
+    for j in 0..QK_K / 16 {
+        b[SCALES][j] = Ls[j] | (Lm[j] << 4);
+    }
+    requantize(x, L, &b[SCALES], fp16_to_fp32(d), fp16_to_fp32(dmin));
+    pack_qs(&mut b[QS], L);
 }
 
 pub fn dequantize_row_q2_K(x: &[u8], y: &mut [f32], k: usize) {

@@ -184,7 +184,8 @@ pub fn make_q3_quants_lanes<const N: usize, const G: usize>(
 
 /// `make_qkx2_quants` / `make_qkx3_quants` (with weights: the two agree then, since
 /// `max < min` cannot happen) for G groups at once. Writes `l_out[j][i]` and `the_min[j]`
-/// (= −min) and returns each group's scale.
+/// (= −min) and returns each group's scale. `use_mad`: errors as |diff| instead of diff²
+/// (Q2_K's reference path).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub fn make_qkx_quants_lanes<const N: usize, const G: usize>(
@@ -196,8 +197,10 @@ pub fn make_qkx_quants_lanes<const N: usize, const G: usize>(
     rmin: f32,
     rdelta: f32,
     nstep: i32,
+    use_mad: bool,
 ) -> [f32; G] {
     let nmaxf = nmax as f32;
+    let err = |diff: f32| if use_mad { diff.abs() } else { diff * diff };
     let mut min = xt[0];
     let mut max = xt[0];
     let mut sum_w = wt[0];
@@ -229,7 +232,7 @@ pub fn make_qkx_quants_lanes<const N: usize, const G: usize>(
             let x = xt[i][j];
             let l = nearest_int(iscale[j] * (x - min[j])).clamp(0, nmax) as f32;
             let diff = scale[j] * l + min[j] - x;
-            best[j] += wt[i][j] * (diff * diff);
+            best[j] += wt[i][j] * err(diff);
         }
     }
     // L is recomputed at the end from the (iscale, min) that produced the accepted levels.
@@ -270,7 +273,7 @@ pub fn make_qkx_quants_lanes<const N: usize, const G: usize>(
         for i in 0..N {
             for j in 0..G {
                 let diff = this_scale[j] * laux[i][j] + this_min[j] - xt[i][j];
-                cur[j] += wt[i][j] * (diff * diff);
+                cur[j] += wt[i][j] * err(diff);
             }
         }
         for j in 0..G {

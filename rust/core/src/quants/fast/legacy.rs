@@ -55,7 +55,7 @@ pub fn quantize_row_legacy_impl_fast(
                 let mut lg = [[0u8; QK]; G];
                 let mut mins = [0f32; G];
                 let d = make_qkx_quants_lanes::<QK, G>(
-                    nmax, &xt, &wt, &mut lg, &mut mins, -0.9, 0.05, 36,
+                    nmax, &xt, &wt, &mut lg, &mut mins, -0.9, 0.05, 36, false,
                 );
                 for j in 0..G {
                     let yb = &mut yg[bs * j..bs * (j + 1)];

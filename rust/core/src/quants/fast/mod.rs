@@ -8,6 +8,7 @@
 mod iq4_nl;
 mod lanes;
 mod legacy;
+mod q2_k;
 mod q3_k;
 mod q45_k;
 mod q6_k;
@@ -18,9 +19,7 @@ use super::QuantType;
 #[inline(always)]
 fn dispatch(qtype: QuantType, x: &[f32], y: &mut [u8], imatrix: Option<&[f32]>) {
     match (qtype, imatrix) {
-        // no lane-parallel kernel yet: the scalar port, compiled here with AVX2 as well
-        (QuantType::Q2_K, None) => super::q2_k::quantize_row_q2_K_ref(x, y, x.len()),
-        (QuantType::Q2_K, Some(w)) => super::q2_k::quantize_row_q2_K_impl(x, y, x.len(), w),
+        (QuantType::Q2_K, w) => q2_k::quantize_row_q2_K_fast(x, y, w),
         (QuantType::Q3_K, None) => q3_k::quantize_row_q3_K_ref_fast(x, y),
         (QuantType::Q3_K, Some(w)) => q3_k::quantize_row_q3_K_impl_fast(x, y, w),
         (QuantType::Q6_K, w) => q6_k::quantize_row_q6_K_fast(x, y, w),
@@ -50,8 +49,8 @@ unsafe fn dispatch_avx2(qtype: QuantType, x: &[f32], y: &mut [u8], imatrix: Opti
 }
 
 /// One row through the fast path: every quantized type has one (the match above is exhaustive
-/// over `QuantType`, so a new type cannot be forgotten; Q2_K's is its scalar port); the
-/// caller sends float types to the reference path.
+/// over `QuantType`, so a new type cannot be forgotten); the caller sends float types to the
+/// reference path.
 pub fn quantize_row_fast(qtype: QuantType, x: &[f32], y: &mut [u8], imatrix: Option<&[f32]>) {
     #[cfg(target_arch = "x86_64")]
     {

@@ -41,7 +41,7 @@ pub fn quantize_row_q45_K_fast(x: &[f32], y: &mut [u8], quant_weights: Option<&[
                 }
                 let (rmin, nstep) = if q5 { (-0.5, 15) } else { (-1.0, 20) };
                 let scales = make_qkx_quants_lanes::<32, 8>(
-                    nmax, &xt, &wt, &mut lg, &mut mins, rmin, 0.1, nstep,
+                    nmax, &xt, &wt, &mut lg, &mut mins, rmin, 0.1, nstep, false,
                 );
                 finish_ref_scales(&scales, &mins, &mut y[crate::quants::q45_k::SCALES])
             }
@@ -60,7 +60,7 @@ pub fn quantize_row_q45_K_fast(x: &[f32], y: &mut [u8], quant_weights: Option<&[
                     }
                 }
                 let scales = make_qkx_quants_lanes::<32, 8>(
-                    nmax, &xt, &wt, &mut lg, &mut mins, -0.9, 0.05, 36,
+                    nmax, &xt, &wt, &mut lg, &mut mins, -0.9, 0.05, 36, false,
                 );
                 finish_impl_scales(
                     &scales,
