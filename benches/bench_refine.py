@@ -1,7 +1,7 @@
 """The refined encoder and the size-budget allocation: what they cost and what they gain.
 
     .venv/bin/python benches/bench_refine.py speed            # per core, 4096×3584, exact vs --refine
-    .venv/bin/python benches/bench_refine.py kld [--hidden 1024 --layers 4 --pretrain-steps 300]
+    .venv/bin/python benches/bench_refine.py kld [--hidden 1024 --layers 4 --pretrain-steps 300] [--seed 1]
     .venv/bin/python benches/bench_refine.py budget --layers 16 --hidden 2048 --intermediate 8192
 
 `speed`: Mw/s on one thread (best of 3) of the exact path and of the refined one, and the
@@ -77,6 +77,7 @@ def kld(a) -> None:
     from simpo_q.tiny import TinyConfig, cached_tiny_model
 
     cfg = TinyConfig(
+        seed=a.seed,
         hidden=a.hidden,
         intermediate=2 * a.hidden,
         layers=a.layers,
@@ -182,6 +183,7 @@ def main() -> None:
     ap.add_argument("--intermediate", type=int, default=8192)
     ap.add_argument("--pretrain-steps", type=int, default=200)
     ap.add_argument("--ctx", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=0, help="kld: the generated model's seed")
     a = ap.parse_args()
     sys.path.insert(0, str(REPO / "tests"))
     {"speed": lambda: speed(), "kld": lambda: kld(a), "budget": lambda: budget(a)}[a.what]()
