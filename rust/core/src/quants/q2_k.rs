@@ -1,7 +1,9 @@
 //! Q2_K: 256-value super-blocks of 2-bit quants in 16 sub-blocks of 16, each with a 4-bit
 //! scale and a 4-bit min, and super-block `d`/`dmin` in f16 (2.625 bits per weight).
 //! Layout (ggml's block_q2_K): the byte ranges below. A one-to-one port of ggml's
-//! quantize_row_q2_K_ref, quantize_row_q2_K_impl and dequantize_row_q2_K.
+//! quantize_row_q2_K_ref, quantize_row_q2_K_impl and dequantize_row_q2_K; what the two
+//! quantizers do after their sub-block searches is `finish_ref` / `finish_impl`, which the
+//! lane-parallel kernel (fast/q2_k.rs) shares.
 #![allow(non_snake_case)]
 
 use super::common::{f16_bits, make_qkx2_quants, make_qkx3_quants, make_qp_quants, nearest_int};
