@@ -166,52 +166,18 @@ def main() -> None:
             *run([*sq, "quantize", str(model), str(out / "plain.gguf"), "--type", "Q3_K_S"]),
         )
     )
-    rows.append(
-        (
-            "simpo-q",
-            f"imatrix --offload --ctx 128 --chunks {args.imatrix_chunks} (float32)",
-            *run(
-                [
-                    *sq,
-                    "imatrix",
-                    str(model),
-                    "-f",
-                    str(calib),
-                    "--ctx",
-                    "128",
-                    "--chunks",
-                    str(args.imatrix_chunks),
-                    "--offload",
-                    "-o",
-                    str(out / "9b.imatrix.gguf"),
-                ]
-            ),
+    for label, dtype, name in (
+        ("(float32)", [], "9b.imatrix.gguf"),
+        ("--dtype bfloat16", ["--dtype", "bfloat16"], "9b.bf16.imatrix.gguf"),
+    ):
+        cmd = [*sq, "imatrix", str(model), "-f", str(calib), "--ctx", "128", "--chunks", str(args.imatrix_chunks)]
+        rows.append(
+            (
+                "simpo-q",
+                f"imatrix --offload --ctx 128 --chunks {args.imatrix_chunks} {label}",
+                *run([*cmd, "--offload", *dtype, "-o", str(out / name)]),
+            )
         )
-    )
-    rows.append(
-        (
-            "simpo-q",
-            f"imatrix --offload --ctx 128 --chunks {args.imatrix_chunks} --dtype bfloat16",
-            *run(
-                [
-                    *sq,
-                    "imatrix",
-                    str(model),
-                    "-f",
-                    str(calib),
-                    "--ctx",
-                    "128",
-                    "--chunks",
-                    str(args.imatrix_chunks),
-                    "--offload",
-                    "--dtype",
-                    "bfloat16",
-                    "-o",
-                    str(out / "9b.bf16.imatrix.gguf"),
-                ]
-            ),
-        )
-    )
     rows.append(
         (
             "simpo-q",

@@ -197,6 +197,32 @@ def test_train_ends_with_the_model_and_its_last_evaluation(tmp_path: Path, capsy
     assert "margin " in last and last.endswith("at step 2")
 
 
+def _quantized_as_llama_quantize(tmp_path: Path, model: Path, ftype: str, flags: list[str], with_imatrix: bool) -> Path:
+    """Quantizes the model's bf16 GGUF with llama-quantize and with simpo-q (the same flags,
+    with the importance matrix of the bundled calibration text or none), asserts the two files
+    are equal byte for byte, and returns ours."""
+    import subprocess
+
+    from simpo_q import imatrix as im
+    from simpo_q.convert import convert
+
+    tools = _llama_tools()
+    bf16 = convert(model, tmp_path / "bf16.gguf", "bf16", quiet=True)
+    extra = []
+    if with_imatrix:
+        calib = REPO / "python" / "simpo_q" / "data" / "calibration.txt"
+        im.collect(model, calib, ctx=128, chunks=2, quiet=True).save(str(tmp_path / "im.gguf"), "gguf")
+        extra = ["--imatrix", str(tmp_path / "im.gguf")]
+    subprocess.run(
+        [str(tools / "llama-quantize"), *extra, *flags, str(bf16), str(tmp_path / "ref.gguf"), ftype, "2"],
+        capture_output=True,
+        check=True,
+    )
+    assert cli(["--quiet", "quantize", *extra, *flags, str(bf16), str(tmp_path / "ours.gguf"), ftype]) == 0
+    assert (tmp_path / "ours.gguf").read_bytes() == (tmp_path / "ref.gguf").read_bytes()
+    return tmp_path / "ours.gguf"
+
+
 @pytest.mark.parametrize(
     ("arch", "flags", "ftype", "with_imatrix"),
     [
@@ -213,30 +239,12 @@ def test_prune_layers_and_leave_output_tensor_give_llama_quantizes_file(
     importance matrix's keys, its entries found under their old names) and
     --leave-output-tensor (the untied head stays in its input type; a tied model has none):
     the whole file byte for byte as llama-quantize writes it."""
-    import subprocess
-
-    from simpo_q import imatrix as im
-    from simpo_q.convert import convert
+    from simpo_q.gguf import metadata_dict, open_gguf
     from simpo_q.tiny import TinyConfig
 
-    tools = _llama_tools()
     model = cached_tiny_model(REPO / ".cache", TinyConfig(arch=arch), pretrain_steps=200, quiet=True)
-    bf16 = convert(model, tmp_path / "bf16.gguf", "bf16", quiet=True)
-    extra = []
-    if with_imatrix:
-        calib = REPO / "python" / "simpo_q" / "data" / "calibration.txt"
-        im.collect(model, calib, ctx=128, chunks=2, quiet=True).save(str(tmp_path / "im.gguf"), "gguf")
-        extra = ["--imatrix", str(tmp_path / "im.gguf")]
-    subprocess.run(
-        [str(tools / "llama-quantize"), *extra, *flags, str(bf16), str(tmp_path / "ref.gguf"), ftype, "2"],
-        capture_output=True,
-        check=True,
-    )
-    assert cli(["--quiet", "quantize", *extra, *flags, str(bf16), str(tmp_path / "ours.gguf"), ftype]) == 0
-    assert (tmp_path / "ours.gguf").read_bytes() == (tmp_path / "ref.gguf").read_bytes()
-    from simpo_q.gguf import metadata_dict, open_gguf
-
-    r = open_gguf(tmp_path / "ours.gguf")
+    ours = _quantized_as_llama_quantize(tmp_path, model, ftype, flags, with_imatrix)
+    r = open_gguf(ours)
     if "--prune-layers" in flags:
         assert metadata_dict(r)[f"{arch}.block_count"] == 1
         assert not any(n.startswith("blk.1.") for n, *_ in r.tensors)
@@ -343,30 +351,13 @@ def test_q2_k_file_types_give_llama_quantizes_file(tmp_path: Path, arch: str, ft
     """Q2_K and Q2_K_S: the whole file byte for byte as llama-quantize writes it. The Llama has
     four query heads per key head, where llama.cpp gives attn_v Q4_K (Gemma-2's two: Q3_K in
     Q2_K, Q2_K in Q2_K_S); ffn_down and attn_output follow their Q2_K rules."""
-    import subprocess
-
-    from simpo_q import imatrix as im
-    from simpo_q.convert import convert
     from simpo_q.gguf import open_gguf
     from simpo_q.tiny import TinyConfig
 
-    tools = _llama_tools()
     cfg = TinyConfig(arch="llama", heads=8, kv_heads=2, head_dim=32) if arch == "llama" else TinyConfig()
     model = cached_tiny_model(REPO / ".cache", cfg, pretrain_steps=0, quiet=True)
-    bf16 = convert(model, tmp_path / "bf16.gguf", "bf16", quiet=True)
-    extra = []
-    if with_imatrix:
-        calib = REPO / "python" / "simpo_q" / "data" / "calibration.txt"
-        im.collect(model, calib, ctx=128, chunks=2, quiet=True).save(str(tmp_path / "im.gguf"), "gguf")
-        extra = ["--imatrix", str(tmp_path / "im.gguf")]
-    subprocess.run(
-        [str(tools / "llama-quantize"), *extra, str(bf16), str(tmp_path / "ref.gguf"), ftype, "2"],
-        capture_output=True,
-        check=True,
-    )
-    assert cli(["--quiet", "quantize", *extra, str(bf16), str(tmp_path / "ours.gguf"), ftype]) == 0
-    assert (tmp_path / "ours.gguf").read_bytes() == (tmp_path / "ref.gguf").read_bytes()
-    types = {n: t for n, _, t, *_ in open_gguf(tmp_path / "ours.gguf").tensors}
+    ours = _quantized_as_llama_quantize(tmp_path, model, ftype, [], with_imatrix)
+    types = {n: t for n, _, t, *_ in open_gguf(ours).tensors}
     want_v = "Q4_K" if arch == "llama" else ("Q3_K" if ftype == "Q2_K" else "Q2_K")
     assert types["blk.0.attn_v.weight"] == want_v and types["blk.1.attn_q.weight"] == "Q2_K"
 

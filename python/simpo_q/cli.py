@@ -362,7 +362,7 @@ def _imatrix(args: argparse.Namespace) -> int:
             if not args.quiet:
                 print(f"imatrix: one decoder layer at a time ({why}; no perplexity in this mode)", file=sys.stderr)
             # layer by layer, a weight is read once for all the chunks in memory, so batching costs
-            # nothing there; 512 tokens per product beat 128 by 10% on the CPU (the 9B bench)
+            # nothing there; oneDNN's product on 512 rows beats 128 by 10% on the CPU (benches/bench_gemm.py)
             b = args.batch_size or (2048 if args.device.startswith("cuda") else 512)
             collect_offloaded(args.model, args.file, batch=max(1, b // args.ctx), **kw)
         else:

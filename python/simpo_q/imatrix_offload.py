@@ -190,8 +190,8 @@ def _load_layer(layer, stored: dict, src, prefix: str, device, buffers: dict, sp
                 if t is None or t.shape != p.shape or t.dtype != p.dtype:
                     t = torch.empty(p.shape, dtype=p.dtype, device=device)
                 t.copy_(stored.pop(key))
-                # a reduction, not an elementwise isfinite: NaN propagates into both, an
-                # infinity shows as one of them (a tenth of the time on a 9B layer)
+                # a reduction, not an elementwise isfinite (no boolean copy of the layer): NaN
+                # propagates into both, an infinity shows as one of them
                 lo, hi = torch.aminmax(t)
                 if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
                     raise SimpoQError(

@@ -109,10 +109,7 @@ pub(crate) fn finish_ref(
     } else {
         fp32_to_fp16(0.0)
     };
-    b[D].copy_from_slice(&d.to_le_bytes());
-    b[DMIN].copy_from_slice(&dmin.to_le_bytes());
-    requantize(x, L, &b[SCALES], fp16_to_fp32(d), fp16_to_fp32(dmin));
-    pack_qs(&mut b[QS], L);
+    finish_block(x, L, b, d, dmin);
 }
 
 /// Every sub-block's quants against its decoded (scale, min); a sub-block whose decoded
@@ -206,11 +203,18 @@ pub(crate) fn finish_impl(
     let mm = make_qp_quants(QK_K / 16, 15, mins, &mut Lm, sw);
     let d = fp32_to_fp16(dm);
     let dmin = fp32_to_fp16(mm);
-    b[D].copy_from_slice(&d.to_le_bytes());
-    b[DMIN].copy_from_slice(&dmin.to_le_bytes());
     for j in 0..QK_K / 16 {
         b[SCALES][j] = Ls[j] | (Lm[j] << 4);
     }
+    finish_block(x, L, b, d, dmin);
+}
+
+/// The end both quantizers share, once the packed scales and mins are written: the super-block
+/// `d` and `dmin`, the quants against the decoded values, packed.
+#[inline(always)]
+fn finish_block(x: &[f32], L: &mut [u8; QK_K], b: &mut [u8], d: u16, dmin: u16) {
+    b[D].copy_from_slice(&d.to_le_bytes());
+    b[DMIN].copy_from_slice(&dmin.to_le_bytes());
     requantize(x, L, &b[SCALES], fp16_to_fp32(d), fp16_to_fp32(dmin));
     pack_qs(&mut b[QS], L);
 }
