@@ -8,8 +8,9 @@
 importance-weighted error the refinement removes (the measure it lowers). `kld`: mean KLD
 on the bundled held-out text (never used for calibration) of Q3_K_S and Q4_K_M, exact and
 refined, with and without the importance matrix of the bundled calibration text, and of
-`--target-bpw` at Q3_K_S's and Q3_K_M's own sizes beside those files; against the model's F32
-GGUF through llama.cpp.
+`--target-bpw` at Q3_K_S's and Q3_K_M's own sizes beside those files (with the importance
+matrix given as a file, and as the calibration text, which adds the output sensitivities);
+against the model's F32 GGUF through llama.cpp.
 `budget`: the time `--target-bpw` spends measuring the candidate types on the generated
 ~1B checkpoint of bench_pipeline.py.
 """
@@ -117,16 +118,20 @@ def kld(a) -> None:
                 )
             base = files[f"{ftype}{sfx}"]
             bpw = 8 * sum(t[4] for t in open_gguf(base).tensors) / params
-            name = f"target-bpw {bpw:.3f} ({ftype}'s size){sfx}"
-            files[name] = quantize_model(
-                model,
-                work / f"target-{stem}.gguf",
-                "Q3_K_S",
-                imatrix=imat,
-                target_bpw=bpw,
-                quiet=True,
-                force=True,
-            )
+            # with the importance matrix: from the file (its weights alone), and from the
+            # calibration text (the same matrix, and the output sensitivities)
+            for how, given in ((sfx, imat), *([(" +calibration text", DATA / "calibration.txt")] if imat else [])):
+                name = f"target-bpw {bpw:.3f} ({ftype}'s size){how}"
+                files[name] = quantize_model(
+                    model,
+                    work / f"target-{ftype}{how.replace(' ', '_')}.gguf",
+                    "Q3_K_S",
+                    imatrix=given,
+                    imatrix_ctx=a.ctx,
+                    target_bpw=bpw,
+                    quiet=True,
+                    force=True,
+                )
     ref = LlamaCppModel(f32, a.ctx)
     names = list(files)
     reports, _ = run_kld(

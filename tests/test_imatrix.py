@@ -271,6 +271,22 @@ def test_quantize_with_calibration_text_saves_the_matrix(model, tmp_path) -> Non
     assert md["quantize.imatrix.file"].endswith("m.imatrix.gguf") and md["quantize.imatrix.chunks_count"] == 2
 
 
+def test_quantize_collects_layer_by_layer_when_the_model_does_not_fit(
+    model, collected, tmp_path, monkeypatch, capsys
+) -> None:
+    """`quantize --imatrix TEXT` on a model larger than the free memory collects one decoder
+    layer at a time (the statistics of the whole-model path) instead of running out of memory."""
+    import simpo_q.imatrix_offload as off
+
+    monkeypatch.setattr(off, "available_bytes", lambda device: 1 << 20)  # 1 MiB free: the 2M model does not fit
+    out = tmp_path / "m.gguf"
+    argv = ["quantize", str(model), str(out), "--imatrix", str(CALIB), "--ctx", str(CTX), "--chunks", str(CHUNKS)]
+    assert cli(argv) == 0
+    assert "imatrix: one decoder layer at a time (the model needs" in capsys.readouterr().err
+    _assert_same_statistics(im.load(tmp_path / "m.imatrix.gguf"), collected, rtol=1e-5)
+    assert out.exists()
+
+
 def test_show(collected, tmp_path, capsys) -> None:
     collected.save(str(tmp_path / "s.gguf"))
     assert cli(["imatrix", "--show", str(tmp_path / "s.gguf")]) == 0

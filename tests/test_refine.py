@@ -14,6 +14,7 @@ import simpo_q
 from adversarial import DATA_KINDS, IMATRIX_KINDS, make_data, make_imatrix
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from simpo_q.arch.gemma2 import LINEARS
 from simpo_q.cli import main as cli
 from simpo_q.gguf import metadata_dict, open_gguf
 from simpo_q.quantize_model import quantize_model
@@ -240,9 +241,105 @@ def test_target_bpw_at_q3_k_m_size_beats_q3_k_m(
     assert len(written) == len(types) and all(line.startswith("^") and "$=" in line for line in written)
 
 
-def test_llama_quantize_reads_our_tensor_type_file(files: dict[str, Path], model: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def loaded(model: Path):
+    from simpo_q import imatrix as im
+
+    return im.load_model(model, quiet=True)
+
+
+def test_sensitivities_cover_every_linear_layer_and_repeat(loaded) -> None:
+    """One value per output row of every layer the importance matrix covers, positive and
+    finite; the same text gives the same sums; the weights are left as they were."""
+    from simpo_q import imatrix as im
+    from simpo_q.sensitivity import collect_sensitivity
+
+    tok, hf = loaded
+    text = (DATA / "calibration.txt").read_text()
+    before = [p.requires_grad for p in hf.parameters()]
+    a = collect_sensitivity(hf, tok, text, ctx=128, chunks=4, where="cal", quiet=True)
+    b = collect_sensitivity(hf, tok, text, ctx=128, chunks=4, where="cal", quiet=True)
+    assert [p.requires_grad for p in hf.parameters()] == before
+    assert all(p.grad is None for p in hf.parameters())
+    names = im.collect_from_model(hf, tok, "cal", ctx=128, chunks=4, quiet=True, text=text).names()
+    assert sorted(a) == sorted(names)
+    for n, v in a.items():
+        layer, proj = int(n.split(".")[1]), n.split(".")[2]
+        hf_name = next(k for k, g in LINEARS.items() if g == proj)
+        assert v.shape == (hf.model.layers[layer].get_submodule(hf_name).out_features,), n
+        assert np.isfinite(v).all() and (v > 0).all(), n
+        assert np.array_equal(v, b[n]), n
+
+
+def test_sensitivity_says_which_rows_cost_more(loaded) -> None:
+    """The same noise costs more KL divergence in the rows with the largest output
+    sensitivities than in those with the smallest (on the text they were measured on)."""
+    import torch
+    from simpo_q.imatrix import chunk_tokens
+    from simpo_q.sensitivity import collect_sensitivity
+
+    tok, hf = loaded
+    text = (DATA / "calibration.txt").read_text()
+    sens = collect_sensitivity(hf, tok, text, ctx=128, chunks=8, where="cal", quiet=True)
+    x = torch.tensor(chunk_tokens(tok, text, 128, 8, "cal"))
+    with torch.no_grad():
+        base = torch.log_softmax(hf(x).logits, -1)
+        for layer in range(len(hf.model.layers)):
+            for hf_name, proj in LINEARS.items():
+                s = sens[f"blk.{layer}.{proj}.weight"]
+                order = np.argsort(s)
+                k = len(s) // 4
+                w = hf.model.layers[layer].get_submodule(hf_name).weight
+                noise = torch.from_numpy(np.random.default_rng(0).standard_normal((k, w.shape[1])).astype(np.float32))
+                noise *= 0.05 * w.abs().mean()
+                cost = []
+                for rows in (order[:k], order[-k:]):
+                    kept = w[rows].clone()
+                    w[rows] += noise
+                    lp = torch.log_softmax(hf(x).logits, -1)
+                    w[rows] = kept
+                    cost.append(float((base.exp() * (base - lp)).sum()))
+                assert cost[1] > cost[0], (layer, proj, cost, s[order[:k]].mean(), s[order[-k:]].mean())
+
+
+def test_target_bpw_at_q3_k_s_size_beats_q3_k_s(files: dict[str, Path], model: Path, tmp_path: Path) -> None:
+    """Given the calibration text, the budget weighs errors by the output sensitivities too:
+    at Q3_K_S's own size (with the importance matrix of the same text) the file is no larger
+    and closer to the full model on held-out text, with Q2_K among its types."""
+    from simpo_q.evaluate.engines import LlamaCppModel
+    from simpo_q.evaluate.kld import run_kld
+
+    base = files["Q3_K_S-im"]
+    params = sum(int(np.prod(t[1])) for t in open_gguf(base).tensors)
+    bpw = 8 * _data_bytes(base) / params
+    cal = DATA / "calibration.txt"
+    out = quantize_model(
+        model, tmp_path / "budget.gguf", "Q3_K_S", imatrix=cal, imatrix_ctx=128, target_bpw=bpw, quiet=True
+    )
+    assert _data_bytes(out) <= _data_bytes(base)
+    # the same importance matrix as the Q3_K_S file's (collected from the same text and ctx)
+    same = open_gguf(base.parent / "cal.imatrix.gguf"), open_gguf(tmp_path / "budget.imatrix.gguf")
+    assert all(np.array_equal(same[0].tensor_bytes(t[0]), same[1].tensor_bytes(t[0])) for t in same[0].tensors)
+    types = {t[0]: t[2] for t in open_gguf(out).tensors}
+    assert "Q2_K" in types.values() and types["token_embd.weight"] == "Q6_K"
+    ref = LlamaCppModel(files["F32"], 128, threads=2)
+    reports, _ = run_kld(
+        ref,
+        [LlamaCppModel(base, 128, threads=2), LlamaCppModel(out, 128, threads=2)],
+        (DATA / "evaluation.txt").read_text(),
+        ctx=128,
+        quiet=True,
+    )
+    assert reports[1]["kld"] < reports[0]["kld"], [x["kld"] for x in reports]
+
+
+@pytest.mark.parametrize("route", ["imatrix file", "calibration text"])
+def test_llama_quantize_reads_our_tensor_type_file(
+    files: dict[str, Path], model: Path, tmp_path: Path, route: str
+) -> None:
     """The pinned llama-quantize, given the file we wrote and the same importance matrix,
-    makes the same tensors (types and bytes) from the F32 GGUF."""
+    makes the same tensors (types and bytes) from the F32 GGUF; from a calibration text the
+    choice includes Q2_K."""
     import subprocess
 
     from ggml_ref import require
@@ -254,8 +351,20 @@ def test_llama_quantize_reads_our_tensor_type_file(files: dict[str, Path], model
     except Exception as e:  # noqa: BLE001 - any failure to fetch or build means "no reference"
         require("llama-quantize built from the pinned llama.cpp tree", e)
         return
-    imat = files["Q3_K_S-im"].parent / "cal.imatrix.gguf"
-    ours = quantize_model(model, tmp_path / "ours.gguf", "Q3_K_S", imatrix=imat, target_size=1_250_000, quiet=True)
+    if route == "imatrix file":
+        imat = files["Q3_K_S-im"].parent / "cal.imatrix.gguf"
+        ours = quantize_model(model, tmp_path / "ours.gguf", "Q3_K_S", imatrix=imat, target_size=1_250_000, quiet=True)
+    else:
+        ours = quantize_model(
+            model,
+            tmp_path / "ours.gguf",
+            "Q3_K_S",
+            imatrix=DATA / "calibration.txt",
+            imatrix_ctx=128,
+            target_size=1_250_000,
+            quiet=True,
+        )
+        imat = tmp_path / "ours.imatrix.gguf"
     tt = tmp_path / "ours.tensor-types.txt"
     subprocess.run(
         [
@@ -278,6 +387,21 @@ def test_llama_quantize_reads_our_tensor_type_file(files: dict[str, Path], model
         assert np.array_equal(a.tensor_bytes(t[0]), b.tensor_bytes(t[0])), t[0]
     assert _data_bytes(ours) <= 1_250_000
     assert len({t[2] for t in a.tensors} - {"F32"}) > 2  # several types chosen
+    assert ("Q2_K" in {t[2] for t in a.tensors}) == (route == "calibration text")
+
+
+def test_budget_from_text_refuses_a_model_that_does_not_fit(model: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """The sensitivities need the whole model in memory: said before any work, with the numbers."""
+    import simpo_q.imatrix_offload as off
+
+    monkeypatch.setattr(off, "available_bytes", lambda device: 1 << 20)
+    capsys.readouterr()
+    argv = ["--quiet", "quantize", str(model), str(tmp_path / "m.gguf"), "--imatrix", str(DATA / "calibration.txt")]
+    assert cli([*argv, "--target-bpw", "4.5"]) == 2
+    err = capsys.readouterr().err
+    assert "calibration.txt: a size budget measures each layer's output sensitivity" in err
+    assert "GiB in float32 at --ctx 512; 0.0 GiB are free" in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_budget_errors_and_dry_run(model: Path, tmp_path: Path, capsys) -> None:

@@ -411,13 +411,15 @@ def test_pipeline_imatrix_is_the_trained_models(model_dir: Path, tmp_path: Path)
 
 
 def test_pipeline_under_fsdp2_streams_weights_to_rank_0(model_dir: Path, tmp_path: Path) -> None:
-    """Two FSDP2 ranks: importance collected on the sharded model (chunks split over the
-    ranks, 5 chunks so one rank runs a padding forward), weights gathered one at a time into
+    """Two FSDP2 ranks: importance and output sensitivities collected on the sharded model
+    (chunks split over the ranks, 5 chunks so one rank runs a padding forward), types chosen
+    under a size budget, weights gathered one at a time into
     rank 0's quantizer. The GGUF equals quantizing the saved fp32 model with that imatrix, and
     the imatrix equals a one-process collection up to summation order."""
     from simpo_q import imatrix as im
     from simpo_q.gguf import open_gguf
     from simpo_q.quantize_model import quantize_model
+    from simpo_q.sensitivity import collect_sensitivity
 
     calib = REPO / "python" / "simpo_q" / "data" / "calibration.txt"
     _run(
@@ -439,6 +441,8 @@ def test_pipeline_under_fsdp2_streams_weights_to_rank_0(model_dir: Path, tmp_pat
             "128",
             "--chunks",
             "5",
+            "--target-bpw",
+            "4.6",
             *_recipe(model_dir, tmp_path / "run", "--set", "max_steps=2", "--set", "per_device_train_batch_size=2"),
         ]
     )
@@ -449,9 +453,20 @@ def test_pipeline_under_fsdp2_streams_weights_to_rank_0(model_dir: Path, tmp_pat
         (a, ca), (b, cb) = got.entry(n), ref.entry(n)
         assert ca == cb == 5 * 128
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    # the budget's output sensitivities too were measured on the sharded model, chunks split
+    # over the ranks: the same choice of types as from one process on the saved model
+    tok, hf = im.load_model(tmp_path / "run" / "final", quiet=True)
+    sens = collect_sensitivity(hf, tok, calib.read_text(), ctx=128, chunks=5, where="cal", quiet=True)
     want = quantize_model(
-        tmp_path / "run" / "final", tmp_path / "ref.gguf", imatrix=tmp_path / "m.imatrix.gguf", quiet=True
+        tmp_path / "run" / "final",
+        tmp_path / "ref.gguf",
+        imatrix=tmp_path / "m.imatrix.gguf",
+        target_bpw=4.6,
+        sensitivity=sens,
+        quiet=True,
     )
+    assert (tmp_path / "m.tensor-types.txt").read_text() == (tmp_path / "ref.tensor-types.txt").read_text()
+    assert "=q2_k" in (tmp_path / "ref.tensor-types.txt").read_text()
     a, b = open_gguf(tmp_path / "m.gguf"), open_gguf(want)
     assert [t[:3] for t in a.tensors] == [t[:3] for t in b.tensors]
     for name, *_ in b.tensors:

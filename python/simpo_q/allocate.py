@@ -2,12 +2,16 @@
 the model's total weighted error is as small as the size budget allows.
 
 1. For every tensor the allocation may change, its error under each candidate type is
-   measured: Σ over columns of wⱼ·Σ over rows (x − x̂)², with wⱼ the importance of input
-   column j (in_sum2 / count of the importance matrix), or 1 without one. Rows of large
-   tensors are sampled evenly (at most `SAMPLE_ROWS`), and the sum scaled to all rows.
+   measured: Σᵢ sᵢ·Σⱼ wⱼ·(xᵢⱼ − x̂ᵢⱼ)², with wⱼ the importance of input column j (in_sum2 /
+   count of the importance matrix, 1 without one) and sᵢ the output sensitivity of row i
+   (sensitivity.py: what a unit of that output's error costs in KL divergence; 1 when not
+   measured). Rows of large tensors are sampled evenly (at most `SAMPLE_ROWS`), and the sum
+   scaled to all rows.
 2. Every tensor starts at its cheapest candidate; the budget is then spent greedily on the
    upgrade (to any larger candidate) that removes the most error per byte, until nothing
    more fits.
+With output sensitivities the errors of different layers are comparable, and Q2_K is a
+candidate too; without them it is not (see `K_CANDIDATES`).
 The token embedding and the output head keep the file type's choice, and so do tensors
 that are not quantized: their error is not comparable with the linear layers' (no importance
 matrix measures the head's input, and Gemma's head is its embedding). Measured, letting them
@@ -34,10 +38,12 @@ from simpo_q.gguf_out import shape_bytes
 
 SAMPLE_ROWS = 512
 FIXED = ("token_embd.weight", "output.weight")
-# Q2_K is not a candidate: measured as one (benches/bench_refine.py kld, 2026-11-30), the
-# importance-weighted error sent tensors down to it that the held-out text needed (the tiny
-# model at Q3_K_M's size with the importance matrix: mean KLD 0.0306 against 0.0142 without it)
+# Q2_K only with output sensitivities: by the importance-weighted error alone the allocation
+# sent tensors down to it that the held-out text needed (the tiny model at Q3_K_M's size with
+# the importance matrix: mean KLD 0.0306 against 0.0142 without Q2_K), while weighted by the
+# sensitivities too it takes Q2_K for the tensors that can bear it (BENCHMARKS.md)
 K_CANDIDATES = ("Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
+K_CANDIDATES_SENSITIVE = ("Q2_K", *K_CANDIDATES)
 SMALL_CANDIDATES = ("Q4_0", "Q5_0", "Q8_0")  # rows that are not whole 256-value super-blocks
 
 
@@ -49,27 +55,33 @@ class Choice:
     chosen: str
 
 
-def candidates(ne0: int) -> tuple[str, ...]:
-    return K_CANDIDATES if ne0 % 256 == 0 else SMALL_CANDIDATES
+def candidates(ne0: int, sensitive: bool) -> tuple[str, ...]:
+    if ne0 % 256:
+        return SMALL_CANDIDATES
+    return K_CANDIDATES_SENSITIVE if sensitive else K_CANDIDATES
 
 
 def measure(
-    x: np.ndarray, importance: np.ndarray | None, types: tuple[str, ...], refine: bool, threads: int | None
+    x: np.ndarray,
+    importance: np.ndarray | None,
+    types: tuple[str, ...],
+    refine: bool,
+    threads: int | None,
+    sensitivity: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """The weighted squared error of `x` (rows × columns) under each type."""
+    """The weighted squared error of `x` (rows × columns) under each type: columns weighted
+    by `importance`, rows by `sensitivity` (each 1 when None)."""
     rows = x.shape[0]
-    if rows > SAMPLE_ROWS:
-        idx = np.linspace(0, rows - 1, SAMPLE_ROWS).round().astype(np.int64)
-        sample = np.ascontiguousarray(x[idx])
-    else:
-        sample = np.ascontiguousarray(x)
+    idx = np.linspace(0, rows - 1, SAMPLE_ROWS).round().astype(np.int64) if rows > SAMPLE_ROWS else np.arange(rows)
+    sample = np.ascontiguousarray(x[idx])
     scale = rows / sample.shape[0]
     w = np.ones(x.shape[1]) if importance is None else importance.astype(np.float64)
+    s = np.ones(len(idx)) if sensitivity is None else sensitivity[idx]
     out = {}
     for t in types:
         q = simpo_q.quantize(sample, t, importance, threads=threads, refine=refine)
         d = sample.astype(np.float64) - simpo_q.dequantize(q, t, x.shape[1], threads=threads)
-        out[t] = float(((d * d).sum(axis=0) * w).sum() * scale)
+        out[t] = float(s @ (d * d) @ w * scale)
     return out
 
 
@@ -123,6 +135,7 @@ def plan_budget(
     plan,
     types: dict[str, str],
     importance_of,
+    sensitivity_of=None,
     *,
     target_bpw: float | None,
     target_size: int | None,
@@ -132,7 +145,8 @@ def plan_budget(
 ) -> tuple[dict[str, str], list[Choice]]:
     """The types under the budget. `plan`: the source's Planned tensors (float loaders);
     `types`: the file type's choice for every tensor; `importance_of(name)`: the importance
-    vector, or None. Returns (types, the allocatable tensors' choices)."""
+    vector, or None; `sensitivity_of(name)`: the output sensitivities (one per row), or None;
+    `sensitivity_of` None: none were measured. Returns (types, the allocatable tensors' choices)."""
     from tqdm.auto import tqdm
 
     params = sum(int(np.prod(p.shape)) for p in plan)
@@ -144,9 +158,13 @@ def plan_budget(
             fixed += shape_bytes(types[p.name], p.shape)
             continue
         imp = importance_of(p.name)
+        sens = None if sensitivity_of is None else sensitivity_of(p.name)
+        if sensitivity_of is not None and sens is None:
+            # one tensor weighed without them would not be comparable with the rest
+            raise SimpoQError(f"no output sensitivities were measured for {p.name}")
         x = p.load().reshape(-1, p.shape[-1])
-        cand = candidates(p.shape[-1])
-        errs = measure(x, imp, cand, refine, threads)
+        cand = candidates(p.shape[-1], sensitivity_of is not None)
+        errs = measure(x, imp, cand, refine, threads, sens)
         choices.append(Choice(p.name, p.shape, {t: (shape_bytes(t, p.shape), errs[t]) for t in cand}, cand[0]))
     floor = fixed + sum(min(b for b, _ in c.options.values()) for c in choices)
     if floor > budget:

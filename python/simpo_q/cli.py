@@ -702,7 +702,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--target-bpw",
         type=float,
         metavar="B",
-        help="choose each tensor's type (Q3_K..Q8_0) for the least weighted error within B bits per "
+        help="choose each tensor's type (Q3_K..Q8_0; Q2_K too when --imatrix is a calibration text, which "
+        "also measures each layer's output sensitivity) for the least weighted error within B bits per "
         "weight; writes OUT.tensor-types.txt",
     )
     q.add_argument("--target-size", metavar="SIZE", help="the same within SIZE bytes of tensor data (4.3GB, 4100MiB)")

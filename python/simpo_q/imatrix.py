@@ -66,29 +66,8 @@ def collect(
 ) -> Imatrix:
     """Loads a Hugging Face directory and collects its importance matrix over `text_file`,
     `batch` chunks per forward."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    from simpo_q.hub import local
-    from simpo_q.sources import HFDirectory
-
-    model_dir = local(model_dir)  # a hub id is read from its cached snapshot
-    src = HFDirectory(model_dir)  # clear errors for a bad directory before loading torch state
     text = read_text(text_file)
-    if quiet:
-        hf_logging.disable_progress_bar()
-    tok = AutoTokenizer.from_pretrained(str(src.path))
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
-    model = AutoModelForCausalLM.from_pretrained(str(src.path), dtype=torch_dtype, attn_implementation="eager")
-    for name, p in model.named_parameters():
-        # a broken weight would surface as "activations no longer finite": name the weight
-        if not torch.isfinite(p).all():
-            raise SimpoQError(
-                f"{src.path}: weight {name} has non-finite values (NaN or infinity); the model is "
-                f"broken, not the calibration text"
-            )
-    model.to(device).eval()
+    tok, model = load_model(model_dir, device=device, dtype=dtype, quiet=quiet)
     return collect_from_model(
         model,
         tok,
@@ -104,6 +83,33 @@ def collect(
         process_output=process_output,
         checkpoint=checkpoint,
     )
+
+
+def load_model(model_dir: str | os.PathLike, *, device: str = "cpu", dtype: str = "float32", quiet: bool = False):
+    """(tokenizer, model) of a Hugging Face directory or cached hub id, in eval mode, after a
+    check that every weight is finite."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from simpo_q.hub import local
+    from simpo_q.sources import HFDirectory
+
+    model_dir = local(model_dir)  # a hub id is read from its cached snapshot
+    src = HFDirectory(model_dir)  # clear errors for a bad directory before loading torch state
+    if quiet:
+        hf_logging.disable_progress_bar()
+    tok = AutoTokenizer.from_pretrained(str(src.path))
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    model = AutoModelForCausalLM.from_pretrained(str(src.path), dtype=torch_dtype, attn_implementation="eager")
+    for name, p in model.named_parameters():
+        # a broken weight would surface as "activations no longer finite": name the weight
+        if not torch.isfinite(p).all():
+            raise SimpoQError(
+                f"{src.path}: weight {name} has non-finite values (NaN or infinity); the model is "
+                f"broken, not the calibration text"
+            )
+    return tok, model.to(device).eval()
 
 
 @contextmanager

@@ -113,9 +113,18 @@ def run_pipeline(
     if not (final / "config.json").exists():
         raise SimpoQError(f"{final}: the training run did not finish (stop_after_steps?)")
     rank, _ = rank_world()
+    sensitivity = None
     if imatrix is not None and isinstance(imatrix, (str, os.PathLike)) and not im.is_imatrix_file(imatrix):
         tok = AutoTokenizer.from_pretrained(str(final))
-        m = im.collect_from_model(model, tok, imatrix, ctx=imatrix_ctx, chunks=imatrix_chunks, quiet=quiet)
+        text = im.read_text(imatrix)
+        m = im.collect_from_model(model, tok, imatrix, ctx=imatrix_ctx, chunks=imatrix_chunks, quiet=quiet, text=text)
+        if target_bpw is not None or target_size is not None:
+            from simpo_q.sensitivity import collect_sensitivity
+
+            # a budget weighs each layer's errors by what they cost the trained model
+            sensitivity = collect_sensitivity(
+                model, tok, text, ctx=imatrix_ctx, chunks=imatrix_chunks, where=str(imatrix), quiet=quiet
+            )
         if rank == 0:
             assert m is not None
             imatrix = imatrix_beside(out)
@@ -142,6 +151,7 @@ def run_pipeline(
             refine=refine,
             target_bpw=target_bpw,
             target_size=target_size,
+            sensitivity=sensitivity,
             page=page,
             model_card=model_card and eval_text is None,
         )

@@ -94,22 +94,42 @@ def _imatrix_kind(imatrix, inp: Path) -> str | None:
     return "text"
 
 
-def _importance(imatrix, kind: str | None, inp: Path, saved: Path, quiet: bool, ctx: int, chunks: int | None):
-    """(Imatrix, file name recorded in the GGUF) from an imatrix file, or computed from a
-    calibration text and saved at `saved` (OUT.imatrix.gguf)."""
+def _importance(
+    imatrix, kind: str | None, inp: Path, saved: Path, quiet: bool, ctx: int, chunks: int | None, budgeted: bool
+):
+    """(Imatrix, file name recorded in the GGUF, output sensitivities or None) from an imatrix
+    file, or computed from a calibration text and saved at `saved` (OUT.imatrix.gguf). A
+    budget with a calibration text measures the output sensitivities on the same chunks
+    (sensitivity.py): one more forward and a backward per chunk."""
     from simpo_q import imatrix as im
 
     if kind is None:
-        return None, None
+        return None, None, None
     if kind == "memory":
-        return imatrix, "<in memory>"
+        return imatrix, "<in memory>", None
     if kind == "file":
-        return im.load(imatrix), str(imatrix)
-    m = im.collect(inp, imatrix, ctx=ctx, chunks=chunks, quiet=quiet)
+        return im.load(imatrix), str(imatrix), None
+    from simpo_q.imatrix_offload import collect_offloaded, needs_offload
+
+    sens = None
+    why = None if budgeted else needs_offload(inp, "cpu", "float32")  # a budget was checked to fit
+    if why:
+        if not quiet:
+            print(f"imatrix: one decoder layer at a time ({why.split(';')[0]})", file=sys.stderr)
+        # 512 tokens per product, as `simpo-q imatrix --offload` on the CPU
+        m = collect_offloaded(inp, imatrix, ctx=ctx, chunks=chunks, quiet=quiet, batch=max(1, 512 // ctx))
+    else:
+        text = im.read_text(imatrix)
+        tok, model = im.load_model(inp, quiet=quiet)
+        m = im.collect_from_model(model, tok, imatrix, ctx=ctx, chunks=chunks, quiet=quiet, text=text)
+        if budgeted:
+            from simpo_q.sensitivity import collect_sensitivity
+
+            sens = collect_sensitivity(model, tok, text, ctx=ctx, chunks=chunks, where=str(imatrix), quiet=quiet)
     m.save(str(saved), "gguf")
     if not quiet:
         print(f"wrote {saved} (importance matrix, {len(m)} entries)", file=sys.stderr)
-    return m, str(saved)
+    return m, str(saved), sens
 
 
 def _check_arguments(
@@ -431,6 +451,7 @@ def quantize_model(
     refine: bool = False,
     target_bpw: float | None = None,
     target_size: int | None = None,
+    sensitivity: dict[str, np.ndarray] | None = None,
     page: Page | None = None,
     model_card: bool = False,
     kv_overrides: list[tuple[str, str, object]] = (),
@@ -453,7 +474,9 @@ def quantize_model(
     (llama-quantize's --prune-layers). `ftype` "COPY": a GGUF's tensors as they are.
     `keep_split`: a split GGUF input gives as many output files (llama-quantize's
     --keep-split); `split_max_size`/`split_max_tensors` split the output as the converter
-    does. A split output's files are OUT-00001-of-0000N.gguf; the first one is returned."""
+    does. A split output's files are OUT-00001-of-0000N.gguf; the first one is returned.
+    `sensitivity`: the output sensitivities a budget weighs errors with ({tensor name: one value
+    per row}, sensitivity.py); measured here when `imatrix` is a calibration text."""
     general_name = name
     ftype = check_file_type(ftype)
     _check_arguments(imatrix, imatrix_ctx, imatrix_chunks, target_bpw, target_size, include_weights, exclude_weights)
@@ -464,6 +487,10 @@ def quantize_model(
     arch = str(next((v for k, _, v in metadata if k == "general.architecture"), ""))
     # everything that can be checked is checked before the long work (the importance matrix)
     kind = _imatrix_kind(imatrix, inp)
+    if kind == "text" and budgeted and not dry_run:
+        from simpo_q.sensitivity import check_memory
+
+        check_memory(inp, imatrix_ctx, str(imatrix))
     by_name = {p.name: p for p in source}
     fallbacks: list[str] = []  # llama-quantize's warning lines, one per tensor whose type was replaced
     n_layer = next((v for k, _, v in metadata if k == f"{arch}.block_count"), None)
@@ -511,18 +538,27 @@ def quantize_model(
                 file=sys.stderr,
             )
         kind = None
-    imat, imat_file = _importance(imatrix, kind, inp, saved, quiet, imatrix_ctx, imatrix_chunks)
+    imat, imat_file, measured = _importance(imatrix, kind, inp, saved, quiet, imatrix_ctx, imatrix_chunks, budgeted)
+    sensitivity = sensitivity if sensitivity is not None else measured
     if imat is not None and (include_weights or exclude_weights):
         imat = _filtered(imat, include_weights, exclude_weights)
     table = None
     if budgeted:
         from simpo_q.allocate import plan_budget
 
+        if sensitivity is None and imat is not None and not quiet:
+            print(
+                "the budget's errors are weighted by the importance matrix alone; give --imatrix the "
+                "calibration text instead for the output sensitivities too (docs/refine.md)",
+                file=sys.stderr,
+            )
+
         planned = [by_name[n] for n in sorted(by_name, key=weights_map_key)]
         types, table = plan_budget(
             planned,
             types,
             lambda n: _vector(imat, imat_file, original.get(n, n), by_name[n].shape, types[n], True),
+            None if sensitivity is None else lambda n: _sensitivity(sensitivity, original.get(n, n), by_name[n].shape),
             target_bpw=target_bpw,
             target_size=target_size,
             refine=refine,
@@ -706,6 +742,17 @@ def _vector(imat, imat_file, name: str, shape: tuple[int, ...], qtype: str, quie
             f"{imat_file}: entry {name} has {len(v)} columns, the tensor has {shape[-1]} (an imatrix of another model?)"
         )
     return v
+
+
+def _sensitivity(sens: dict[str, np.ndarray], name: str, shape: tuple[int, ...]) -> np.ndarray | None:
+    """This tensor's output sensitivities (one per row; sensitivity.py), or None."""
+    v = sens.get(name)
+    if v is None:
+        return None
+    rows = int(np.prod(shape[:-1]))
+    if len(v) != rows:
+        raise SimpoQError(f"output sensitivities of {name}: {len(v)} values, the tensor has {rows} rows")
+    return np.asarray(v, dtype=np.float64)
 
 
 def tensor_types_beside(out: str | os.PathLike) -> Path:

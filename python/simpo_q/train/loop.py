@@ -32,9 +32,14 @@ class SimPOModel(torch.nn.Module):
         super().__init__()
         self.hf = hf
 
-    def forward(self, input_ids, attention_mask, labels, chunk_tokens: int = 1024, per_token: bool = False):
+    def forward(
+        self, input_ids, attention_mask, labels, chunk_tokens: int = 1024, per_token: bool = False, logits: bool = False
+    ):
         """Each sequence's average log-probability of its labels; with `per_token`, the
-        (log-probabilities, batch rows) of every scored token (for a perplexity's error)."""
+        (log-probabilities, batch rows) of every scored token (for a perplexity's error); with
+        `logits`, the whole logits (sensitivity.py, which samples from them)."""
+        if logits:
+            return self.hf(input_ids=input_ids, attention_mask=attention_mask).logits
         lp, rows = model_token_logps(self.hf, input_ids, attention_mask, labels, chunk_tokens=chunk_tokens)
         if per_token:
             return lp, rows
