@@ -31,6 +31,7 @@ DATA = REPO / "python" / "simpo_q" / "data"
 
 def speed() -> None:
     import simpo_q
+    from refine_measure import weighted_error
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4096, 3584)).astype(np.float32)
@@ -52,14 +53,9 @@ def speed() -> None:
                 b = simpo_q.quantize(x, t, imp, threads=1, refine=True)
                 t2 = time.perf_counter()
                 best = [min(best[0], t1 - t0), min(best[1], t2 - t1)]
-            wt = (
-                np.ones(3584)
-                if imp is None
-                else (imp.reshape(-1, 256) + imp.reshape(-1, 256).mean(axis=1, keepdims=True)).reshape(-1)
-            )
 
-            def err(q, t=t, wt=wt):
-                return float((((x - simpo_q.dequantize(q, t, 3584)) ** 2) * wt).sum())
+            def err(q, t=t, imp=imp):
+                return float(weighted_error(x, t, imp, q).sum())
 
             n = x.size / 1e6
             print(

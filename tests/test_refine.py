@@ -14,6 +14,7 @@ import simpo_q
 from adversarial import DATA_KINDS, IMATRIX_KINDS, make_data, make_imatrix
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from refine_measure import weighted_error
 from simpo_q.arch.gemma2 import LINEARS
 from simpo_q.cli import main as cli
 from simpo_q.gguf import metadata_dict, open_gguf
@@ -24,19 +25,6 @@ REPO = Path(__file__).parent.parent
 DATA = REPO / "python" / "simpo_q" / "data"
 REFINED = ["Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def weighted_error(x: np.ndarray, qtype: str, w: np.ndarray | None, q: np.ndarray) -> np.ndarray:
-    """Per-row error by the refinement's measure, computed independently of the core: the
-    importance shrunk halfway to its mean over each 256-value super-block (1 without one)."""
-    n = x.shape[1]
-    if w is None:
-        wt = np.ones(n)
-    else:
-        blocks = w.astype(np.float64).reshape(-1, 256)
-        wt = (blocks + blocks.mean(axis=1, keepdims=True)).reshape(-1)
-    d = (x.astype(np.float64) - simpo_q.dequantize(q, qtype, n).astype(np.float64)) ** 2
-    return (d * wt).sum(axis=1)
 
 
 def check_block_never_worse(x: np.ndarray, qtype: str, w: np.ndarray | None) -> tuple[int, int]:
