@@ -12,7 +12,8 @@ refined, with and without the importance matrix of the bundled calibration text,
 matrix given as a file, and as the calibration text, which adds the output sensitivities);
 against the model's F32 GGUF through llama.cpp.
 `budget`: the time `--target-bpw` spends measuring the candidate types on the generated
-~1B checkpoint of bench_pipeline.py.
+~1B checkpoint of bench_pipeline.py, without and with the calibration text (whose output
+sensitivities take a forward and a backward per chunk).
 """
 
 from __future__ import annotations
@@ -170,10 +171,31 @@ def budget(a) -> None:
     t0 = time.perf_counter()
     quantize_model(model, out / "budget.gguf", "Q3_K_S", target_bpw=3.9, quiet=True, force=True)
     with_budget = time.perf_counter() - t0
+    cal = DATA / "calibration.txt"
+    t0 = time.perf_counter()
+    quantize_model(model, out / "q3ks-im.gguf", "Q3_K_S", imatrix=cal, imatrix_chunks=a.chunks, quiet=True, force=True)
+    with_imatrix = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    quantize_model(
+        model,
+        out / "budget-im.gguf",
+        "Q3_K_S",
+        imatrix=cal,
+        imatrix_chunks=a.chunks,
+        target_bpw=3.9,
+        quiet=True,
+        force=True,
+    )
+    sensitive = time.perf_counter() - t0
     print(f"# {model.name} (random weights, bf16 safetensors); {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
     print()
     print(f"| quantize --type Q3_K_S | {plain:.1f} s |")
     print(f"| same, --target-bpw 3.9 (measuring 5 types per tensor, then writing) | {with_budget:.1f} s |")
+    print(f"| quantize --type Q3_K_S --imatrix calibration.txt --chunks {a.chunks} (ctx 512) | {with_imatrix:.1f} s |")
+    print(
+        f"| same, --target-bpw 3.9 (the importance matrix, the output sensitivities over the same chunks, "
+        f"6 types measured per tensor, then writing) | {sensitive:.1f} s |"
+    )
 
 
 def main() -> None:
@@ -185,6 +207,7 @@ def main() -> None:
     ap.add_argument("--pretrain-steps", type=int, default=200)
     ap.add_argument("--ctx", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0, help="kld: the generated model's seed")
+    ap.add_argument("--chunks", type=int, default=8, help="budget: calibration chunks of 512 tokens")
     a = ap.parse_args()
     sys.path.insert(0, str(REPO / "tests"))
     {"speed": lambda: speed(), "kld": lambda: kld(a), "budget": lambda: budget(a)}[a.what]()
