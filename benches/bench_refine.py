@@ -2,6 +2,7 @@
 
     .venv/bin/python benches/bench_refine.py speed            # per core, 4096×3584, exact vs --refine
     .venv/bin/python benches/bench_refine.py kld [--hidden 1024 --layers 4 --pretrain-steps 300] [--seed 1]
+    .venv/bin/python benches/bench_refine.py shrink [--hidden 1024 --layers 4 --pretrain-steps 300]
     .venv/bin/python benches/bench_refine.py budget --layers 16 --hidden 2048 --intermediate 8192
 
 `speed`: Mw/s on one thread (best of 3) of the exact path and of the refined one, and the
@@ -11,6 +12,8 @@ refined, with and without the importance matrix of the bundled calibration text,
 `--target-bpw` at Q3_K_S's and Q3_K_M's own sizes beside those files (with the importance
 matrix given as a file, and as the calibration text, which adds the output sensitivities);
 against the model's F32 GGUF through llama.cpp.
+`shrink`: how much shorter than the weights the exact and the refined blocks are (Σ x·x̂ / Σ x²
+over the generated model's linear layers), the effect the refinement undoes for Q3_K and Q6_K.
 `budget`: the time `--target-bpw` spends measuring the candidate types on the generated
 ~1B checkpoint of bench_pipeline.py, without and with the calibration text (whose output
 sensitivities take a forward and a backward per chunk).
@@ -72,18 +75,10 @@ def kld(a) -> None:
     from simpo_q.evaluate.kld import run_kld
     from simpo_q.gguf import open_gguf
     from simpo_q.quantize_model import quantize_model
-    from simpo_q.tiny import TinyConfig, cached_tiny_model
+    from simpo_q.tiny import cached_tiny_model
 
-    cfg = TinyConfig(
-        seed=a.seed,
-        hidden=a.hidden,
-        intermediate=2 * a.hidden,
-        layers=a.layers,
-        heads=max(4, a.hidden // 64),
-        kv_heads=max(2, a.hidden // 128),
-    )
     t0 = time.perf_counter()
-    model = cached_tiny_model(REPO / ".cache", cfg, pretrain_steps=a.pretrain_steps, quiet=True)
+    model = cached_tiny_model(REPO / ".cache", _tiny_config(a), pretrain_steps=a.pretrain_steps, quiet=True)
     built = time.perf_counter() - t0
     work = REPO / ".cache" / f"bench-refine-{model.name}"
     work.mkdir(parents=True, exist_ok=True)
@@ -151,6 +146,61 @@ def kld(a) -> None:
         print(f"| {n} | {bpw:.3f} | {r['kld']:.6f} ± {r['kld_unc']:.6f} | {100 * r['same_top_p']:.2f}% |")
 
 
+def shrink(a) -> None:
+    """How much shorter than the weights the exact and the refined blocks are, layer by layer
+    of the generated model (the kld command's, same options): Σ w·x·x̂ / Σ w·x² over each
+    linear layer (w the importance, or 1), and the squared error relative to Σ w·x²."""
+    import simpo_q
+    from safetensors.torch import load_file
+    from simpo_q import imatrix as im
+    from simpo_q.tiny import cached_tiny_model
+
+    model = cached_tiny_model(REPO / ".cache", _tiny_config(a), pretrain_steps=a.pretrain_steps, quiet=True)
+    cal = im.collect(model, DATA / "calibration.txt", ctx=a.ctx, quiet=True)
+    weights = {}
+    for f in sorted(model.glob("*.safetensors")):
+        weights.update(load_file(f))
+    from simpo_q.arch.gemma2 import LINEARS
+
+    print(f"# {model.name}: every linear layer; {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
+    print()
+    print("| type | imatrix | exact: length | refined: length | exact: squared error | refined: squared error |")
+    print("|---|---|---|---|---|---|")
+    for t in simpo_q.REFINABLE_TYPES:
+        for use in (False, True):
+            sums = np.zeros((2, 3))
+            for name, x in weights.items():
+                parts = name.split(".")
+                if len(parts) < 5 or ".".join(parts[3:5]) not in LINEARS:
+                    continue
+                gguf = f"blk.{parts[2]}.{LINEARS['.'.join(parts[3:5])]}.weight"
+                imp = cal.importance(gguf) if use else None
+                x = np.ascontiguousarray(x.float().numpy())
+                w = np.ones(x.shape[1]) if imp is None else imp.astype(np.float64)
+                xd = x.astype(np.float64)
+                for k, refine in enumerate((False, True)):
+                    v = simpo_q.dequantize(simpo_q.quantize(x, t, imp, refine=refine), t, x.shape[1])
+                    v = v.astype(np.float64)
+                    sums[k] += [(xd * v * w).sum(), (xd * xd * w).sum(), (((xd - v) ** 2) * w).sum()]
+            length, err = sums[:, 0] / sums[:, 1], sums[:, 2] / sums[:, 1]
+            print(
+                f"| {t} | {'yes' if use else 'no'} | {length[0]:.4f} | {length[1]:.4f} | {err[0]:.5f} | {err[1]:.5f} |"
+            )
+
+
+def _tiny_config(a):
+    from simpo_q.tiny import TinyConfig
+
+    return TinyConfig(
+        seed=a.seed,
+        hidden=a.hidden,
+        intermediate=2 * a.hidden,
+        layers=a.layers,
+        heads=max(4, a.hidden // 64),
+        kv_heads=max(2, a.hidden // 128),
+    )
+
+
 def budget(a) -> None:
     from simpo_q.quantize_model import quantize_model
     from simpo_q.tiny import TinyConfig, build_tiny_model
@@ -200,7 +250,7 @@ def budget(a) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["speed", "kld", "budget"])
+    ap.add_argument("what", choices=["speed", "kld", "shrink", "budget"])
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--intermediate", type=int, default=8192)
@@ -210,7 +260,9 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=8, help="budget: calibration chunks of 512 tokens")
     a = ap.parse_args()
     sys.path.insert(0, str(REPO / "tests"))
-    {"speed": lambda: speed(), "kld": lambda: kld(a), "budget": lambda: budget(a)}[a.what]()
+    {"speed": lambda: speed(), "kld": lambda: kld(a), "shrink": lambda: shrink(a), "budget": lambda: budget(a)}[
+        a.what
+    ]()
 
 
 if __name__ == "__main__":

@@ -426,3 +426,35 @@ def test_metadata_file_and_sampling_defaults_as_the_converter(model: Path, tmp_p
     assert [(k, t) for k, t, _ in a.metadata] == [(k, t) for k, t, _ in b.metadata]
     (tmp_path / "bad.json").write_text(json.dumps({"general.license": "mit"}))
     assert cli(["convert", str(d), str(tmp_path / "x.gguf"), "--metadata", str(tmp_path / "bad.json")]) == 2
+
+
+def test_budget_weighs_a_llamas_layers_by_their_output_sensitivity(model: Path, files, tmp_path: Path) -> None:
+    """The size budget from a calibration text on a Llama: every linear layer (its own
+    projection names) gets output sensitivities, Q2_K is among the choices, the file stays
+    within Q3_K_S's size and llama.cpp generates from it."""
+    from simpo_q import imatrix as im
+    from simpo_q.evaluate.engines import LlamaCppModel
+    from simpo_q.sensitivity import collect_sensitivity
+
+    tok, hf = im.load_model(model, quiet=True)
+    sens = collect_sensitivity(hf, tok, CALIB.read_text(), ctx=CTX, chunks=CHUNKS, where="cal", quiet=True)
+    layers = hf.config.num_hidden_layers
+    assert len(sens) == 7 * layers and all(np.isfinite(v).all() and (v > 0).all() for v in sens.values())
+    assert sens["blk.0.attn_k.weight"].shape == (hf.config.num_key_value_heads * hf.config.head_dim,)
+    base = files["Q3_K_S"]
+    data = sum(t[4] for t in open_gguf(base).tensors)
+    params = sum(int(np.prod(t[1])) for t in open_gguf(base).tensors)
+    out = quantize_model(
+        model,
+        tmp_path / "b.gguf",
+        "Q3_K_S",
+        imatrix=CALIB,
+        imatrix_ctx=CTX,
+        imatrix_chunks=CHUNKS,
+        target_bpw=8 * data / params,
+        quiet=True,
+    )
+    assert sum(t[4] for t in open_gguf(out).tensors) <= data
+    assert "Q2_K" in {t[2] for t in open_gguf(out).tensors}
+    text = LlamaCppModel(out, CTX, threads=2).llm.create_completion("The river", max_tokens=4, temperature=0.0)
+    assert text["choices"][0]["text"]

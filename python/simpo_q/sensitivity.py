@@ -6,9 +6,11 @@ Why the importance matrix alone does not: it weights a layer's input columns (E[
 Σⱼ E[aⱼ²]·ΔWᵢⱼ² is the squared error of the layer's *outputs*, but an output error costs very
 different amounts in different layers: Gemma-2's post-norms rescale every sublayer's output,
 an early layer's error passes through everything after it, a value projection's error goes
-straight into the residual stream while a key's is squashed by a softmax. Measured, the
-importance-weighted error alone gave wider models' budgeted files twice Q3_K_S's KL divergence
-at Q3_K_S's size and made Q2_K useless as a candidate (BENCHMARKS.md).
+straight into the residual stream while a key's is squashed by a softmax. Measured on the
+wider benchmark models: by the importance-weighted error alone the budget at Q3_K_M's size
+lost to Q3_K_M, and Q2_K as a candidate made things worse; weighted by the sensitivities too,
+the budget at Q3_K_S's own size (Q2_K included) has less than half Q3_K_S's KL divergence
+(BENCHMARKS.md).
 
 The measure: to second order, the KL divergence of the quantized model from the full one is
 ½·Σₜ Δzₜᵀ F Δzₜ, with F the Fisher information of the model's own next-token distribution
@@ -115,14 +117,15 @@ def collect_sensitivity(model, tok, text: str, *, ctx: int, chunks: int | None, 
 def memory_needed(src, ctx: int) -> int:
     """Bytes `collect_sensitivity` needs on the CPU for the model `src` (an HFDirectory): the
     float32 weights, and what one chunk's backward keeps (per layer the inputs and outputs of
-    its products, norms and attention scores; the logits, their softmax and their gradient).
-    An estimate, to refuse before the long work, not a promise."""
+    its products, norms and attention scores; the logits, their softmax, their gradient and
+    the float64 probabilities sampled from). An estimate, to refuse before the long work, not
+    a promise."""
     from simpo_q.imatrix_offload import model_bytes
 
     c = src.config
     hidden, inter, layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
     per_layer = ctx * (16 * hidden + 4 * inter + 3 * c["num_attention_heads"] * ctx)
-    return model_bytes(src, 4) + 4 * (layers * per_layer + 4 * ctx * c["vocab_size"])
+    return model_bytes(src, 4) + 4 * (layers * per_layer + 5 * ctx * c["vocab_size"])
 
 
 def check_memory(model_dir, ctx: int, where: str) -> None:

@@ -481,7 +481,8 @@ fn nearest_quants(k: &Kind, x: &[f32], p: &Params, dmin: f32, q: &mut [i32; QK_K
 /// is not shrunk towards zero: Σ wᵢ·xᵢ·x̂ᵢ = Σ wᵢ·xᵢ². Why: the scales that minimise the
 /// squared error are least-squares fits, and a least-squares fit x̂ of x is shorter than x,
 /// by the fraction of x it misses (‖x̂‖² = ‖x‖² − ‖x − x̂‖²): the refined Q3_K blocks were
-/// 2.1% shorter than x, ggml's 0.5% (the 41M benchmark model's layers). Spread over every
+/// shorter by several times ggml's 0.5% (the 41M benchmark model's layers; `bench_refine.py
+/// shrink` shows the lengths). Spread over every
 /// block of every layer, that shrinks every layer's output the same way: an error along the
 /// output's own direction, which the per-element measure counts like independent noise but
 /// which the model is far more sensitive to (scaled attention logits soften every softmax,
