@@ -29,7 +29,8 @@
 //! left out: scaling `d` under fixed mins moves the block's mean, the worse error for them.
 //!
 //! A candidate block replaces ggml's only if its measure, computed from what the real decoder
-//! returns for the packed bytes, is strictly lower.
+//! returns for the packed bytes, is lower (by a margin that keeps single-precision rounding
+//! from deciding: `ACCEPT_MARGIN`).
 //!
 //! The weights: for a linear layer y = W·a the output error of a weight error ΔW is, to first
 //! order and ignoring correlations between inputs, Σ ΔW²ᵢⱼ·E[aⱼ²]; the importance vector is
@@ -482,11 +483,11 @@ fn nearest_quants(k: &Kind, x: &[f32], p: &Params, dmin: f32, q: &mut [i32; QK_K
 /// squared error are least-squares fits, and a least-squares fit x̂ of x is shorter than x,
 /// by the fraction of x it misses (‖x̂‖² = ‖x‖² − ‖x − x̂‖²): the refined Q3_K blocks were
 /// shorter by several times ggml's 0.5% (the 41M benchmark model's layers; `bench_refine.py
-/// shrink` shows the lengths). Spread over every
-/// block of every layer, that shrinks every layer's output the same way: an error along the
-/// output's own direction, which the per-element measure counts like independent noise but
-/// which the model is far more sensitive to (scaled attention logits soften every softmax,
-/// scaled residual updates add up). Rescaling costs ~2% of the squared error; with it, the
+/// shrink` shows the lengths). Spread over every block of every layer, that shrinks every
+/// layer's output the same way: an error along the output's own direction, which the
+/// per-element measure counts like independent noise but which the model is far more
+/// sensitive to (scaled attention logits soften every softmax, scaled residual updates add
+/// up). Rescaling costs ~2% of the squared error; with it, the
 /// refined Q3_K layers of both wider benchmark models went from above ggml's KL divergence
 /// on held-out text to below it (BENCHMARKS.md). The weights are the importance itself,
 /// E[a²] (1 without one), not the error's shrunk ones: Σⱼ ΔWᵢⱼ·Wᵢⱼ·E[aⱼ²] is how much of
@@ -502,8 +503,7 @@ fn unshrink(k: &Kind, x: &[f32], w: &[f32], n: &Norms, p: &mut Params, q: &[i32;
         }
         sxq += xq as f64 * p.sc[j] as f64;
     }
-    let sxx = n.sxx;
-    let d = sxx / sxq;
+    let d = n.sxx / sxq;
     let old = fp16_to_fp32(p.d) as f64;
     if !d.is_finite() || d * old <= 0.0 {
         return;
