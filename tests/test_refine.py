@@ -401,6 +401,13 @@ def test_budget_errors_and_dry_run(model: Path, tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert rc == 0 and "bits per weight" in out and "error" in out.splitlines()[0]
     assert list(tmp_path.iterdir()) == []
+    # from a calibration text a dry run computes neither the matrix nor the sensitivities, and says so
+    cal = str(DATA / "calibration.txt")
+    rc = cli(
+        ["quantize", str(model), str(tmp_path / "m.gguf"), "--imatrix", cal, "--target-size", "1.2MiB", "--dry-run"]
+    )
+    assert rc == 0 and "without the output sensitivities, so the real run may choose" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
     bad = tmp_path / "tt.txt"
     bad.write_text("blk.0.attn_q.weight=Q9_K\n")
     rc = cli(["--quiet", "quantize", str(model), str(tmp_path / "m.gguf"), "--tensor-type-file", str(bad)])

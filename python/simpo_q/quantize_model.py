@@ -534,7 +534,12 @@ def quantize_model(
         if not quiet:
             print(
                 "dry run: the importance matrix is not computed"
-                + ("; the budget's errors are measured without one" if budgeted else ""),
+                + (
+                    "; the budget's errors are measured without it and without the output "
+                    "sensitivities, so the real run may choose other types"
+                    if budgeted
+                    else ""
+                ),
                 file=sys.stderr,
             )
         kind = None
