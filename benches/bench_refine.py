@@ -72,7 +72,7 @@ def kld(a) -> None:
     from simpo_q import imatrix as im
     from simpo_q.convert import convert
     from simpo_q.evaluate.engines import LlamaCppModel
-    from simpo_q.evaluate.kld import run_kld
+    from simpo_q.evaluate.kld import paired_difference, run_kld
     from simpo_q.gguf import open_gguf
     from simpo_q.quantize_model import quantize_model
     from simpo_q.tiny import cached_tiny_model
@@ -126,7 +126,7 @@ def kld(a) -> None:
                 )
     ref = LlamaCppModel(f32, a.ctx)
     names = list(files)
-    reports, _ = run_kld(
+    reports, values = run_kld(
         ref,
         [LlamaCppModel(files[n], a.ctx) for n in names],
         (DATA / "evaluation.txt").read_text(),
@@ -139,11 +139,21 @@ def kld(a) -> None:
         f"{reports[0]['chunks']} chunks; {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}"
     )
     print()
-    print("| file | bits per weight | mean KLD | same top p |")
-    print("|---|---|---|---|")
-    for n, r in zip(names, reports, strict=True):
+    print("| file | bits per weight | mean KLD | same top p | against the file of its type, paired |")
+    print("|---|---|---|---|---|")
+    for n, r, v in zip(names, reports, values, strict=True):
         bpw = 8 * sum(t[4] for t in open_gguf(files[n]).tensors) / params
-        print(f"| {n} | {bpw:.3f} | {r['kld']:.6f} ± {r['kld_unc']:.6f} | {100 * r['same_top_p']:.2f}% |")
+        # a refined file against the exact one, a budgeted one against the file type of its size
+        # (with the importance matrix for the calibration-text rows): the mean KLD difference
+        # over the same tokens, with its error over chunks (evaluate.kld.paired_difference)
+        other = n.removesuffix(" refined") if n.endswith(" refined") else None
+        if n.startswith("target-bpw"):
+            other = n.split("(")[1].split("'")[0] + (" +imatrix" if "+" in n else "")
+        vs = ""
+        if other is not None:
+            d, unc = paired_difference(values[names.index(other)], v, r["chunks"])
+            vs = f"{d:+.6f} ± {unc:.6f} ({d / reports[names.index(other)]['kld']:+.1%})"
+        print(f"| {n} | {bpw:.3f} | {r['kld']:.6f} ± {r['kld_unc']:.6f} | {100 * r['same_top_p']:.2f}% | {vs} |")
 
 
 def shrink(a) -> None:

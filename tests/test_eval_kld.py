@@ -10,6 +10,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from ggml_ref import require
 from simpo_q._native import SimpoQError
@@ -68,6 +69,22 @@ def ours(files: dict[str, Path]) -> dict[str, dict]:
         ref, [LlamaCppModel(files[n], CTX, threads=2) for n in names], EVAL_TEXT.read_text(), ctx=CTX, quiet=True
     )
     return dict(zip(names, reports, strict=True))
+
+
+def test_paired_difference_is_the_difference_of_means_with_a_chunk_error() -> None:
+    from simpo_q.evaluate.kld import paired_difference
+
+    rng = np.random.default_rng(0)
+    hard = rng.exponential(1.0, (40, 63))  # tokens both models find hard: shared by the pair
+    a = (hard + rng.normal(0, 0.01, hard.shape)).reshape(-1)
+    b = (1.1 * hard + rng.normal(0, 0.01, hard.shape)).reshape(-1)
+    mean, unc = paired_difference(a, b, 40)
+    assert mean == pytest.approx(b.mean() - a.mean())
+    chunk_means = (b - a).reshape(40, -1).mean(axis=1)
+    assert unc == pytest.approx(chunk_means.std(ddof=1) / np.sqrt(40))
+    # far smaller than the error of either mean: the shared hard tokens cancel
+    assert unc < 0.3 * a.reshape(40, -1).mean(axis=1).std(ddof=1) / np.sqrt(40)
+    assert paired_difference(a, a, 40) == (0.0, 0.0)
 
 
 def _number(pattern: str, text: str) -> float:
@@ -193,6 +210,12 @@ def test_cli_writes_table_json_and_plot(files: dict[str, Path], tmp_path: Path, 
     assert rep[0]["chunks"] == 8 and rep[0]["tokens"] == 8 * (CTX - 1 - CTX // 2)
     assert set(rep[0]["kld_percentiles"]) >= {"Maximum", "99.9%", "Median", "0.1%", "Minimum"}
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the second model against the first, token by token: the difference of the two means,
+    # with an error of its own (over chunks), shown in the table
+    assert "kld_vs_first" not in rep[0]
+    assert rep[1]["kld_vs_first"] == pytest.approx(rep[1]["kld"] - rep[0]["kld"], rel=1e-9, abs=1e-15)
+    assert 0 < rep[1]["kld_vs_first_unc"] < rep[1]["kld_unc"] + rep[0]["kld_unc"]
+    assert f"{rep[1]['kld_vs_first']:+.6f} ± " in out
 
 
 def test_different_models_are_refused_before_any_work(files: dict[str, Path], tmp_path: Path) -> None:

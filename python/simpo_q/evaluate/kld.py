@@ -189,7 +189,9 @@ def run_kld(
     where: str = "text",
     quiet: bool = False,
 ) -> tuple[list[dict], list[np.ndarray]]:
-    """(one report per model, each model's sorted per-token KLDs) over `text`."""
+    """(one report per model, each model's per-token KLDs in text order) over `text`. Every
+    model after the first also gets its mean KLD minus the first model's, paired token by
+    token (`kld_vs_first`, `kld_vs_first_unc`: `paired_difference`)."""
     from simpo_q.evaluate.engines import check_same_model
     from tqdm.auto import tqdm
 
@@ -210,7 +212,8 @@ def run_kld(
         rate = i * ctx * (1 + len(models)) / (time.perf_counter() - t0)
         bar.set_postfix(tok_s=f"{rate:.0f}", kld="/".join(f"{st.mean_kld:.4f}" for st in stats))
     reports = []
-    for m, st in zip(models, stats, strict=True):
+    values = [np.concatenate(st.kld_values) for st in stats]
+    for i, (m, st) in enumerate(zip(models, stats, strict=True)):
         r = st.report()
         r.update(
             model=m.name,
@@ -220,8 +223,22 @@ def run_kld(
             ctx=ctx,
             chunks=len(batches),
         )
+        if i > 0:
+            r["kld_vs_first"], r["kld_vs_first_unc"] = paired_difference(values[0], values[i], len(batches))
         reports.append(r)
-    return reports, [np.sort(np.concatenate(st.kld_values)) for st in stats]
+    return reports, values
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, chunks: int) -> tuple[float, float]:
+    """The mean of b − a over the same tokens (two models' per-token KLDs, in text order) and
+    its standard error. Why paired: both models err most on the same hard tokens, so the
+    difference varies far less than either mean, and whether one model is closer than the
+    other is read from it, not from two overlapping error bars. The error is taken over
+    chunks (tokens of one chunk are not independent of each other), so it is honest rather
+    than small."""
+    d = (b - a).reshape(chunks, -1).mean(axis=1)
+    unc = float(d.std(ddof=1) / math.sqrt(chunks)) if chunks > 1 else float("nan")
+    return float(d.mean()), unc
 
 
 def render(reports: list[dict]) -> str:
@@ -236,6 +253,14 @@ def render(reports: list[dict]) -> str:
         ("Cor(ln PPL)", [f"{100 * r['cor_ln_ppl']:.2f}%" for r in reports]),
         ("Mean KLD", [f"{r['kld']:.6f} ± {r['kld_unc']:.6f}" for r in reports]),
     ]
+    if len(reports) > 1:
+        # paired with the first model's, token by token (`paired_difference`)
+        rows.append(
+            (
+                "Mean KLD − first's",
+                [""] + [f"{r['kld_vs_first']:+.6f} ± {r['kld_vs_first_unc']:.6f}" for r in reports[1:]],
+            )
+        )
     rows += [(f"{k} KLD", [f"{r['kld_percentiles'][k]:.6f}" for r in reports]) for k, _ in KLD_PERCENTILES]
     rows.append(("Mean Δp", [f"{100 * r['dp']:.3f} ± {100 * r['dp_unc']:.3f} %" for r in reports]))
     rows += [(f"{k} Δp", [f"{100 * r['dp_percentiles'][k]:.3f} %" for r in reports]) for k, _ in DP_PERCENTILES]
