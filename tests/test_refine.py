@@ -149,19 +149,8 @@ def test_llama_cpp_loads_refined_files_and_generates(files: dict[str, Path]) -> 
 
 def test_refined_files_are_closer_to_the_full_model_on_held_out_text(files: dict[str, Path]) -> None:
     """Measured with `eval kld` on the bundled evaluation text (never used for calibration)."""
-    from simpo_q.evaluate.engines import LlamaCppModel
-    from simpo_q.evaluate.kld import run_kld
-
     names = [n for n in files if n != "F32"]
-    ref = LlamaCppModel(files["F32"], 128, threads=2)
-    reports, _ = run_kld(
-        ref,
-        [LlamaCppModel(files[n], 128, threads=2) for n in names],
-        (DATA / "evaluation.txt").read_text(),
-        ctx=128,
-        quiet=True,
-    )
-    kld = {n: r["kld"] for n, r in zip(names, reports, strict=True)}
+    kld = dict(zip(names, _held_out_kld(files["F32"], [files[n] for n in names]), strict=True))
     for n in names:
         if n.endswith("-refined"):
             assert kld[n] < kld[n.removesuffix("-refined")], (n, kld)
@@ -197,6 +186,22 @@ def _data_bytes(path: Path) -> int:
     return sum(t[4] for t in open_gguf(path).tensors)
 
 
+def _held_out_kld(f32: Path, paths: list[Path]) -> list[float]:
+    """Each file's mean KLD from the F32 file on the bundled evaluation text (never used for
+    calibration), as `eval kld` measures it."""
+    from simpo_q.evaluate.engines import LlamaCppModel
+    from simpo_q.evaluate.kld import run_kld
+
+    reports, _ = run_kld(
+        LlamaCppModel(f32, 128, threads=2),
+        [LlamaCppModel(p, 128, threads=2) for p in paths],
+        (DATA / "evaluation.txt").read_text(),
+        ctx=128,
+        quiet=True,
+    )
+    return [r["kld"] for r in reports]
+
+
 @pytest.mark.parametrize("imatrix", [False, True])
 def test_target_bpw_at_q3_k_m_size_beats_q3_k_m(
     files: dict[str, Path], model: Path, tmp_path: Path, imatrix: bool
@@ -204,9 +209,6 @@ def test_target_bpw_at_q3_k_m_size_beats_q3_k_m(
     """At Q3_K_M's own size the chosen types are closer to the full model on held-out text
     (the tiny model; BENCHMARKS.md has a wider one, where with an importance matrix they
     are not)."""
-    from simpo_q.evaluate.engines import LlamaCppModel
-    from simpo_q.evaluate.kld import run_kld
-
     imat = files["Q3_K_S-im"].parent / "cal.imatrix.gguf" if imatrix else None
     base = quantize_model(model, tmp_path / "q3km.gguf", "Q3_K_M", imatrix=imat, quiet=True)
     params = sum(int(np.prod(t[1])) for t in open_gguf(base).tensors)
@@ -216,15 +218,8 @@ def test_target_bpw_at_q3_k_m_size_beats_q3_k_m(
     types = {t[0]: t[2] for t in open_gguf(out).tensors}
     assert types["token_embd.weight"] == "Q6_K"  # the embedding keeps the file type's choice
     assert len(set(types.values()) - {"F32", "Q6_K"}) > 1  # the budget was really redistributed
-    ref = LlamaCppModel(files["F32"], 128, threads=2)
-    reports, _ = run_kld(
-        ref,
-        [LlamaCppModel(base, 128, threads=2), LlamaCppModel(out, 128, threads=2)],
-        (DATA / "evaluation.txt").read_text(),
-        ctx=128,
-        quiet=True,
-    )
-    assert reports[1]["kld"] < reports[0]["kld"], [x["kld"] for x in reports]
+    kld = _held_out_kld(files["F32"], [base, out])
+    assert kld[1] < kld[0], kld
     written = (tmp_path / "budget.tensor-types.txt").read_text().splitlines()
     assert len(written) == len(types) and all(line.startswith("^") and "$=" in line for line in written)
 
@@ -294,9 +289,6 @@ def test_target_bpw_at_q3_k_s_size_beats_q3_k_s(files: dict[str, Path], model: P
     """Given the calibration text, the budget weighs errors by the output sensitivities too:
     at Q3_K_S's own size (with the importance matrix of the same text) the file is no larger
     and closer to the full model on held-out text, with Q2_K among its types."""
-    from simpo_q.evaluate.engines import LlamaCppModel
-    from simpo_q.evaluate.kld import run_kld
-
     base = files["Q3_K_S-im"]
     params = sum(int(np.prod(t[1])) for t in open_gguf(base).tensors)
     bpw = 8 * _data_bytes(base) / params
@@ -310,15 +302,8 @@ def test_target_bpw_at_q3_k_s_size_beats_q3_k_s(files: dict[str, Path], model: P
     assert all(np.array_equal(same[0].tensor_bytes(t[0]), same[1].tensor_bytes(t[0])) for t in same[0].tensors)
     types = {t[0]: t[2] for t in open_gguf(out).tensors}
     assert "Q2_K" in types.values() and types["token_embd.weight"] == "Q6_K"
-    ref = LlamaCppModel(files["F32"], 128, threads=2)
-    reports, _ = run_kld(
-        ref,
-        [LlamaCppModel(base, 128, threads=2), LlamaCppModel(out, 128, threads=2)],
-        (DATA / "evaluation.txt").read_text(),
-        ctx=128,
-        quiet=True,
-    )
-    assert reports[1]["kld"] < reports[0]["kld"], [x["kld"] for x in reports]
+    kld = _held_out_kld(files["F32"], [base, out])
+    assert kld[1] < kld[0], kld
 
 
 @pytest.mark.parametrize("route", ["imatrix file", "calibration text"])

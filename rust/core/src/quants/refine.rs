@@ -487,7 +487,8 @@ fn nearest_quants(k: &Kind, x: &[f32], p: &Params, dmin: f32, q: &mut [i32; QK_K
 /// layer's output the same way: an error along the output's own direction, which the
 /// per-element measure counts like independent noise but which the model is far more
 /// sensitive to (scaled attention logits soften every softmax, scaled residual updates add
-/// up). Rescaling costs ~2% of the squared error; with it, the
+/// up). Rescaling raises the squared error by a factor 1/(1 − r), r its share of Σ w·x²
+/// (about 2% for Q3_K: `bench_refine.py shrink`); with it, the
 /// refined Q3_K layers of both wider benchmark models went from above ggml's KL divergence
 /// on held-out text to below it (BENCHMARKS.md). The weights are the importance itself,
 /// E[a²] (1 without one), not the error's shrunk ones: Σⱼ ΔWᵢⱼ·Wᵢⱼ·E[aⱼ²] is how much of
@@ -597,6 +598,13 @@ mod tests {
             .collect()
     }
 
+    /// A heavy-tailed row (cubed uniforms) and a positive importance vector for it.
+    fn row(seed: u64, n: usize) -> (Vec<f32>, Vec<f32>) {
+        let x = lcg(seed, n).iter().map(|v| v * v * v * 3.0).collect();
+        let w = lcg(seed + 100, n).iter().map(|v| v.abs() + 0.01).collect();
+        (x, w)
+    }
+
     #[test]
     fn refined_blocks_are_never_worse_and_usually_better() {
         for t in [
@@ -607,11 +615,7 @@ mod tests {
         ] {
             let mut better = 0;
             for seed in 0..20u64 {
-                let x: Vec<f32> = lcg(seed, 512).iter().map(|v| v * v * v * 3.0).collect();
-                let w: Vec<f32> = lcg(seed + 100, 512)
-                    .iter()
-                    .map(|v| v.abs() + 0.01)
-                    .collect();
+                let (x, w) = row(seed, 512);
                 for imp in [None, Some(&w[..])] {
                     let mut y = quantize(t, &x, 512, imp).unwrap();
                     let e0 = row_error(t, &x, imp, &y).unwrap();
@@ -645,11 +649,7 @@ mod tests {
     fn refined_q3_k_and_q6_k_rows_are_not_shrunk() {
         for t in [QuantType::Q3_K, QuantType::Q6_K] {
             for seed in 0..10u64 {
-                let x: Vec<f32> = lcg(seed, 4096).iter().map(|v| v * v * v * 3.0).collect();
-                let w: Vec<f32> = lcg(seed + 100, 4096)
-                    .iter()
-                    .map(|v| v.abs() + 0.01)
-                    .collect();
+                let (x, w) = row(seed, 4096);
                 let ones = vec![1f32; 4096];
                 for (imp, wb) in [(None, &ones), (Some(&w[..]), &w)] {
                     let exact = quantize(t, &x, 4096, imp).unwrap();
