@@ -3,6 +3,7 @@
     .venv/bin/python benches/bench_refine.py speed            # per core, 4096×3584, exact vs --refine
     .venv/bin/python benches/bench_refine.py kld [--hidden 1024 --layers 4 --pretrain-steps 300] [--seed 1]
     .venv/bin/python benches/bench_refine.py shrink [--hidden 1024 --layers 4 --pretrain-steps 300]
+    .venv/bin/python benches/bench_refine.py ensemble [--hidden 1024 --layers 4 --pretrain-steps 300] [--perturb 8]
     .venv/bin/python benches/bench_refine.py budget --layers 16 --hidden 2048 --intermediate 8192
 
 `speed`: Mw/s on one thread (best of 3) of the exact path and of the refined one, and the
@@ -12,6 +13,12 @@ refined, with and without the importance matrix of the bundled calibration text,
 `--target-bpw` at Q3_K_S's and Q3_K_M's own sizes beside those files (with the importance
 matrix given as a file, and as the calibration text, which adds the output sensitivities);
 against the model's F32 GGUF through llama.cpp.
+`ensemble`: the same comparison of exact and refined files as `kld`, over `--perturb` copies of
+the model whose weights are multiplied by 1 + 0.001·N(0, 1) (each copy its own seed, kept in
+float32): equally good models whose roundings differ in about one weight in a hundred. Their
+exact files' KLDs differ by several percent (the rounding lottery, measured here), so one file
+against one file cannot show a gain smaller than that; the mean over the copies can, with an
+error taken over the copies.
 `shrink`: how much shorter than the weights the exact and the refined blocks are (Σ x·x̂ / Σ x²
 over the generated model's linear layers), the effect the refinement undoes for Q3_K and Q6_K.
 `budget`: the time `--target-bpw` spends measuring the candidate types on the generated
@@ -211,6 +218,108 @@ def _tiny_config(a):
     )
 
 
+def _perturbed(model: Path, out: Path, seed: int) -> Path:
+    """A copy of `model` whose matrices are multiplied by 1 + 0.001·N(0, 1), in float32 (bf16
+    would round most of the change away): the same model to within a KLD of ~3e-6 (measured on
+    the tiny model), with about one rounding in a hundred moved to the other side."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    if (out / "config.json").exists():
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(model, tmp)
+    g = torch.Generator().manual_seed(seed)
+    for f in sorted(tmp.glob("*.safetensors")):
+        t = load_file(f)
+        for k in sorted(t):
+            if t[k].dim() == 2:
+                t[k] = t[k].float() * (1 + 0.001 * torch.randn(t[k].shape, generator=g))
+        save_file(t, f, metadata={"format": "pt"})
+    tmp.rename(out)
+    return out
+
+
+def ensemble(a) -> None:
+    from simpo_q import imatrix as im
+    from simpo_q.convert import convert
+    from simpo_q.evaluate.engines import LlamaCppModel
+    from simpo_q.evaluate.kld import run_kld
+    from simpo_q.quantize_model import quantize_model
+    from simpo_q.tiny import cached_tiny_model
+
+    model = cached_tiny_model(REPO / ".cache", _tiny_config(a), pretrain_steps=a.pretrain_steps, quiet=True)
+    work = REPO / ".cache" / f"bench-refine-{model.name}"
+    work.mkdir(parents=True, exist_ok=True)
+    cal = work / "cal.imatrix.gguf"  # of the unperturbed model, as `kld` makes it
+    if not cal.exists():
+        im.collect(model, DATA / "calibration.txt", ctx=a.ctx, quiet=True).save(str(cal), "gguf")
+    text = (DATA / "evaluation.txt").read_text()
+    names = [
+        f"{t}{' +imatrix' if imat else ''}{' refined' if refine else ''}"
+        for t in ("Q3_K_S", "Q4_K_M")
+        for imat in (False, True)
+        for refine in (False, True)
+    ]
+    kld = np.zeros((a.perturb, len(names)))
+    own = np.zeros(a.perturb)
+    ref = work / "f32.gguf"  # the unperturbed model's, as `kld` makes it
+    if not ref.exists():
+        convert(model, ref, "f32", quiet=True)
+    for p in range(a.perturb):
+        copy = _perturbed(model, work / f"perturbed-{p}", seed=p)
+        f32 = work / f"perturbed-{p}.f32.gguf"
+        if not f32.exists():
+            convert(copy, f32, "f32", quiet=True)
+        files = []
+        for n in names:
+            files.append(
+                quantize_model(
+                    copy,
+                    work / f"perturbed-{p}-{n.replace(' ', '_')}.gguf",
+                    n.split()[0],
+                    imatrix=cal if "+imatrix" in n else None,
+                    refine=n.endswith("refined"),
+                    quiet=True,
+                    force=True,
+                )
+            )
+        reports, _ = run_kld(
+            LlamaCppModel(f32, a.ctx), [LlamaCppModel(f, a.ctx) for f in files], text, ctx=a.ctx, quiet=True
+        )
+        kld[p] = [r["kld"] for r in reports]
+        for f in files:
+            f.unlink()
+        # what the perturbation costs by itself: the copy's F32 file against the model's own
+        own[p] = run_kld(LlamaCppModel(ref, a.ctx), [LlamaCppModel(f32, a.ctx)], text, ctx=a.ctx, quiet=True)[0][0][
+            "kld"
+        ]
+    print(
+        f"# {model.name}: hidden {a.hidden}, {a.layers} layers, pretrained {a.pretrain_steps} steps; "
+        f"{a.perturb} perturbed copies (weights × (1 + 0.001·N(0,1)), seeds 0..{a.perturb - 1}); held-out "
+        f"evaluation.txt, ctx {a.ctx}; {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}"
+    )
+    print()
+    print(f"The perturbation by itself (each copy's F32 file against the model's): mean KLD {own.mean():.2e}.")
+    print()
+    print(
+        "| file | mean KLD over copies | spread over copies (SD) | refined − exact, mean over copies | refined lower |"
+    )
+    print("|---|---|---|---|---|")
+    for i, n in enumerate(names):
+        m, sd = kld[:, i].mean(), kld[:, i].std(ddof=1)
+        vs = low = ""
+        if n.endswith(" refined"):
+            d = kld[:, i] - kld[:, i - 1]  # the exact file of the same copy
+            se = d.std(ddof=1) / np.sqrt(a.perturb)
+            vs = f"{d.mean():+.6f} ± {se:.6f} ({d.mean() / kld[:, i - 1].mean():+.1%})"
+            low = f"{int((d < 0).sum())} of {a.perturb}"
+        print(f"| {n} | {m:.6f} | {sd:.6f} ({sd / m:.1%}) | {vs} | {low} |")
+
+
 def budget(a) -> None:
     from simpo_q.quantize_model import quantize_model
     from simpo_q.tiny import TinyConfig, build_tiny_model
@@ -260,7 +369,7 @@ def budget(a) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["speed", "kld", "shrink", "budget"])
+    ap.add_argument("what", choices=["speed", "kld", "shrink", "ensemble", "budget"])
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--intermediate", type=int, default=8192)
@@ -268,11 +377,16 @@ def main() -> None:
     ap.add_argument("--ctx", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0, help="kld: the generated model's seed")
     ap.add_argument("--chunks", type=int, default=8, help="budget: calibration chunks of 512 tokens")
+    ap.add_argument("--perturb", type=int, default=8, help="ensemble: perturbed copies of the model")
     a = ap.parse_args()
     sys.path.insert(0, str(REPO / "tests"))
-    {"speed": lambda: speed(), "kld": lambda: kld(a), "shrink": lambda: shrink(a), "budget": lambda: budget(a)}[
-        a.what
-    ]()
+    {
+        "speed": lambda: speed(),
+        "kld": lambda: kld(a),
+        "shrink": lambda: shrink(a),
+        "ensemble": lambda: ensemble(a),
+        "budget": lambda: budget(a),
+    }[a.what]()
 
 
 if __name__ == "__main__":
