@@ -15,7 +15,8 @@ matrix given as a file, and as the calibration text, which adds the output sensi
 against the model's F32 GGUF through llama.cpp.
 `ensemble`: the same comparison of exact and refined files as `kld`, over `--perturb` copies of
 the model whose weights are multiplied by 1 + 0.001·N(0, 1) (each copy its own seed, kept in
-float32): equally good models whose roundings differ in about one weight in a hundred. Their
+float32): equally good models whose files differ in the details (most blocks' scales by a
+step, some roundings). Their
 exact files' KLDs differ by several percent (the rounding lottery, measured here), so one file
 against one file cannot show a gain smaller than that; the mean over the copies can, with an
 error taken over the copies.
@@ -220,8 +221,8 @@ def _tiny_config(a):
 
 def _perturbed(model: Path, out: Path, seed: int) -> Path:
     """A copy of `model` whose matrices are multiplied by 1 + 0.001·N(0, 1), in float32 (bf16
-    would round most of the change away): the same model to within a KLD of ~3e-6 (measured on
-    the tiny model), with about one rounding in a hundred moved to the other side."""
+    would round most of the change away): the same model to within a KLD of a few 1e-6 (the
+    command prints it), whose quantized files differ in the details (`_what_moved`)."""
     import shutil
 
     import torch
@@ -241,6 +242,32 @@ def _perturbed(model: Path, out: Path, seed: int) -> Path:
         save_file(t, f, metadata={"format": "pt"})
     tmp.rename(out)
     return out
+
+
+def _what_moved(model: Path, copy_q3ks: Path, work: Path) -> tuple[float, float]:
+    """Copy 0's exact Q3_K_S file against the unperturbed model's: the share of Q3_K blocks
+    whose scale bytes (12 bytes of sub-block scales, then d: the last 14 of 110) differ, and
+    the share of differing values among the blocks whose scales did not."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+    from simpo_q.quantize_model import quantize_model
+
+    base = quantize_model(model, work / "Q3_K_S-what-moved.gguf", "Q3_K_S", quiet=True, force=True)
+    theirs = {t.name: t for t in GGUFReader(copy_q3ks).tensors}
+    blocks = moved = values = differ = 0
+    for t in GGUFReader(base).tensors:
+        if t.tensor_type.name != "Q3_K":
+            continue
+        u = theirs[t.name]
+        a_, b_ = np.asarray(t.data).reshape(-1, 110), np.asarray(u.data).reshape(-1, 110)
+        same = (a_[:, 96:] == b_[:, 96:]).all(axis=1)
+        keep = np.repeat(same, 256)
+        va = dequantize(t.data, t.tensor_type).ravel()[keep]
+        vb = dequantize(u.data, u.tensor_type).ravel()[keep]
+        blocks, moved = blocks + same.size, moved + int((~same).sum())
+        values, differ = values + va.size, differ + int((va != vb).sum())
+    base.unlink()
+    return moved / blocks, differ / max(values, 1)
 
 
 def ensemble(a) -> None:
@@ -291,6 +318,8 @@ def ensemble(a) -> None:
             LlamaCppModel(f32, a.ctx), [LlamaCppModel(f, a.ctx) for f in files], text, ctx=a.ctx, quiet=True
         )
         kld[p] = [r["kld"] for r in reports]
+        if p == 0:
+            moved = _what_moved(model, files[0], work)
         for f in files:
             f.unlink()
         # what the perturbation costs by itself: the copy's F32 file against the model's own
@@ -304,6 +333,10 @@ def ensemble(a) -> None:
     )
     print()
     print(f"The perturbation by itself (each copy's F32 file against the model's): mean KLD {own.mean():.2e}.")
+    print(
+        f"What it moves in copy 0's Q3_K_S file against the model's: {moved[0]:.1%} of the Q3_K blocks' "
+        f"scales (d or a sub-block scale), and {moved[1]:.3%} of the values in the other blocks."
+    )
     print()
     print(
         "| file | mean KLD over copies | spread over copies (SD) | refined − exact, mean over copies | refined lower |"

@@ -148,7 +148,11 @@ def test_llama_cpp_loads_refined_files_and_generates(files: dict[str, Path]) -> 
 
 
 def test_refined_files_are_closer_to_the_full_model_on_held_out_text(files: dict[str, Path]) -> None:
-    """Measured with `eval kld` on the bundled evaluation text (never used for calibration)."""
+    """Measured with `eval kld` on the bundled evaluation text (never used for calibration).
+    These are single files: on this 2M-parameter model which weights happened to round which
+    way moves a Q4_K_M file's KLD by several percent (`benches/bench_refine.py ensemble`), so
+    an encoder change that flips a case here may be luck either way; decide with the
+    benchmark's mean over perturbed copies, not by tuning until this passes."""
     names = [n for n in files if n != "F32"]
     kld = dict(zip(names, _held_out_kld(files["F32"], [files[n] for n in names]), strict=True))
     for n in names:
