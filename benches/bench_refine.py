@@ -3,7 +3,7 @@
     .venv/bin/python benches/bench_refine.py speed            # per core, 4096×3584, exact vs --refine
     .venv/bin/python benches/bench_refine.py kld [--hidden 1024 --layers 4 --pretrain-steps 300] [--seed 1]
     .venv/bin/python benches/bench_refine.py shrink [--hidden 1024 --layers 4 --pretrain-steps 300]
-    .venv/bin/python benches/bench_refine.py ensemble [--hidden 1024 --layers 4 --pretrain-steps 300] [--perturb 8]
+    .venv/bin/python benches/bench_refine.py ensemble [--hidden 1024 --layers 4 --pretrain-steps 300] [--perturb 16]
     .venv/bin/python benches/bench_refine.py budget --layers 16 --hidden 2048 --intermediate 8192
 
 `speed`: Mw/s on one thread (best of 3) of the exact path and of the refined one, and the
@@ -16,10 +16,9 @@ against the model's F32 GGUF through llama.cpp.
 `ensemble`: the same comparison of exact and refined files as `kld`, over `--perturb` copies of
 the model whose weights are multiplied by 1 + 0.001·N(0, 1) (each copy its own seed, kept in
 float32): equally good models whose files differ in the details (most blocks' scales by a
-step, some roundings). Their
-exact files' KLDs differ by several percent (the rounding lottery, measured here), so one file
-against one file cannot show a gain smaller than that; the mean over the copies can, with an
-error taken over the copies.
+step, some roundings). Their exact files' KLDs differ by several percent (the rounding
+lottery, measured here), so one file against one file cannot show a gain smaller than that;
+the mean over the copies can, with an error taken over the copies.
 `shrink`: how much shorter than the weights the exact and the refined blocks are (Σ x·x̂ / Σ x²
 over the generated model's linear layers), the effect the refinement undoes for Q3_K and Q6_K.
 `budget`: the time `--target-bpw` spends measuring the candidate types on the generated
@@ -246,11 +245,14 @@ def _perturbed(model: Path, out: Path, seed: int) -> Path:
 
 def _what_moved(model: Path, copy_q3ks: Path, work: Path) -> tuple[float, float]:
     """Copy 0's exact Q3_K_S file against the unperturbed model's: the share of Q3_K blocks
-    whose scale bytes (12 bytes of sub-block scales, then d: the last 14 of 110) differ, and
-    the share of differing values among the blocks whose scales did not."""
+    whose scale bytes differ (a block ends with 12 bytes of sub-block scales and the 2 of d),
+    and the share of differing values among the blocks whose scales did not."""
+    import simpo_q
     from gguf import GGUFReader
     from gguf.quants import dequantize
     from simpo_q.quantize_model import quantize_model
+
+    _, per_block, block_bytes = simpo_q.type_info("Q3_K")
 
     base = quantize_model(model, work / "Q3_K_S-what-moved.gguf", "Q3_K_S", quiet=True, force=True)
     theirs = {t.name: t for t in GGUFReader(copy_q3ks).tensors}
@@ -259,9 +261,9 @@ def _what_moved(model: Path, copy_q3ks: Path, work: Path) -> tuple[float, float]
         if t.tensor_type.name != "Q3_K":
             continue
         u = theirs[t.name]
-        a_, b_ = np.asarray(t.data).reshape(-1, 110), np.asarray(u.data).reshape(-1, 110)
-        same = (a_[:, 96:] == b_[:, 96:]).all(axis=1)
-        keep = np.repeat(same, 256)
+        a_, b_ = np.asarray(t.data).reshape(-1, block_bytes), np.asarray(u.data).reshape(-1, block_bytes)
+        same = (a_[:, -14:] == b_[:, -14:]).all(axis=1)
+        keep = np.repeat(same, per_block)
         va = dequantize(t.data, t.tensor_type).ravel()[keep]
         vb = dequantize(u.data, u.tensor_type).ravel()[keep]
         blocks, moved = blocks + same.size, moved + int((~same).sum())
@@ -410,7 +412,7 @@ def main() -> None:
     ap.add_argument("--ctx", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0, help="kld: the generated model's seed")
     ap.add_argument("--chunks", type=int, default=8, help="budget: calibration chunks of 512 tokens")
-    ap.add_argument("--perturb", type=int, default=8, help="ensemble: perturbed copies of the model")
+    ap.add_argument("--perturb", type=int, default=16, help="ensemble: perturbed copies of the model")
     a = ap.parse_args()
     sys.path.insert(0, str(REPO / "tests"))
     {
