@@ -92,20 +92,7 @@ def kld(a) -> None:
     f32 = convert(model, work / "f32.gguf", "f32", quiet=True)
     cal = work / "cal.imatrix.gguf"
     im.collect(model, DATA / "calibration.txt", ctx=a.ctx, quiet=True).save(str(cal), "gguf")
-    files: dict[str, Path] = {}
-    for t in ("Q3_K_S", "Q4_K_M"):
-        for imat in (None, cal):
-            for refine in (False, True):
-                name = f"{t}{' +imatrix' if imat else ''}{' refined' if refine else ''}"
-                files[name] = quantize_model(
-                    model,
-                    work / (name.replace(" ", "_") + ".gguf"),
-                    t,
-                    imatrix=imat,
-                    refine=refine,
-                    quiet=True,
-                    force=True,
-                )
+    files = _exact_and_refined(model, cal, work)
     params = sum(int(np.prod(t[1])) for t in open_gguf(files["Q3_K_S"]).tensors)
     for ftype in ("Q3_K_S", "Q3_K_M"):
         for imat in (None, cal):
@@ -218,6 +205,28 @@ def _tiny_config(a):
     )
 
 
+def _exact_and_refined(model: Path, cal: Path, work: Path, prefix: str = "") -> dict[str, Path]:
+    """Q3_K_S and Q4_K_M, without and with the importance matrix `cal`, each exact then
+    refined: name → file (under `work`, named `prefix` + name)."""
+    from simpo_q.quantize_model import quantize_model
+
+    files: dict[str, Path] = {}
+    for t in ("Q3_K_S", "Q4_K_M"):
+        for imat in (None, cal):
+            for refine in (False, True):
+                name = f"{t}{' +imatrix' if imat else ''}{' refined' if refine else ''}"
+                files[name] = quantize_model(
+                    model,
+                    work / f"{prefix}{name.replace(' ', '_')}.gguf",
+                    t,
+                    imatrix=imat,
+                    refine=refine,
+                    quiet=True,
+                    force=True,
+                )
+    return files
+
+
 def _perturbed(model: Path, out: Path, seed: int) -> Path:
     """A copy of `model` whose matrices are multiplied by 1 + 0.001·N(0, 1), in float32 (bf16
     would round most of the change away): the same model to within a KLD of a few 1e-6 (the
@@ -277,7 +286,6 @@ def ensemble(a) -> None:
     from simpo_q.convert import convert
     from simpo_q.evaluate.engines import LlamaCppModel
     from simpo_q.evaluate.kld import run_kld
-    from simpo_q.quantize_model import quantize_model
     from simpo_q.tiny import cached_tiny_model
 
     model = cached_tiny_model(REPO / ".cache", _tiny_config(a), pretrain_steps=a.pretrain_steps, quiet=True)
@@ -287,47 +295,33 @@ def ensemble(a) -> None:
     if not cal.exists():
         im.collect(model, DATA / "calibration.txt", ctx=a.ctx, quiet=True).save(str(cal), "gguf")
     text = (DATA / "evaluation.txt").read_text()
-    names = [
-        f"{t}{' +imatrix' if imat else ''}{' refined' if refine else ''}"
-        for t in ("Q3_K_S", "Q4_K_M")
-        for imat in (False, True)
-        for refine in (False, True)
-    ]
-    kld = np.zeros((a.perturb, len(names)))
-    own = np.zeros(a.perturb)
-    ref = work / "f32.gguf"  # the unperturbed model's, as `kld` makes it
-    if not ref.exists():
-        convert(model, ref, "f32", quiet=True)
+    names: list[str] = []
+    rows, copies = [], []
     for p in range(a.perturb):
         copy = _perturbed(model, work / f"perturbed-{p}", seed=p)
         f32 = work / f"perturbed-{p}.f32.gguf"
         if not f32.exists():
             convert(copy, f32, "f32", quiet=True)
-        files = []
-        for n in names:
-            files.append(
-                quantize_model(
-                    copy,
-                    work / f"perturbed-{p}-{n.replace(' ', '_')}.gguf",
-                    n.split()[0],
-                    imatrix=cal if "+imatrix" in n else None,
-                    refine=n.endswith("refined"),
-                    quiet=True,
-                    force=True,
-                )
-            )
+        copies.append(f32)
+        files = _exact_and_refined(copy, cal, work, prefix=f"perturbed-{p}-")
+        names = list(files)
         reports, _ = run_kld(
-            LlamaCppModel(f32, a.ctx), [LlamaCppModel(f, a.ctx) for f in files], text, ctx=a.ctx, quiet=True
+            LlamaCppModel(f32, a.ctx), [LlamaCppModel(f, a.ctx) for f in files.values()], text, ctx=a.ctx, quiet=True
         )
-        kld[p] = [r["kld"] for r in reports]
+        rows.append([r["kld"] for r in reports])
         if p == 0:
-            moved = _what_moved(model, files[0], work)
-        for f in files:
+            moved = _what_moved(model, files["Q3_K_S"], work)
+        for f in files.values():
             f.unlink()
-        # what the perturbation costs by itself: the copy's F32 file against the model's own
-        own[p] = run_kld(LlamaCppModel(ref, a.ctx), [LlamaCppModel(f32, a.ctx)], text, ctx=a.ctx, quiet=True)[0][0][
-            "kld"
-        ]
+    # what the perturbation costs by itself: each copy's F32 file against the model's own
+    ref = work / "f32.gguf"  # the unperturbed model's, as `kld` makes it
+    if not ref.exists():
+        convert(model, ref, "f32", quiet=True)
+    reports, _ = run_kld(
+        LlamaCppModel(ref, a.ctx), [LlamaCppModel(f, a.ctx) for f in copies], text, ctx=a.ctx, quiet=True
+    )
+    own = np.array([r["kld"] for r in reports])
+    kld = np.array(rows)  # copies × files
     print(
         f"# {model.name}: hidden {a.hidden}, {a.layers} layers, pretrained {a.pretrain_steps} steps; "
         f"{a.perturb} perturbed copies (weights × (1 + 0.001·N(0,1)), seeds 0..{a.perturb - 1}); held-out "
