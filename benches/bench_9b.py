@@ -4,6 +4,7 @@ parameters, bf16 in 4 shards with an index; the tiny model's tokenizer, whose id
 vocabulary, padded to 256000 by both converters), built in bounded memory and cached. Then,
 each step in its own process, with wall time and peak RSS:
 
+- simpo-q convert --outtype bf16, its tensors and metadata compared with llama.cpp's converter's;
 - simpo-q quantize --type Q3_K_S, without and with an importance matrix;
 - simpo-q imatrix --offload (2 chunks of 128 tokens), one decoder layer at a time, in float32
   and in bfloat16, and llama-imatrix on the same chunks (on its bf16 GGUF; all end to end,
@@ -11,15 +12,19 @@ each step in its own process, with wall time and peak RSS:
 - llama.cpp's route on the same files: convert_hf_to_gguf.py --outtype bf16, then
   llama-quantize --imatrix (the same matrix) Q3_K_S with 2 threads;
 
-and asserts that simpo-q's tensors equal llama-quantize's. The disk high-water mark is
-sampled throughout. About 52 GB of free disk at the peak; checked first.
+and asserts that simpo-q's tensors equal llama-quantize's. `--rebuild` also builds the
+checkpoint again in a scratch folder, to measure the builder, and checks it byte for byte
+against the cached one. The disk high-water mark is sampled throughout. About 27 GB of free
+disk at the peak (beside the cached checkpoint's 17 GB); checked first.
 
-    .venv/bin/python benches/bench_9b.py [--work .cache/bench-9b] [--keep] [--imatrix-chunks 2]
+    .venv/bin/python benches/bench_9b.py [--work .cache/bench-9b] [--keep] [--imatrix-chunks 2] [--rebuild]
 """
 
 from __future__ import annotations
 
 import argparse
+import filecmp
+import hashlib
 import json
 import os
 import shutil
@@ -109,6 +114,56 @@ def imatrix_agreement(ours: Path, ref: Path) -> str:
     return f"median {np.median(r):.2e}, p99 {np.quantile(r, 0.99):.2e} ({len(b.names())} entries)"
 
 
+def gguf_digest(path: Path) -> tuple[list, list]:
+    """A GGUF's metadata and tensors (name, type, shape) each with a digest of its value or
+    bytes: enough to compare two 17 GB files without holding both on the disk at once. Run it
+    through `digest_in_child`: reading 17 GB through a memory map raises this process's
+    high-water mark, which every child started afterwards would report as its own."""
+    from simpo_q.gguf import open_gguf
+
+    def h(b) -> str:
+        return hashlib.blake2b(b, digest_size=16).hexdigest()
+
+    r = open_gguf(path)
+    meta = [(k, t, h(repr(v).encode())) for k, t, v in r.metadata]
+    return meta, [(t[0], list(t[1]), t[2], h(r.tensor_bytes(t[0]).data)) for t in r.tensors]
+
+
+def digest_in_child(path: Path) -> tuple[list, list]:
+    import subprocess
+
+    code = (
+        f"import sys, json; sys.path.insert(0, {str(REPO / 'benches')!r}); from pathlib import Path; "
+        f"from bench_9b import gguf_digest; print(json.dumps(gguf_digest(Path({str(path)!r}))))"
+    )
+    meta, tensors = json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True).stdout)
+    return [tuple(m) for m in meta], [tuple(t) for t in tensors]
+
+
+def same_digests(a: tuple[list, list], b: tuple[list, list]) -> str:
+    """'N/N' identical tensors, and which metadata keys differ (simpo-q does not guess naming
+    keys from the directory's name as the converter does: docs/conversion.md)."""
+    n_same = sum(x == y for x, y in zip(a[1], b[1], strict=False))
+    ma, mb = {m[0]: m for m in a[0]}, {m[0]: m for m in b[0]}
+    differ = sorted(k for k in ma.keys() | mb.keys() if ma.get(k) != mb.get(k))
+    order = [k for k in ma if k not in differ] == [k for k in mb if k not in differ]
+    meta = f"metadata identical but for {', '.join(differ) or 'nothing'}" + ("" if order else " (order DIFFERS)")
+    if len(a[1]) == len(b[1]) and n_same == len(b[1]):
+        return f"{n_same}/{len(b[1])}; {meta}"
+    return f"NOT identical: {n_same}/{len(b[1])}; {meta}"
+
+
+def build_step(model: Path) -> tuple[float, float]:
+    """Builds the checkpoint into `model` in a child process: (wall s, peak RSS MiB)."""
+    from bench_pipeline import run
+
+    code = (
+        f"import sys; sys.path.insert(0, {str(REPO / 'benches')!r}); from pathlib import Path; "
+        f"from bench_9b import build; build(Path({str(model)!r}))"
+    )
+    return run([sys.executable, "-c", code])
+
+
 def main() -> None:
     from bench_pipeline import run
 
@@ -117,39 +172,59 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the output files")
     ap.add_argument("--skip-llama", action="store_true", help="only simpo-q's steps")
     ap.add_argument("--imatrix-chunks", type=int, default=2, help="chunks of 128 tokens for both importance matrices")
+    ap.add_argument(
+        "--rebuild", action="store_true", help="measure the builder: build again in a scratch folder and compare"
+    )
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     model = work / "gemma2-9b-shaped"
     ckpt_bytes = 18_483_411_968 + (1 << 20)  # bf16 weights and headers
     quant_bytes = 4_338_428_192
+    # one at a time: the rebuilt checkpoint, our bf16 GGUF, then two Q3_K_S files beside
+    # llama.cpp's bf16 GGUF (each step's files are deleted before the next when not needed)
     need = (
         (0 if (model / ".complete").exists() else ckpt_bytes)
-        + 3 * quant_bytes
-        + (0 if args.skip_llama else ckpt_bytes)
+        + max(ckpt_bytes, (3 if args.keep else 2) * quant_bytes + (0 if args.skip_llama else ckpt_bytes))
         + 2 * GIB
     )
     free = shutil.disk_usage(work).free
     if free < need:
         raise SystemExit(
             f"{work}: {free / GIB:.1f} GiB free; this benchmark needs {need / GIB:.1f} GiB (the "
-            f"checkpoint, a bf16 GGUF for llama.cpp's route, three Q3_K_S files)"
+            f"checkpoint, a bf16 GGUF for llama.cpp's route, two Q3_K_S files)"
         )
     py = sys.executable
     disk = DiskWatch(work)
     rows = []
+    notes = []
     if not (model / ".complete").exists():
         shutil.rmtree(model, ignore_errors=True)
-        code = (
-            f"import sys; sys.path.insert(0, {str(REPO / 'benches')!r}); from pathlib import Path; "
-            f"from bench_9b import build; build(Path({str(model)!r}))"
+        rows.append(("simpo-q", "build the checkpoint (bf16, 4 shards)", *build_step(model)))
+    elif args.rebuild:
+        again = work / "rebuilt"
+        shutil.rmtree(again, ignore_errors=True)
+        rows.append(("simpo-q", "build the checkpoint again (bf16, 4 shards)", *build_step(again)))
+        names = sorted(f.name for f in model.iterdir())
+        same = sorted(f.name for f in again.iterdir()) == names and all(
+            filecmp.cmp(model / n, again / n, shallow=False) for n in names
         )
-        rows.append(("simpo-q", "build the checkpoint (bf16, 4 shards)", *run([py, "-c", code])))
+        notes.append(f"rebuilt checkpoint {'byte-identical to' if same else 'DIFFERENT from'} the cached one")
+        shutil.rmtree(again)
     out = work / "out"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     calib = REPO / "python" / "simpo_q" / "data" / "calibration.txt"
     sq = [py, "-m", "simpo_q", "--quiet"]
+    rows.append(
+        (
+            "simpo-q",
+            "convert --outtype bf16",
+            *run([*sq, "convert", str(model), "--outtype", "bf16", "--outfile", str(out / "ours-bf16.gguf")]),
+        )
+    )
+    ours_bf16 = digest_in_child(out / "ours-bf16.gguf")
+    (out / "ours-bf16.gguf").unlink()
     rows.append(
         (
             "simpo-q",
@@ -166,6 +241,8 @@ def main() -> None:
             *run([*sq, "quantize", str(model), str(out / "plain.gguf"), "--type", "Q3_K_S"]),
         )
     )
+    if not args.keep:
+        (out / "plain.gguf").unlink()
     for label, dtype, name in (
         ("(float32)", [], "9b.imatrix.gguf"),
         ("--dtype bfloat16", ["--dtype", "bfloat16"], "9b.bf16.imatrix.gguf"),
@@ -258,6 +335,8 @@ def main() -> None:
                 ),
             )
         )
+        theirs_bf16 = digest_in_child(out / "bf16.gguf")
+        notes.append(f"convert's tensors identical to convert_hf_to_gguf.py's: {same_digests(ours_bf16, theirs_bf16)}")
         (out / "bf16.gguf").unlink()
         from simpo_q.gguf import open_gguf
 
@@ -272,6 +351,8 @@ def main() -> None:
             for label, f in (("float32", "9b.imatrix.gguf"), ("bfloat16", "9b.bf16.imatrix.gguf"))
         ]
         print("# importance matrices against llama-imatrix's:", "; ".join(agreement))
+    for n in notes:
+        print("#", n)
     peak_disk = disk.stop()
     size = (out / "ours.gguf").stat().st_size
     print(

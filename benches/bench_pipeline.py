@@ -22,7 +22,9 @@ sys.path.insert(0, str(REPO / "tests"))
 
 
 def run(cmd: list[str], env=None) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MiB) of one child process."""
+    """(wall seconds, peak RSS in MiB) of one child process. Keep the calling process small:
+    Linux starts the child's high-water mark at the caller's (the child is vforked from it),
+    so a caller that once mapped a large file makes every later child look that large."""
     import tempfile
 
     # stderr to a file, not a pipe: a chatty child (llama-quantize logs every tensor) would

@@ -149,3 +149,38 @@ def test_not_enough_disk_is_said_before_any_work(model: Path, tmp_path: Path, mo
     assert list(tmp_path.iterdir()) == []
     assert cli(["convert", str(model), str(tmp_path / "f.gguf")]) == 2
     assert "f.gguf: the bf16 GGUF needs" in capsys.readouterr().err  # auto: bf16, as stored
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_weights_in_memory_go_through_in_blocks(model: Path, tmp_path: Path, monkeypatch, dtype: str) -> None:
+    """The pipeline's final write (ModelWeights over the model in memory, as after training):
+    read in blocks of rows, the bytes of the whole-tensor path and of the same weights
+    quantized from the directory; each tensor gathered once, and none held afterwards."""
+    import torch
+    from simpo_q.gguf import open_gguf
+    from simpo_q.train.weights import ModelWeights
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype))
+    gathered: list[str] = []
+
+    def make(out):
+        with ModelWeights(model, hf) as src:
+            real = src._gather
+            monkeypatch.setattr(src, "_gather", lambda name: gathered.append(name) or real(name))
+            path = quantize_model(src, out, "Q4_K_M", quiet=True)
+            assert src._held is None
+            return path
+
+    a, b, seen = _whole_then_blocks(make, tmp_path, monkeypatch)
+    assert a == b
+    assert ("token_embd.weight", 3) in seen
+    names = [t[0] for t in open_gguf(tmp_path / "blocks.gguf").tensors]
+    assert len(gathered) == 2 * len(names) and sorted(gathered[len(names) :]) == sorted(set(gathered[len(names) :]))
+    x, y = (
+        open_gguf(tmp_path / "blocks.gguf"),
+        open_gguf(quantize_model(model, tmp_path / "dir.gguf", "Q4_K_M", quiet=True)),
+    )
+    assert [t[:3] for t in x.tensors] == [t[:3] for t in y.tensors]
+    for name in names:
+        assert np.array_equal(x.tensor_bytes(name), y.tensor_bytes(name)), name

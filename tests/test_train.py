@@ -414,14 +414,25 @@ def test_pipeline_under_fsdp2_streams_weights_to_rank_0(model_dir: Path, tmp_pat
     """Two FSDP2 ranks: importance and output sensitivities collected on the sharded model
     (chunks split over the ranks, 5 chunks so one rank runs a padding forward), types chosen
     under a size budget, weights gathered one at a time into
-    rank 0's quantizer. The GGUF equals quantizing the saved fp32 model with that imatrix, and
-    the imatrix equals a one-process collection up to summation order."""
+    rank 0's quantizer and read from there in blocks of rows (a small block size, so that every
+    matrix of the tiny model is split, as gemma-2-9b's embedding is). The GGUF equals
+    quantizing the saved fp32 model with that imatrix, and the imatrix equals a one-process
+    collection up to summation order."""
     from simpo_q import imatrix as im
     from simpo_q.gguf import open_gguf
     from simpo_q.quantize_model import quantize_model
     from simpo_q.sensitivity import collect_sensitivity
 
     calib = REPO / "python" / "simpo_q" / "data" / "calibration.txt"
+    cli = tmp_path / "small_blocks.py"
+    blocked = tmp_path / "blocked.txt"  # the tensors rank 0 wrote in blocks
+    cli.write_text(
+        "import sys\nimport simpo_q.gguf_out as g\ng.BLOCK_BYTES = 3 * 1024 + 17\nreal = g.encode_blocks\n"
+        "def spy(p, *a):\n"
+        f"    open({str(blocked)!r}, 'a').write(p.name + '\\n')\n"
+        "    return real(p, *a)\n"
+        "g.encode_blocks = spy\nfrom simpo_q.cli import main\nsys.exit(main())\n"
+    )
     _run(
         [
             sys.executable,
@@ -429,8 +440,7 @@ def test_pipeline_under_fsdp2_streams_weights_to_rank_0(model_dir: Path, tmp_pat
             "torch.distributed.run",
             "--nproc_per_node=2",
             "--master_port=29537",
-            "-m",
-            "simpo_q",
+            str(cli),
             "--quiet",
             "pipeline",
             str(REPO / "recipes" / "tiny.yaml"),
@@ -472,6 +482,7 @@ def test_pipeline_under_fsdp2_streams_weights_to_rank_0(model_dir: Path, tmp_pat
     for name, *_ in b.tensors:
         assert np.array_equal(a.tensor_bytes(name), b.tensor_bytes(name)), name
     assert (tmp_path / "Modelfile").exists() and (tmp_path / "NOTICE").exists()
+    assert {"token_embd.weight", "blk.1.ffn_down.weight"} <= set(blocked.read_text().split())
 
 
 def test_pipeline_checks_the_imatrix_argument_before_training(model_dir: Path, tmp_path: Path) -> None:

@@ -247,7 +247,18 @@ class StateDictSource:
         return tuple(self._t[name].shape)
 
     def load(self, name: str) -> np.ndarray:
+        return _float32(self._t[name])
+
+    def load_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of a 2-D tensor, widened to float32: a large bf16 tensor (the
+        trained model's embedding) costs the host one block of float32, not the whole."""
         t = self._t[name]
-        if hasattr(t, "detach"):
-            t = t.detach().float().cpu().numpy()
-        return np.ascontiguousarray(t, dtype=np.float32)
+        return _float32(t.reshape(t.shape[0], -1)[start:stop])
+
+
+def _float32(t) -> np.ndarray:
+    """A torch tensor (anywhere, any float dtype) or an array as C-ordered float32 on the host;
+    a CPU float32 tensor as a view."""
+    if hasattr(t, "detach"):
+        t = t.detach().float().cpu().numpy()
+    return np.ascontiguousarray(t, dtype=np.float32)

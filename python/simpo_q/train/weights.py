@@ -38,16 +38,38 @@ class ModelWeights(StateDictSource):
         hf = {k.removeprefix("hf."): v for k, v in self._sd.items()}
         super().__init__(model_dir, hf)
         self._index = {k.removeprefix("hf."): i for i, k in enumerate(self._keys)}
+        self._held: tuple[str, torch.Tensor] | None = None  # the tensor whose rows are being served
 
-    def load(self, name: str) -> np.ndarray:
+    def _gather(self, name: str) -> torch.Tensor:
+        """The whole tensor, where the model lives, in its own dtype (all ranks take part)."""
         i = self._index[name]
         if self._distributed:
             dist.broadcast(torch.tensor([i], dtype=torch.long, device=self._dev), src=0)
-        whole = full(self._sd[self._keys[i]]).detach()
+        return full(self._sd[self._keys[i]]).detach()
+
+    def load(self, name: str) -> np.ndarray:
+        self._held = None
         # a CPU float32 weight is handed over as a view: no copy at all in one process
-        return np.ascontiguousarray(whole.float().cpu().numpy(), dtype=np.float32)
+        return np.ascontiguousarray(self._gather(name).float().cpu().numpy(), dtype=np.float32)
+
+    def load_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) widened to float32 on the host. The tensor is gathered once, when
+        its first block is asked for, and held where the model lives (on a GPU, device memory)
+        until its last block is served; the host holds one block in float32, never the whole
+        tensor (gemma-2-9b's embedding would be 3.7 GB). The writer asks for a tensor's blocks
+        in order, from one thread, and never interleaves two tensors."""
+        if self._held is None or self._held[0] != name:
+            self._held = None  # the previous tensor's memory before the next one's
+            self._held = (name, self._gather(name))
+        whole = self._held[1]
+        block = whole.reshape(whole.shape[0], -1)[start:stop]
+        out = np.ascontiguousarray(block.float().cpu().numpy(), dtype=np.float32)
+        if stop >= whole.shape[0]:
+            self._held = None
+        return out
 
     def close(self) -> None:
+        self._held = None
         if self._distributed:
             dist.broadcast(torch.tensor([STOP], dtype=torch.long, device=self._dev), src=0)
             self._distributed = False
