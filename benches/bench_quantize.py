@@ -3,7 +3,10 @@ llama-cpp-python 0.3.36) in the same process, both on one thread, then simpo-q o
 core. Input: a 4096x3584 float32 matrix (a Gemma-2 9B attn_q) and a random positive
 importance vector. Prints a Markdown table for BENCHMARKS.md.
 
-    .venv/bin/python benches/bench_quantize.py [--rows 4096] [--cols 3584] [--repeat 3]
+    .venv/bin/python benches/bench_quantize.py [--rows 4096] [--cols 3584] [--repeat 3] [--simd avx2]
+
+`--simd` runs simpo-q's kernels at that instruction set instead of the widest the CPU has
+(SIMPO_Q_SIMD, read once per process).
 """
 
 from __future__ import annotations
@@ -37,7 +40,10 @@ def main() -> None:
     ap.add_argument("--cols", type=int, default=3584)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--types", default="Q3_K,Q4_K,Q5_K,Q6_K,Q8_0,Q4_0,IQ4_NL")
+    ap.add_argument("--simd", choices=("avx512", "avx2", "plain"), help="simpo-q's kernels at this instruction set")
     args = ap.parse_args()
+    if args.simd:
+        os.environ["SIMPO_Q_SIMD"] = args.simd  # before the first quantization reads it
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.rows, args.cols)).astype(np.float32)
     w = rng.uniform(0.01, 10.0, args.cols).astype(np.float32)
@@ -45,7 +51,7 @@ def main() -> None:
     cores = os.cpu_count() or 1
     print(
         f"# {args.rows}x{args.cols} float32, best of {args.repeat}; {platform.processor() or platform.machine()}, "
-        f"{cores} cores; {time.strftime('%Y-%m-%d')}"
+        f"{cores} cores; simpo-q kernels: {simpo_q._native.simd()}; {time.strftime('%Y-%m-%d')}"
     )
     print()
     print(

@@ -62,6 +62,11 @@ def row_size(qtype: str, n_per_row: int) -> int:
 def type_info(qtype: str) -> tuple[int, int, int]:
     """(ggml type id, values per block, bytes per block) of `qtype`."""
 
+def simd() -> str:
+    """The instruction set the quantizers run with: "avx512", "avx2" or "plain" (the widest
+    this CPU runs, or the one the environment's SIMPO_Q_SIMD names); every one gives the same
+    bytes."""
+
 def write_file(path: str | os.PathLike[str], data: bytes) -> None:
     """The whole file through the guarded writer: temporary name, synced, renamed; a
     directory or device at `path` is refused."""

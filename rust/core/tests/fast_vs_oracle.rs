@@ -1,7 +1,9 @@
 //! The lane-parallel fast paths against the straightforward scalar port (the oracle), on
 //! pseudo-random data of many shapes and scales, with and without importance vectors,
-//! including row lengths that leave blocks outside the 8-lane groups.
+//! including row lengths that leave blocks outside the 8-lane groups; at every SIMD level this
+//! CPU runs (the widest is the default, the others must agree too).
 
+use simpo_q_core::quants::fast::{quantize_row_fast_at, Simd};
 use simpo_q_core::quants::{quantize_row, quantize_row_reference, row_size, QuantType};
 
 struct Rng(u64);
@@ -111,8 +113,28 @@ fn fast_paths_equal_the_scalar_port() {
                         "{} n={n} data kind {kind} weights {wkind}",
                         qtype.name()
                     );
+                    for simd in Simd::ALL.into_iter().filter(|s| s.supported()) {
+                        quantize_row_fast_at(simd, qtype, &x, &mut fast, w.as_deref());
+                        assert_eq!(
+                            fast,
+                            oracle,
+                            "{} at {} n={n} data kind {kind} weights {wkind}",
+                            qtype.name(),
+                            simd.name()
+                        );
+                    }
                 }
             }
         }
     }
+}
+
+#[test]
+fn this_cpu_runs_the_widest_level_it_has() {
+    // the default is the first supported level unless SIMPO_Q_SIMD asks for another
+    if std::env::var_os("SIMPO_Q_SIMD").is_none() {
+        let widest = Simd::ALL.into_iter().find(|s| s.supported()).unwrap();
+        assert_eq!(Simd::chosen(), widest);
+    }
+    assert!(Simd::Plain.supported());
 }

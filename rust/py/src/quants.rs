@@ -142,7 +142,14 @@ fn type_info(qtype: &str) -> PyResult<(u32, usize, usize)> {
     Ok((t.ggml_id(), t.block_size(), t.type_size()))
 }
 
+/// simd() -> the instruction set the quantizers run with ("avx512", "avx2" or "plain")
+#[pyfunction]
+fn simd() -> &'static str {
+    quants::fast::Simd::chosen().name()
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(simd, m)?)?;
     m.add_function(wrap_pyfunction!(quantize, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize, m)?)?;
     m.add_function(wrap_pyfunction!(row_size, m)?)?;

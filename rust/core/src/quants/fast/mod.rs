@@ -2,7 +2,8 @@
 //! SIMD lanes (see `lanes`). Each produces exactly the bytes of the scalar port, which stays
 //! as the oracle (`cargo test` compares the two on random and adversarial data).
 //!
-//! The kernels are compiled twice, plain and with AVX2 enabled, and picked at run time.
+//! The kernels are compiled three times, plain, with AVX2 and with AVX-512 enabled, and
+//! picked at run time (`Simd`).
 #![allow(non_snake_case)]
 
 mod iq4_nl;
@@ -48,17 +49,101 @@ unsafe fn dispatch_avx2(qtype: QuantType, x: &[f32], y: &mut [u8], imatrix: Opti
     dispatch(qtype, x, y, imatrix)
 }
 
-/// One row through the fast path: every quantized type has one (the match above is exhaustive
-/// over `QuantType`, so a new type cannot be forgotten); the caller sends float types to the
-/// reference path.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2")]
+unsafe fn dispatch_avx512(qtype: QuantType, x: &[f32], y: &mut [u8], imatrix: Option<&[f32]>) {
+    dispatch(qtype, x, y, imatrix)
+}
+
+/// The instruction sets the kernels are compiled for. The same Rust code is compiled for
+/// each (the compiler never reassociates or fuses floats), so every level gives the same
+/// bytes; a wider one only runs more lanes per instruction: Q3_K's 16 sub-blocks fill one
+/// 512-bit register instead of two 256-bit ones (benches/bench_quantize.py --simd).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Simd {
+    Avx512,
+    Avx2,
+    Plain,
+}
+
+impl Simd {
+    pub const ALL: [Simd; 3] = [Simd::Avx512, Simd::Avx2, Simd::Plain];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Simd::Avx512 => "avx512",
+            Simd::Avx2 => "avx2",
+            Simd::Plain => "plain",
+        }
+    }
+
+    /// Whether this CPU runs the level.
+    pub fn supported(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            match self {
+                Simd::Avx512 => {
+                    has!("avx512f")
+                        && has!("avx512bw")
+                        && has!("avx512dq")
+                        && has!("avx512vl")
+                        && has!("avx2")
+                }
+                Simd::Avx2 => has!("avx2"),
+                Simd::Plain => true,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Simd::Plain
+        }
+    }
+
+    /// The level rows go through: the widest this CPU runs, or the one the environment's
+    /// `SIMPO_Q_SIMD` names (plain, avx2, avx512) when the CPU runs it — for benchmarks and
+    /// for ruling the wide kernels out on a suspect machine. Read once.
+    pub fn chosen() -> Simd {
+        static CHOSEN: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
+        *CHOSEN.get_or_init(|| {
+            let asked = std::env::var("SIMPO_Q_SIMD").ok();
+            Simd::ALL
+                .into_iter()
+                .filter(|s| s.supported())
+                .find(|s| asked.as_deref().is_none_or(|a| a == s.name()))
+                .unwrap_or(Simd::Plain)
+        })
+    }
+}
+
+/// One row through the fast path at the chosen SIMD level: every quantized type has one (the
+/// match above is exhaustive over `QuantType`, so a new type cannot be forgotten); the caller
+/// sends float types to the reference path.
 pub fn quantize_row_fast(qtype: QuantType, x: &[f32], y: &mut [u8], imatrix: Option<&[f32]>) {
+    quantize_row_fast_at(Simd::chosen(), qtype, x, y, imatrix)
+}
+
+/// `quantize_row_fast` at a given level (tests compare every level the CPU runs with the
+/// scalar port). A level the CPU does not run falls back to the plain kernels.
+pub fn quantize_row_fast_at(
+    simd: Simd,
+    qtype: QuantType,
+    x: &[f32],
+    y: &mut [u8],
+    imatrix: Option<&[f32]>,
+) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
-            unsafe { dispatch_avx2(qtype, x, y, imatrix) };
+        if simd != Simd::Plain && simd.supported() {
+            match simd {
+                // SAFETY: the CPU runs these instruction sets, checked just above.
+                Simd::Avx512 => unsafe { dispatch_avx512(qtype, x, y, imatrix) },
+                Simd::Avx2 => unsafe { dispatch_avx2(qtype, x, y, imatrix) },
+                Simd::Plain => unreachable!(),
+            }
             return;
         }
     }
+    let _ = simd;
     dispatch(qtype, x, y, imatrix)
 }
