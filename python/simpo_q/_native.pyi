@@ -14,6 +14,7 @@ __all__ = [
     "dequantize",
     "row_size",
     "type_info",
+    "simd",
     "QUANT_TYPES",
     "MAX_IMPORTANCE_WEIGHT2",
     "REFINABLE_TYPES",
