@@ -389,3 +389,26 @@ def test_q2_k_s_without_an_importance_matrix_is_refused_first(tmp_path: Path, ca
     assert cli(["quantize", "--imatrix", str(tmp_path / "partial.gguf"), str(model), str(out), "Q2_K_S"]) == 2
     assert "no entry for blk.1.ffn_up.weight, which Q2_K_S quantizes to Q2_K" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_simd_levels_give_the_same_bytes_and_a_bad_one_is_refused(tmp_path: Path, capsys, monkeypatch) -> None:
+    """SIMPO_Q_SIMD caps the quantizers' instruction set (read once per process, so each
+    level runs in a process of its own): every level writes the same file; an unknown value
+    is one line naming it, before any work."""
+    import os
+    import subprocess
+    import sys
+
+    model = cached_tiny_model(REPO / ".cache", pretrain_steps=200, quiet=True)
+    files = []
+    for level in ("plain", "avx2", "avx512"):
+        out = tmp_path / f"{level}.gguf"
+        env = dict(os.environ, SIMPO_Q_SIMD=level)
+        cmd = [sys.executable, "-m", "simpo_q", "--quiet", "quantize", str(model), str(out), "Q4_K_M"]
+        subprocess.run(cmd, check=True, env=env, capture_output=True)
+        files.append(out.read_bytes())
+    assert files[0] == files[1] == files[2]
+    monkeypatch.setenv("SIMPO_Q_SIMD", "avx-512")
+    assert cli(["quantize", str(model), str(tmp_path / "x.gguf"), "Q4_K_M"]) == 2
+    assert "SIMPO_Q_SIMD='avx-512': expected one of avx512, avx2, plain" in capsys.readouterr().err
+    assert not (tmp_path / "x.gguf").exists()

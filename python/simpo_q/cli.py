@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -920,6 +921,17 @@ def _on_signal(signum, _frame) -> None:
     raise _Terminated(128 + signum)
 
 
+SIMD_LEVELS = ("avx512", "avx2", "plain")
+
+
+def _check_environment() -> None:
+    """Settings read from the environment deep in the core, checked where an error can be
+    said: SIMPO_Q_SIMD caps the quantizers' instruction set (docs/quantization.md)."""
+    simd = os.environ.get("SIMPO_Q_SIMD")
+    if simd and simd not in SIMD_LEVELS:
+        raise SimpoQError(f"SIMPO_Q_SIMD={simd!r}: expected one of {', '.join(SIMD_LEVELS)} (or unset)")
+
+
 def main(argv: list[str] | None = None) -> int:
     import signal
 
@@ -928,6 +940,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
     try:
+        _check_environment()
         rc = int(args.func(args))
     except SimpoQError as e:
         # what the user can fix: one line. No barrier on failure: this rank exits non-zero

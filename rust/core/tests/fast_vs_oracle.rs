@@ -137,4 +137,12 @@ fn this_cpu_runs_the_widest_level_it_has() {
         assert_eq!(Simd::chosen(), widest);
     }
     assert!(Simd::Plain.supported());
+    assert_eq!(Simd::widest_up_to(Some("plain")), Simd::Plain);
+    let widest = Simd::widest_up_to(None);
+    assert_eq!(Simd::widest_up_to(Some("no such level")), widest);
+    // asking for a level this CPU lacks gives the next narrower one it has, never plain
+    assert_eq!(Simd::widest_up_to(Some("avx512")), widest);
+    if Simd::Avx2.supported() {
+        assert_eq!(Simd::widest_up_to(Some("avx2")), Simd::Avx2);
+    }
 }

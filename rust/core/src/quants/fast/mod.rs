@@ -100,19 +100,25 @@ impl Simd {
         }
     }
 
-    /// The level rows go through: the widest this CPU runs, or the one the environment's
-    /// `SIMPO_Q_SIMD` names (plain, avx2, avx512) when the CPU runs it — for benchmarks and
-    /// for ruling the wide kernels out on a suspect machine. Read once.
+    /// The level rows go through: the widest this CPU runs, no wider than the one the
+    /// environment's `SIMPO_Q_SIMD` names (plain, avx2, avx512; the CLI refuses other values)
+    /// — for benchmarks and for ruling the wide kernels out on a suspect machine. Read once.
     pub fn chosen() -> Simd {
         static CHOSEN: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
-        *CHOSEN.get_or_init(|| {
-            let asked = std::env::var("SIMPO_Q_SIMD").ok();
-            Simd::ALL
-                .into_iter()
-                .filter(|s| s.supported())
-                .find(|s| asked.as_deref().is_none_or(|a| a == s.name()))
-                .unwrap_or(Simd::Plain)
-        })
+        *CHOSEN.get_or_init(|| Simd::widest_up_to(std::env::var("SIMPO_Q_SIMD").ok().as_deref()))
+    }
+
+    /// The widest level this CPU runs that is no wider than `asked` (any, when `asked` is
+    /// None or names no level).
+    pub fn widest_up_to(asked: Option<&str>) -> Simd {
+        let cap = asked
+            .and_then(|a| Simd::ALL.iter().position(|s| s.name() == a))
+            .unwrap_or(0);
+        Simd::ALL[cap..]
+            .iter()
+            .copied()
+            .find(|s| s.supported())
+            .unwrap_or(Simd::Plain)
     }
 }
 
