@@ -94,21 +94,16 @@ class HFDirectory:
 
     def load_rows(self, name: str, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) of a 2-D tensor (of a 1-D one: the whole of it as one row),
-        read from the file into this thread's block buffer (file_reads: from the page cache
-        when it holds them, with O_DIRECT otherwise) and widened to float32: a block of a
-        large tensor costs its block alone (no memory map kept resident, no torch)."""
+        read from the file into memory of their own size and widened to float32: a block of
+        a large tensor costs its block alone (no memory map kept resident, no torch)."""
         shape = self._shape[name]
         dtype = self._dtype[name]
         cols = shape[-1] if shape else 1
         if dtype not in _WIDEN:
             return self._load_safetensors(name).reshape(-1, cols)[start:stop]
+        raw = self.read_raw(name, start, stop)
         import simpo_q
-        from simpo_q.file_reads import read_range
 
-        item = _DTYPE_SIZES[dtype]
-        first = self._offset[name] + start * cols * item
-        raw = read_range(self._where[name], first, (stop - start) * cols * item, f"tensor {name!r}")
-        # widened into an array of its own before the thread's read buffer is used again
         return simpo_q.dequantize(np.frombuffer(raw, dtype=np.uint8), dtype, cols).reshape(stop - start, cols)
 
     def read_raw(self, name: str, start: int = 0, stop: int | None = None, into: bytearray | None = None) -> bytearray:
