@@ -122,6 +122,99 @@ def test_rows_read_from_the_file_equal_safetensors(tmp_path: Path, dtype: str) -
                 assert np.array_equal(src.load_rows(name, a, b), ref[a:b]), (name, a, b)
 
 
+def _evict(path: Path, start: int = 0, length: int = 0) -> None:
+    """Drops the file's clean pages (from `start`, `length` bytes; 0: to the end) from the
+    page cache, as after a reboot: the next read of them goes to the disk."""
+    import os
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, start, length, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("cache", ["evicted", "half-evicted", "cached", "no-O_DIRECT", "auto"])
+def test_blocks_read_directly_or_from_the_page_cache_are_the_same(tmp_path: Path, monkeypatch, cache: str) -> None:
+    """With direct reads on (SIMPO_Q_DIRECT_READS=always; by default only for checkpoints
+    larger than memory), a block not wholly in the page cache is read with O_DIRECT into an
+    aligned buffer at the tensor's unaligned offset; one in the cache is copied; a file system
+    that refuses O_DIRECT is read buffered. With the default, a checkpoint this small is read
+    buffered even when evicted. Every way gives the bytes safetensors reads."""
+    import errno
+    import os
+
+    import simpo_q.file_reads as fr
+
+    d = build_tiny_model(tmp_path / "m", TinyConfig(shards=2))
+    if cache != "auto":
+        monkeypatch.setenv("SIMPO_Q_DIRECT_READS", "always")
+    src = HFDirectory(d)
+    assert src.direct_reads == (cache != "auto")
+    direct: list[bool] = []
+    real = fr._direct_read
+    monkeypatch.setattr(fr, "_direct_read", lambda *a: direct.append(real(*a)) or direct[-1])
+    if cache == "no-O_DIRECT":
+        real_open = os.open
+
+        def refuse(path, flags, *a):
+            if flags & os.O_DIRECT:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real_open(path, flags, *a)
+
+        monkeypatch.setattr(fr.os, "open", refuse)
+    for name in src.names():
+        ref = src._load_safetensors(name)
+        if ref.ndim != 2:
+            continue
+        f = src._where[name]
+        if cache in ("evicted", "no-O_DIRECT", "auto"):
+            _evict(f)
+        elif cache == "half-evicted":
+            _evict(f, f.stat().st_size // 2)
+        else:
+            f.read_bytes()
+        n = ref.shape[0]
+        for a, b in ((0, n), (1, n // 3), (n // 3, n - 1)):
+            assert np.array_equal(src.load_rows(name, a, b), ref[a:b]), (name, a, b, cache)
+    if cache in ("cached", "auto"):
+        assert direct == []
+    elif cache == "no-O_DIRECT":
+        assert direct and not any(direct)
+    else:
+        assert any(direct)
+
+
+def test_a_truncated_file_is_named_on_every_read_path(tmp_path: Path) -> None:
+    from simpo_q.file_reads import read_range
+
+    f = tmp_path / "short.bin"
+    f.write_bytes(bytes(range(256)) * 40)  # 10240 bytes
+    assert bytes(read_range(f, 5000, 300, "x")) == f.read_bytes()[5000:5300]
+    for evicted in (False, True):
+        if evicted:
+            _evict(f)
+        with pytest.raises(SimpoQError, match=r"short.bin: truncated while reading tensor 't'"):
+            read_range(f, 10000, 1000, "tensor 't'")
+
+
+def test_direct_reads_only_for_checkpoints_larger_than_memory(monkeypatch, capsys, tmp_path: Path) -> None:
+    import simpo_q.file_reads as fr
+    from simpo_q.cli import main as cli
+
+    monkeypatch.delenv("SIMPO_Q_DIRECT_READS", raising=False)
+    monkeypatch.setattr(fr, "_mem_available", lambda: 10 << 30)
+    assert fr.direct_reads_for(11 << 30) and not fr.direct_reads_for(9 << 30)
+    monkeypatch.setenv("SIMPO_Q_DIRECT_READS", "never")
+    assert not fr.direct_reads_for(11 << 30)
+    monkeypatch.setenv("SIMPO_Q_DIRECT_READS", "always")
+    assert fr.direct_reads_for(1)
+    monkeypatch.setenv("SIMPO_Q_DIRECT_READS", "yes")
+    assert cli(["inspect", str(tmp_path)]) == 2
+    assert "SIMPO_Q_DIRECT_READS='yes': expected one of auto, always, never" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("shape,kind", [((3072, 256), "embed"), ((256,), "norm"), ((512, 256), "linear")])
 def test_the_builder_writes_the_same_weights_in_blocks(shape, kind) -> None:
     """The model builder generates and converts large tensors in blocks of rows; the random

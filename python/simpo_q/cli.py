@@ -925,11 +925,15 @@ SIMD_LEVELS = ("avx512", "avx2", "plain")
 
 
 def _check_environment() -> None:
-    """Settings read from the environment deep in the core, checked where an error can be
-    said: SIMPO_Q_SIMD caps the quantizers' instruction set (docs/quantization.md)."""
-    simd = os.environ.get("SIMPO_Q_SIMD")
-    if simd and simd not in SIMD_LEVELS:
-        raise SimpoQError(f"SIMPO_Q_SIMD={simd!r}: expected one of {', '.join(SIMD_LEVELS)} (or unset)")
+    """Settings read from the environment deep inside, checked where an error can be said:
+    SIMPO_Q_SIMD caps the quantizers' instruction set, SIMPO_Q_DIRECT_READS says when a
+    checkpoint's blocks bypass the page cache (docs/quantization.md)."""
+    from simpo_q.file_reads import DIRECT_READS
+
+    for key, values in (("SIMPO_Q_SIMD", SIMD_LEVELS), ("SIMPO_Q_DIRECT_READS", DIRECT_READS)):
+        v = os.environ.get(key)
+        if v and v not in values:
+            raise SimpoQError(f"{key}={v!r}: expected one of {', '.join(values)} (or unset)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,6 +44,10 @@ class HFDirectory:
                 self._offset[name] = offset
         # every tensor present with the shape the config implies, before anything is written
         check_tensors(adapter_for(self.config, str(cfg)), self.config, self._shape, str(self.path))
+        from simpo_q.file_reads import direct_reads_for
+
+        # blocks of rows bypass the page cache only when it could not keep the checkpoint
+        self.direct_reads = direct_reads_for(sum(f.stat().st_size for f in self.files))
 
     def _weight_files(self) -> list[Path]:
         index = self.path / "model.safetensors.index.json"
@@ -94,16 +98,25 @@ class HFDirectory:
 
     def load_rows(self, name: str, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) of a 2-D tensor (of a 1-D one: the whole of it as one row),
-        read from the file into memory of their own size and widened to float32: a block of
-        a large tensor costs its block alone (no memory map kept resident, no torch)."""
+        read from the file into memory of their own size (a checkpoint larger than memory:
+        into the thread's block buffer, file_reads.py) and widened to float32: a block of a
+        large tensor costs its block alone (no memory map kept resident, no torch)."""
         shape = self._shape[name]
         dtype = self._dtype[name]
         cols = shape[-1] if shape else 1
         if dtype not in _WIDEN:
             return self._load_safetensors(name).reshape(-1, cols)[start:stop]
-        raw = self.read_raw(name, start, stop)
         import simpo_q
 
+        if self.direct_reads:
+            from simpo_q.file_reads import read_range
+
+            item = _DTYPE_SIZES[dtype]
+            first = self._offset[name] + start * cols * item
+            raw = read_range(self._where[name], first, (stop - start) * cols * item, f"tensor {name!r}")
+        else:
+            raw = self.read_raw(name, start, stop)
+        # widened into an array of its own before the thread's read buffer is used again
         return simpo_q.dequantize(np.frombuffer(raw, dtype=np.uint8), dtype, cols).reshape(stop - start, cols)
 
     def read_raw(self, name: str, start: int = 0, stop: int | None = None, into: bytearray | None = None) -> bytearray:
