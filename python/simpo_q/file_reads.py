@@ -6,7 +6,7 @@ it (a second quantize of the same files reads memory, not the disk); when the ch
 larger than the memory available, it cannot, and it would evict everything else on the way.
 Then a block the cache holds whole (mincore) is still copied from it, and any other is read
 with O_DIRECT, the disk writing straight into our buffer. On the development VM, with the
-9B-shaped checkpoint read from a cold disk, that took quantize from 43–45 s to 33–35 s
+9B-shaped checkpoint read from a cold disk, that took quantize from 43–45 s to 31–34 s
 (BENCHMARKS.md, issue 15). `SIMPO_Q_DIRECT_READS` = auto (the default: only checkpoints
 larger than MemAvailable), always or never. A file system that refuses O_DIRECT (tmpfs, some
 network file systems) is read buffered, as is everything where residency cannot be asked.
@@ -138,7 +138,7 @@ def read_range(path: Path, offset: int, n: int, what: str) -> memoryview:
     read directly otherwise. `what` names the data in errors (a tensor)."""
     a0 = offset - offset % ALIGN
     a1 = -(-(offset + n) // ALIGN) * ALIGN
-    buf = _buffer(a1 - a0)
+    buf = _buffer(max(a1 - a0, ALIGN))  # an empty range still gets a (one-page) buffer
     view = memoryview(buf)[offset - a0 : offset - a0 + n]
     try:
         with open(path, "rb", buffering=0) as fh:
