@@ -224,6 +224,23 @@ def _release_memory() -> None:
         pass
 
 
+def _return_large_frees() -> None:
+    """Allocations of 1 MiB and more get pages of their own, handed back to the system when
+    freed, and the heap's top is trimmed above 1 MiB (glibc's mallopt; process-wide from
+    here on). glibc's defaults raise both thresholds after large frees and then keep the
+    freed activations and buffers of each layer: measured at 9B (`imatrix --offload --ctx 128
+    --chunks 4`, float32), 2576 MiB at the peak with the defaults, 2016 MiB with these, for
+    5–10% more time in page faults."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 1 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: its own policy stands
+        pass
+
+
 def collect_offloaded(
     model_dir: str | os.PathLike,
     text_file: str | os.PathLike,
@@ -252,6 +269,7 @@ def collect_offloaded(
 
     src = HFDirectory(local(model_dir))
     text = read_text(text_file)
+    _return_large_frees()  # before the layers' memory is first allocated
     tok = AutoTokenizer.from_pretrained(str(src.path))
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     batches = chunk_tokens(tok, text, ctx, chunks, str(text_file), skip)
