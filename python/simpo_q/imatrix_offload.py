@@ -224,25 +224,6 @@ def _release_memory() -> None:
         pass
 
 
-def _return_large_frees() -> None:
-    """Allocations of 8 MiB and more get pages of their own, handed back to the system when
-    freed, and the heap's top is trimmed above 8 MiB (glibc's mallopt; process-wide from
-    here on). glibc's defaults raise both thresholds after large frees (up to 32 MiB) and
-    then keep the freed activations and buffers of each layer. Measured at 9B with
-    `/usr/bin/time` on `imatrix --offload --ctx 128 --chunks 4`, float32 / bfloat16: peak
-    2573 / 2086 MiB with the defaults, 2032 / 1959 MiB with 8 MiB, in the same time (32.4 /
-    19.8 s against 31.5 / 19.4 s); 1 MiB saved a little more in bf16 (1577 MiB) but cost 11%
-    of its time in page faults."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 8 << 20)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 8 << 20)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):  # not glibc: its own policy stands
-        pass
-
-
 def collect_offloaded(
     model_dir: str | os.PathLike,
     text_file: str | os.PathLike,
@@ -271,7 +252,6 @@ def collect_offloaded(
 
     src = HFDirectory(local(model_dir))
     text = read_text(text_file)
-    _return_large_frees()  # before the layers' memory is first allocated
     tok = AutoTokenizer.from_pretrained(str(src.path))
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     batches = chunk_tokens(tok, text, ctx, chunks, str(text_file), skip)
