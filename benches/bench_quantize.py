@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--cols", type=int, default=3584)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--types", default="Q3_K,Q4_K,Q5_K,Q6_K,Q8_0,Q4_0,IQ4_NL")
-    ap.add_argument("--simd", choices=("avx512", "avx2", "plain"), help="simpo-q's kernels at this instruction set")
+    ap.add_argument("--simd", choices=simpo_q._native.SIMD_LEVELS, help="simpo-q's kernels at this instruction set")
     args = ap.parse_args()
     if args.simd:
         os.environ["SIMPO_Q_SIMD"] = args.simd  # before the first quantization reads it

@@ -15,6 +15,7 @@ __all__ = [
     "row_size",
     "type_info",
     "simd",
+    "SIMD_LEVELS",
     "QUANT_TYPES",
     "MAX_IMPORTANCE_WEIGHT2",
     "REFINABLE_TYPES",
@@ -29,6 +30,7 @@ __version__: str
 QUANT_TYPES: tuple[str, ...]
 MAX_IMPORTANCE_WEIGHT2: float
 REFINABLE_TYPES: tuple[str, ...]
+SIMD_LEVELS: tuple[str, ...]  # the quantizers' instruction sets, widest first
 
 class SimpoQError(ValueError):
     """Bad input to simpo-q: the message names the argument, file or tensor at fault."""

@@ -921,13 +921,11 @@ def _on_signal(signum, _frame) -> None:
     raise _Terminated(128 + signum)
 
 
-SIMD_LEVELS = ("avx512", "avx2", "plain")
-
-
 def _check_environment() -> None:
     """Settings read from the environment deep inside, checked where an error can be said:
     SIMPO_Q_SIMD caps the quantizers' instruction set, SIMPO_Q_DIRECT_READS says when a
     checkpoint's blocks bypass the page cache (docs/quantization.md)."""
+    from simpo_q._native import SIMD_LEVELS
     from simpo_q.file_reads import DIRECT_READS
 
     for key, values in (("SIMPO_Q_SIMD", SIMD_LEVELS), ("SIMPO_Q_DIRECT_READS", DIRECT_READS)):

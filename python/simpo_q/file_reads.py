@@ -27,8 +27,7 @@ from simpo_q._native import SimpoQError
 
 ALIGN = 4096  # O_DIRECT's alignment of offsets, lengths and memory on common devices
 _local = threading.local()
-_buffered_only: set[str] = set()  # files whose file system refused O_DIRECT
-_lock = threading.Lock()
+_buffered_only: set[str] = set()  # files whose file system refused O_DIRECT (set.add is atomic)
 
 
 DIRECT_READS = ("auto", "always", "never")
@@ -67,7 +66,7 @@ def _resident(fd: int, offset: int, length: int) -> bool:
     """Whether every page of the file's range is in the page cache (True where that cannot
     be asked, so that such systems keep the plain buffered read). A private mapping of the
     range is made and dropped without touching a page: nothing is read."""
-    if not hasattr(os, "O_DIRECT") or length <= 0:
+    if length <= 0:
         return True
     page = mmap.PAGESIZE
     p0 = offset - offset % page
@@ -97,9 +96,9 @@ def _libc():
     return lib
 
 
-def _direct_read(path: Path, buf: mmap.mmap, at: int, file_offset: int, need: int) -> bool:
-    """Reads at least `need` bytes of the file from `file_offset` (aligned) into `buf` from
-    `at` (aligned) with O_DIRECT; False when the file system refuses it."""
+def _direct_read(path: Path, buf: mmap.mmap, file_offset: int, need: int) -> bool:
+    """Reads at least `need` bytes of the file from `file_offset` (aligned) into the start of
+    `buf` with O_DIRECT; False when the file system refuses it."""
     if not hasattr(os, "O_DIRECT") or str(path) in _buffered_only:
         return False
     try:
@@ -107,12 +106,11 @@ def _direct_read(path: Path, buf: mmap.mmap, at: int, file_offset: int, need: in
     except OSError as e:
         if e.errno != errno.EINVAL:
             raise
-        with _lock:
-            _buffered_only.add(str(path))
+        _buffered_only.add(str(path))
         return False
     try:
         length = -(-need // ALIGN) * ALIGN
-        dst = memoryview(buf)[at : at + length]
+        dst = memoryview(buf)[:length]
         done = 0
         while done < need:
             try:
@@ -120,8 +118,7 @@ def _direct_read(path: Path, buf: mmap.mmap, at: int, file_offset: int, need: in
             except OSError as e:
                 if e.errno != errno.EINVAL or done:
                     raise
-                with _lock:  # an alignment this device does not take: buffered from now on
-                    _buffered_only.add(str(path))
+                _buffered_only.add(str(path))  # an alignment this device does not take
                 return False
             if got == 0:
                 break
@@ -143,7 +140,7 @@ def read_range(path: Path, offset: int, n: int, what: str) -> memoryview:
     try:
         with open(path, "rb", buffering=0) as fh:
             got = 0
-            if n and not _resident(fh.fileno(), offset, n) and _direct_read(path, buf, 0, a0, offset + n - a0):
+            if n and not _resident(fh.fileno(), offset, n) and _direct_read(path, buf, a0, offset + n - a0):
                 got = n
             while got < n:  # from the page cache, or what O_DIRECT could not read
                 fh.seek(offset + got)

@@ -111,13 +111,17 @@ class HFDirectory:
         if self.direct_reads:
             from simpo_q.file_reads import read_range
 
-            item = _DTYPE_SIZES[dtype]
-            first = self._offset[name] + start * cols * item
-            raw = read_range(self._where[name], first, (stop - start) * cols * item, f"tensor {name!r}")
+            raw = read_range(self._where[name], *self._byte_range(name, start, stop), f"tensor {name!r}")
         else:
             raw = self.read_raw(name, start, stop)
         # widened into an array of its own before the thread's read buffer is used again
         return simpo_q.dequantize(np.frombuffer(raw, dtype=np.uint8), dtype, cols).reshape(stop - start, cols)
+
+    def _byte_range(self, name: str, start: int, stop: int) -> tuple[int, int]:
+        """(offset in its file, length) of rows [start, stop) of a tensor."""
+        shape = self._shape[name]
+        row = (shape[-1] if shape else 1) * _DTYPE_SIZES[self._dtype[name]]
+        return self._offset[name] + start * row, (stop - start) * row
 
     def read_raw(self, name: str, start: int = 0, stop: int | None = None, into: bytearray | None = None) -> bytearray:
         """The stored bytes of rows [start, stop) (all rows by default) of a tensor whose
@@ -128,16 +132,14 @@ class HFDirectory:
         dtype = self._dtype[name]
         if dtype not in _WIDEN:
             raise SimpoQError(f"{self._where[name]}: tensor {name!r} is stored as {dtype}, not as raw floats")
-        cols = shape[-1] if shape else 1
         if stop is None:
             stop = math.prod(shape[:-1]) if len(shape) > 1 else 1
-        item = _DTYPE_SIZES[dtype]
         f = self._where[name]
-        n = (stop - start) * cols * item
+        first, n = self._byte_range(name, start, stop)
         raw = into if into is not None and len(into) == n else bytearray(n)  # read into, not read and copied
         try:
             with open(f, "rb") as fh:
-                fh.seek(self._offset[name] + start * cols * item)
+                fh.seek(first)
                 got = fh.readinto(raw)
         except OSError as e:
             raise SimpoQError(f"{f}: cannot read tensor {name!r}: {e.strerror}") from e

@@ -150,6 +150,8 @@ fn simd() -> &'static str {
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(simd, m)?)?;
+    let levels: Vec<&str> = quants::fast::Simd::ALL.iter().map(|s| s.name()).collect();
+    m.add("SIMD_LEVELS", PyTuple::new(m.py(), levels)?)?;
     m.add_function(wrap_pyfunction!(quantize, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize, m)?)?;
     m.add_function(wrap_pyfunction!(row_size, m)?)?;
